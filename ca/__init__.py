@@ -1,0 +1,1 @@
+"""The Sekisho certificate authority: issuance, renewal, revocation, CRL and OCSP."""

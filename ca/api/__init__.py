@@ -1,0 +1,1 @@
+"""HTTP surfaces of the CA daemon, one module each (STYLE 6)."""

@@ -1,0 +1,45 @@
+"""App factories for the CA daemon (STYLE 8): the public and the internal listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ca.api import internal, public
+from ca.api.internal import RUNTIME
+from ca.middleware import error_middleware, token_middleware
+from ca.runtime import CaRuntime
+
+
+def build_internal_app(runtime: CaRuntime, token: str) -> web.Application:
+    """The gateway's API: every route needs the bearer token."""
+    app = web.Application(
+        middlewares=[error_middleware, token_middleware(token)],
+        client_max_size=runtime.config.max_body_bytes,
+    )
+    app[RUNTIME] = runtime
+    internal.add_routes(app)
+    return app
+
+
+def build_public_app(runtime: CaRuntime) -> web.Application:
+    """OCSP, CRL, issuer certificates, health and metrics: no authentication."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app[RUNTIME] = runtime
+    public.add_routes(app)
+    app.cleanup_ctx.append(_background_tasks)
+    return app
+
+
+async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    tasks = [asyncio.create_task(runtime.feed.run(), name="revocation-feed")]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

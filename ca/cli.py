@@ -1,0 +1,279 @@
+"""`sekisho-ca`: the security officer's command line (R-CERT-5, R-CERT-7, R-OPS-*).
+
+Every failure is one line on stderr and a non-zero exit: 1 for a refused or failed operation,
+2 for a usage error (argparse), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.api.views import certificate_view
+from ca.config import CaConfig, load_ca_config
+from ca.errors import BadRequest, CaError
+from ca.issuance import REASON_NAMES
+from ca.runtime import CaRuntime, create_api_token, open_hierarchy
+from ca.store import Store
+from common.config import DEFAULT_CONFIG, ConfigError
+from common.logging import configure_logging
+from keys.errors import KeyCustodyError
+from keys.file_signer import write_owner_only
+from policy.clock import Clock, SystemClock
+from policy.errors import PolicyViolation
+
+OFFICER = "officer"
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    widths = [max([len(title), *(len(str(row[key] or "")) for row in rows)])
+              for key, title in columns]
+    print("  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(row[key] or "-").ljust(w)
+                        for (key, _), w in zip(columns, widths, strict=True)))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+async def cmd_init(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Create the root, generation g1, its OCSP responder, the store and the API token."""
+    if args.generate_passphrase and not config.keys.passphrase_file.exists():
+        write_owner_only(config.keys.passphrase_file, secrets.token_urlsafe(32).encode())
+    hierarchy = open_hierarchy(config)
+    generation = hierarchy.init(
+        clock.now(), root_algorithm=config.keys.root_algorithm,
+        generation_algorithm=config.keys.generation_algorithm,
+        ocsp_validity=config.ocsp_responder_validity,
+    )
+    store = await Store.open(config.database)
+    try:
+        await store.audit(at=clock.now(), actor=OFFICER, action="ca.initialised",
+                          subject=generation.name,
+                          details={"root": format(hierarchy.root_certificate().serial_number, "x")})
+    finally:
+        await store.close()
+    if not config.api_token_file.exists():
+        create_api_token(config.api_token_file)
+    print(f"CA initialised in {config.keys.directory}: root, issuing generation "
+          f"{generation.name}, OCSP responder {generation.name}-ocsp")
+    print(f"internal API token: {config.api_token_file} (mode 0600)")
+    return 0
+
+
+async def cmd_serve(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Run the daemon until interrupted."""
+    from ca.daemon import serve
+
+    await serve(config, clock)
+    return 0
+
+
+async def _with_runtime(
+    config: CaConfig, clock: Clock, action: Callable[[CaRuntime], Awaitable[int]]
+) -> int:
+    runtime = await CaRuntime.open(config, clock, workers=1)
+    try:
+        return await action(runtime)
+    finally:
+        await runtime.close()
+
+
+async def cmd_acquisition_password(
+    config: CaConfig, clock: Clock, args: argparse.Namespace
+) -> int:
+    """Issue or reissue a user's acquisition password and print it once."""
+
+    async def run(runtime: CaRuntime) -> int:
+        password = await runtime.authority.issue_acquisition_password(args.user_id, actor=OFFICER)
+        print(f"acquisition password for {args.user_id}: {password}")
+        print("It is shown only this once; hand it to the customer with the welcome letter.")
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+async def cmd_issue(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Issue a certificate for USER_ID from a CSR file; print the certificate PEM."""
+    try:
+        csr_data = Path(args.csr).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read CSR {args.csr}: {exc.strerror}") from None
+
+    async def run(runtime: CaRuntime) -> int:
+        issued = await runtime.authority.issue_from_csr(
+            args.user_id, csr_data, acquisition_password=None, actor=OFFICER
+        )
+        record = issued.record
+        pem = x509.load_der_x509_certificate(record.der or b"").public_bytes(
+            serialization.Encoding.PEM
+        )
+        if args.output:
+            Path(args.output).write_bytes(pem)
+            print(f"issued {record.serial} for {record.user_id} -> {args.output}",
+                  file=sys.stderr)
+        else:
+            sys.stdout.write(pem.decode())
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+async def cmd_revoke(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Revoke by serial or by user with an RFC 5280 reason."""
+
+    async def run(runtime: CaRuntime) -> int:
+        if args.serial:
+            revoked = await runtime.authority.revoke_serial(args.serial, args.reason,
+                                                            actor=OFFICER)
+        else:
+            revoked = await runtime.authority.revoke_user(args.user, args.reason, actor=OFFICER)
+        for record in revoked:
+            print(f"revoked {record.serial} (user {record.user_id}, reason "
+                  f"{record.revocation_reason}, at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC)")
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+async def cmd_list(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """List certificates as a table or JSON."""
+
+    async def run(runtime: CaRuntime) -> int:
+        records = await runtime.store.list_certificates(user_id=args.user)
+        views = [certificate_view(r, runtime.authority.state_of(r)) for r in records]
+        if args.status:
+            views = [v for v in views if v["state"] == args.status]
+        if args.json:
+            print(json.dumps(views, indent=2))
+            return 0
+        if not views:
+            print("no certificates match")
+            return 0
+        for view in views:
+            for key in ("not_before", "not_after", "revoked_at"):
+                if view[key]:
+                    view[key] = view[key][:19].replace("T", " ")
+        _print_table(views, [("serial", "SERIAL"), ("user_id", "USER"),
+                             ("generation", "GEN"), ("state", "STATE"),
+                             ("not_before", "NOT BEFORE (UTC)"), ("not_after", "NOT AFTER (UTC)"),
+                             ("revocation_reason", "REASON")])
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+async def cmd_show(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Show one certificate in detail."""
+
+    async def run(runtime: CaRuntime) -> int:
+        record = await runtime.authority.certificate(args.serial)
+        view = certificate_view(record, runtime.authority.state_of(record))
+        for key, value in view.items():
+            print(f"{key:20} {value if value is not None else '-'}")
+        certificate = x509.load_der_x509_certificate(record.der or b"")
+        print(certificate.public_bytes(serialization.Encoding.PEM).decode(), end="")
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+async def cmd_audit_verify(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Check the audit chain; exit 1 when it was tampered with."""
+    store = await Store.open(config.database)
+    try:
+        problems = await store.verify_audit()
+        count = len(await store.audit_entries(limit=10**9))
+    finally:
+        await store.close()
+    if problems:
+        for problem in problems:
+            print(f"audit log damaged: {problem}")
+        return 1
+    print(f"audit log intact: {count} entries, hash chain verified")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="sekisho-ca", description="Sekisho certificate authority")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="configuration file (default: ./config.toml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create the root, issuing CA g1 and OCSP responder")
+    init.add_argument("--generate-passphrase", action="store_true",
+                      help="create a random key passphrase file if none exists (demo set-up)")
+    init.set_defaults(handler=cmd_init)
+
+    commands.add_parser("serve", help="run the CA daemon").set_defaults(handler=cmd_serve)
+
+    acq = commands.add_parser("acquisition-password",
+                              help="issue or reissue a user's acquisition password")
+    acq.add_argument("user_id")
+    acq.set_defaults(handler=cmd_acquisition_password)
+
+    issue = commands.add_parser("issue", help="issue a certificate from a CSR")
+    issue.add_argument("user_id")
+    issue.add_argument("--csr", required=True, help="PKCS#10 request, PEM or DER")
+    issue.add_argument("--output", help="write the certificate PEM here instead of stdout")
+    issue.set_defaults(handler=cmd_issue)
+
+    revoke = commands.add_parser("revoke", help="revoke certificates by serial or by user")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--serial", help="certificate serial number (hex)")
+    target.add_argument("--user", help="revoke every usable certificate of this user")
+    revoke.add_argument("--reason", required=True,
+                        help="RFC 5280 reason: " + ", ".join(REASON_NAMES.values()))
+    revoke.set_defaults(handler=cmd_revoke)
+
+    listing = commands.add_parser("list", help="list certificates")
+    listing.add_argument("--user")
+    listing.add_argument("--status", choices=["valid", "expired", "revoked", "not_yet_valid",
+                                              "cut_over"])
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_list)
+
+    show = commands.add_parser("show", help="show one certificate")
+    show.add_argument("serial")
+    show.set_defaults(handler=cmd_show)
+
+    audit_cmd = commands.add_parser("audit", help="audit log commands")
+    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub.add_parser("verify", help="verify the audit hash chain").set_defaults(
+        handler=cmd_audit_verify
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """Entry point of `sekisho-ca`."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_ca_config(args.config)
+        configure_logging("warning" if args.command != "serve" else config.log_level,
+                          process="ca")
+        return asyncio.run(args.handler(config, clock or SystemClock(), args))
+    except (CaError, PolicyViolation, KeyCustodyError, ConfigError, CliError, BadRequest,
+            ValueError) as exc:
+        print(f"sekisho-ca: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,118 @@
+"""The CA's typed view of config.toml; refuses to start with a message naming the key to fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from common.config import Address, ConfigError, RawConfig, load_raw
+from policy.lockout import LockoutPolicy
+from policy.profile import CertificateProfile
+
+PKCS12_MIN_KDF_ROUNDS = 2048
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """Where the CA's keys live and how their passphrase is found."""
+
+    directory: Path
+    passphrase_file: Path
+    passphrase_env: str
+    root_algorithm: str
+    generation_algorithm: str
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    """Everything the CA process needs."""
+
+    organization: str
+    public_url: str
+    public_listen: Address
+    internal_listen: Address
+    database: Path
+    api_token_file: Path
+    max_body_bytes: int
+    keys: KeysConfig
+    profile: CertificateProfile
+    pkcs12_kdf_rounds: int
+    acquisition_lockout: LockoutPolicy
+    acquisition_password_length: int
+    crl_validity: timedelta
+    crl_resign_interval: timedelta
+    crl_drop_expired: bool
+    ocsp_response_validity: timedelta
+    ocsp_responder_validity: timedelta
+    ocsp_responder_renew_before: timedelta
+    log_level: str
+    data_dir: Path
+
+
+def load_ca_config(path: Path) -> CaConfig:
+    """Read and validate the CA's sections of the configuration file."""
+    return ca_config_from(load_raw(path))
+
+
+def ca_config_from(raw: RawConfig) -> CaConfig:
+    """Build the CA configuration from parsed TOML."""
+    ca = raw.section("ca")
+    keys = raw.section("keys")
+    cert = raw.section("certificate")
+    acquisition = raw.section("acquisition")
+    crl = raw.section("crl")
+    ocsp = raw.section("ocsp")
+    public_url = ca.str("public_url", "http://127.0.0.1:8080").rstrip("/")
+    if not public_url.startswith(("http://", "https://")):
+        raise ConfigError("ca.public_url must start with http:// (CRL and OCSP are plain HTTP)")
+    try:
+        profile = CertificateProfile(
+            validity=timedelta(days=cert.int("validity_days", 365, minimum=1)),
+            server_key_algorithm=cert.str("key_algorithm", "p256"),
+            crl_url_template=public_url + "/crl/{generation}.crl",
+            ocsp_url=public_url + "/ocsp",
+            renewal_window=timedelta(days=cert.int("renewal_window_days", 30, minimum=1)),
+        )
+        lockout = LockoutPolicy(acquisition.int("max_failures", 3, minimum=1))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    crl_validity = crl.duration("validity", "24h")
+    crl_resign = crl.duration("resign_interval", "1h")
+    if crl_resign >= crl_validity:
+        raise ConfigError("crl.resign_interval must be shorter than crl.validity")
+    responder_validity = timedelta(days=ocsp.int("responder_validity_days", 90, minimum=2))
+    renew_before = timedelta(days=ocsp.int("responder_renew_before_days", 30, minimum=1))
+    if renew_before >= responder_validity:
+        raise ConfigError("ocsp.responder_renew_before_days must be below responder_validity_days")
+    for key in ("root_algorithm", "generation_algorithm"):
+        if keys.str(key, "p256") not in ("p256", "p384"):
+            raise ConfigError(f"keys.{key} must be p256 or p384")
+    return CaConfig(
+        organization=ca.str("organization", "Sekisho"),
+        public_url=public_url,
+        public_listen=ca.address("public_listen", "127.0.0.1:8080"),
+        internal_listen=ca.address("internal_listen", "127.0.0.1:8081"),
+        database=ca.path("database", "var/ca/ca.sqlite3"),
+        api_token_file=ca.path("api_token_file", "var/secrets/ca-api-token"),
+        max_body_bytes=ca.int("max_body_bytes", 65536, minimum=4096),
+        keys=KeysConfig(
+            directory=keys.path("directory", "var/keys"),
+            passphrase_file=keys.path("passphrase_file", "var/secrets/ca-passphrase"),
+            passphrase_env=keys.str("passphrase_env", "SEKISHO_CA_PASSPHRASE"),
+            root_algorithm=keys.str("root_algorithm", "p384"),
+            generation_algorithm=keys.str("generation_algorithm", "p256"),
+        ),
+        profile=profile,
+        pkcs12_kdf_rounds=cert.int("pkcs12_kdf_rounds", 600_000, minimum=PKCS12_MIN_KDF_ROUNDS),
+        acquisition_lockout=lockout,
+        acquisition_password_length=acquisition.int("password_length", 16, minimum=12),
+        crl_validity=crl_validity,
+        crl_resign_interval=crl_resign,
+        crl_drop_expired=crl.bool("drop_expired", True),
+        ocsp_response_validity=ocsp.duration("response_validity", "1h"),
+        ocsp_responder_validity=responder_validity,
+        ocsp_responder_renew_before=renew_before,
+        log_level=raw.section("logging").str("level", "info"),
+        data_dir=raw.section("paths").path("data_dir", "var"),
+    )

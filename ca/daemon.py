@@ -1,0 +1,43 @@
+"""`sekisho-ca serve`: both listeners in one process until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from ca.app import build_internal_app, build_public_app
+from ca.config import CaConfig
+from ca.runtime import CaRuntime, read_api_token
+from policy.clock import Clock
+
+_log = structlog.get_logger("ca.daemon")
+
+
+async def serve(config: CaConfig, clock: Clock) -> None:
+    """Open the runtime, start both listeners, and stop cleanly on a signal."""
+    token = read_api_token(config.api_token_file)
+    runtime = await CaRuntime.open(config, clock)
+    runners = [
+        web.AppRunner(build_public_app(runtime), access_log=None),
+        web.AppRunner(build_internal_app(runtime, token), access_log=None),
+    ]
+    addresses = [config.public_listen, config.internal_listen]
+    try:
+        for runner, address in zip(runners, addresses, strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, address.host, address.port).start()
+        _log.info("ca_listening", public=f"{addresses[0].host}:{addresses[0].port}",
+                  internal=f"{addresses[1].host}:{addresses[1].port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await runtime.close()
+        _log.info("ca_stopped")

@@ -1,0 +1,442 @@
+"""The CA service: acquisition, renewal, CSR issuance, revocation (R-CERT-*).
+
+Policy decides whether (policy.certificates), the profile decides what (policy.profile), the
+signer only signs (keys). Every certificate follows "record intent, then sign" (STYLE 5): the
+serial is reserved in the store inside the same transaction that checks the user's other
+certificates, then the certificate is signed, the PKCS#12 built, and the certificate committed
+as issued before anything is returned (R-CERT-3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from common.passwords import PasswordHasher, generate_secret
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from ca.config import CaConfig
+from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
+from ca.issuers import Issuers
+from ca.pkcs12 import KeyWorkers, public_key_of
+from ca.store import CertRecord, Store, serial_hex
+from keys.hierarchy import IssuerGeneration
+from keys.signer import signature_hash_for
+from policy import certificates as rules
+from policy.clock import Clock
+from policy.errors import PolicyViolation
+from policy.profile import check_csr_key, validate_user_id
+
+_log = structlog.get_logger("ca.issuance")
+
+REVOCATION_REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keycompromise": x509.ReasonFlags.key_compromise,
+    "affiliationchanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationofoperation": x509.ReasonFlags.cessation_of_operation,
+    "privilegewithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+REASON_NAMES = {
+    "unspecified": "unspecified", "keycompromise": "keyCompromise",
+    "affiliationchanged": "affiliationChanged", "superseded": "superseded",
+    "cessationofoperation": "cessationOfOperation", "privilegewithdrawn": "privilegeWithdrawn",
+}
+_MAX_CSR_BYTES = 16384
+
+
+def parse_reason(text: str) -> str:
+    """Normalise an RFC 5280 reason name (R-CERT-7); certificateHold is not offered."""
+    name = REASON_NAMES.get(re.sub(r"[\s_-]", "", text or "").lower())
+    if name is None:
+        raise BadRequest(
+            f"unknown revocation reason {text!r}; use one of: {', '.join(REASON_NAMES.values())}",
+            code="bad_reason",
+        )
+    return name
+
+
+def parse_serial(text: str) -> str:
+    """Accept a serial as hex (optionally 0x-prefixed or colon-separated); return canonical hex."""
+    cleaned = re.sub(r"[:\s]", "", text or "").lower().removeprefix("0x")
+    if not cleaned or len(cleaned) > 40 or not re.fullmatch(r"[0-9a-f]+", cleaned):
+        raise BadRequest(f"{text!r} is not a certificate serial number (hex)", code="bad_serial")
+    value = int(cleaned, 16)
+    if value == 0:
+        raise BadRequest("serial number 0 is never issued", code="bad_serial")
+    return serial_hex(value)
+
+
+def facts(record: CertRecord) -> rules.CertFacts:
+    """The rule-relevant facts of a stored certificate."""
+    return rules.CertFacts(
+        serial=record.serial, generation=record.generation, not_before=record.not_before,
+        not_after=record.not_after, revoked_at=record.revoked_at,
+    )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A certificate with its server-generated key, inside an encrypted PKCS#12."""
+
+    record: CertRecord
+    pkcs12: bytes
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate issued from a CSR, with its chain."""
+
+    record: CertRecord
+    chain_der: list[bytes]
+
+
+RevocationListener = Callable[[list[CertRecord]], Awaitable[None]]
+IssuanceListener = Callable[[CertRecord], Awaitable[None]]
+
+
+class CertificateAuthority:
+    """Issues, renews and revokes client certificates for one CA."""
+
+    def __init__(
+        self, *, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
+        workers: KeyWorkers, hasher: PasswordHasher,
+        is_cut_over: rules.CutOverTest | None = None,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._store = store
+        self.issuers = issuers
+        self._workers = workers
+        self._hasher = hasher
+        self._is_cut_over = is_cut_over or (lambda _cert, _now: False)
+        self.revocation_listeners: list[RevocationListener] = []
+        self.issuance_listeners: list[IssuanceListener] = []
+
+    # -- acquisition passwords (R-CERT-5) ----------------------------------------------
+
+    async def issue_acquisition_password(self, user_id: str, *, actor: str) -> str:
+        """Create or replace a user's acquisition password; returns it once, stores a hash."""
+        user_id = self._user_id(user_id)
+        password = generate_secret(self._config.acquisition_password_length)
+        password_hash = await self._hasher.hash(password)
+        await self._store.set_acquisition_secret(user_id, password_hash, self._clock.now(), actor)
+        return password
+
+    async def _check_acquisition_password(self, user_id: str, password: str, actor: str) -> None:
+        """Verify with lockout; unknown users cost the same and fail the same (R-LOCK-2)."""
+        lockout = self._config.acquisition_lockout
+        secret = await self._store.get_acquisition_secret(user_id)
+        if secret is None:
+            await self._hasher.verify(None, password)
+            raise Unauthorized("user ID or acquisition password is wrong", code="bad_credentials")
+        reservation = await self._store.reserve_acquisition_attempt(user_id, lockout.max_failures)
+        if reservation == "busy":
+            raise Busy("other tries with this acquisition password are being checked; retry")
+        if reservation == "locked":
+            raise Locked(
+                "the acquisition password is locked after too many wrong tries; ask the bank "
+                "to issue a new one",
+                code="acquisition_locked",
+            )
+        if await self._hasher.verify(secret.password_hash, password):
+            await self._store.acquisition_succeeded(user_id, self._clock.now())
+            return
+        failures, locked = await self._store.acquisition_failed(
+            user_id, self._clock.now(), lockout.max_failures, actor
+        )
+        if locked:
+            raise Locked(
+                "the acquisition password is now locked; ask the bank to issue a new one",
+                code="acquisition_locked",
+            )
+        raise Unauthorized(
+            "user ID or acquisition password is wrong", code="bad_credentials",
+            remaining_tries=lockout.remaining(failures),
+        )
+
+    # -- issuance ------------------------------------------------------------------------
+
+    async def acquire(self, user_id: str, acquisition_password: str, *, actor: str) -> Delivery:
+        """First acquisition or re-acquisition with a server-side key (R-CERT-4, R-CERT-5)."""
+        user_id = self._user_id(user_id)
+        await self._check_acquisition_password(user_id, acquisition_password, actor)
+        now = self._clock.now()
+        return await self._issue_with_server_key(
+            user_id, acquisition_password, now=now, actor=actor,
+            check=lambda existing: rules.check_may_acquire(
+                map(facts, existing), now, self._is_cut_over
+            ),
+        )
+
+    async def renew(self, serial: str, password: str, *, actor: str) -> Delivery:
+        """Renew the user's newest certificate in its last `window` days (R-CERT-6).
+
+        The caller (the gateway) has authenticated the current certificate and the login
+        password; the new PKCS#12 is encrypted with that password.
+        """
+        serial = parse_serial(serial)
+        current = await self._store.get(serial)
+        if current is None or current.state != "issued":
+            raise NotFound(f"no issued certificate with serial {serial}")
+        if not password:
+            raise BadRequest("a password to protect the PKCS#12 is required")
+        now = self._clock.now()
+        window = self._config.profile.renewal_window
+
+        def check(existing: list[CertRecord]) -> None:
+            issued = [record for record in existing if record.state == "issued"]
+            newest = issued[-1].serial if issued else serial
+            rules.check_may_renew(facts(current), newest, now, window, self._is_cut_over)
+
+        return await self._issue_with_server_key(
+            current.user_id, password, now=now, actor=actor, check=check,
+            renewed_from=serial,
+        )
+
+    async def issue_from_csr(
+        self, user_id: str, csr_data: bytes, *, acquisition_password: str | None, actor: str
+    ) -> Issued:
+        """R-CERT-8: the same policy for a key the client generated itself.
+
+        Through the API the acquisition password is required; an officer's CLI call is
+        authorised by the officer and passes None.
+        """
+        user_id = self._user_id(user_id)
+        csr = _load_csr(csr_data)
+        public_key = csr.public_key()
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            check_csr_key("ec", public_key.curve.key_size)
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            check_csr_key("rsa", public_key.key_size)
+        else:
+            raise BadRequest("the CSR key must be EC P-256/P-384 or RSA >= 2048", code="bad_key")
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if names and names[0].value != user_id:
+            raise BadRequest(
+                f"the CSR's CN {names[0].value!r} does not match user ID {user_id!r}",
+                code="csr_subject_mismatch",
+            )
+        if acquisition_password is not None:
+            await self._check_acquisition_password(user_id, acquisition_password, actor)
+        now = self._clock.now()
+        record, _ = await self._sign_and_store(
+            user_id, public_key, kind="csr", now=now, actor=actor,
+            check=lambda existing: rules.check_may_acquire(
+                map(facts, existing), now, self._is_cut_over
+            ),
+        )
+        return Issued(record=record, chain_der=self.issuers.chain_der(record.generation))
+
+    async def _issue_with_server_key(
+        self, user_id: str, password: str, *, now: datetime, actor: str,
+        check: Callable[[list[CertRecord]], None], renewed_from: str | None = None,
+    ) -> Delivery:
+        key_der = await self._workers.generate_key(self._config.profile.server_key_algorithm)
+        record, pkcs12_der = await self._sign_and_store(
+            user_id, public_key_of(key_der), kind="server_key", now=now, actor=actor,
+            check=check, deliver=lambda der, generation: self._workers.pkcs12(
+                key_der, der, self.issuers.chain_der(generation), password,
+                self._config.pkcs12_kdf_rounds, user_id,
+            ), renewed_from=renewed_from,
+        )
+        return Delivery(record=record, pkcs12=pkcs12_der)
+
+    async def _sign_and_store(
+        self, user_id: str, public_key: CertificatePublicKeyTypes, *, kind: str,
+        now: datetime, actor: str, check: Callable[[list[CertRecord]], None],
+        deliver: Callable[[bytes, str], Awaitable[bytes]] | None = None,
+        renewed_from: str | None = None,
+    ) -> tuple[CertRecord, bytes]:
+        """Reserve, sign, (build the delivery,) commit. Returns the record and the delivery.
+
+        Without `deliver`, the second element is the certificate DER.
+        """
+        generation = self.issuers.for_issuance(now)
+        spec = self._config.profile.client_certificate(user_id, generation.name, now)
+        serial = x509.random_serial_number()
+        serial_text = serial_hex(serial)
+        await self._store.reserve(
+            serial=serial_text, user_id=user_id, generation=generation.name, kind=kind,
+            not_before=spec.not_before, not_after=spec.not_after, now=now,
+            check=check, actor=actor,
+        )
+        der: bytes | None = None
+        try:
+            certificate = _build_client_certificate(
+                generation, public_key, serial, spec.common_name, spec.not_before,
+                spec.not_after, spec.crl_url, spec.ocsp_url,
+            )
+            der = certificate.public_bytes(serialization.Encoding.DER)
+            delivery = await deliver(der, generation.name) if deliver is not None else der
+        except BaseException as exc:
+            await self._store.abandon(serial_text, der, self._clock.now(), type(exc).__name__)
+            raise
+        record = await self._store.complete(
+            serial_text, der, hashlib.sha256(der).hexdigest(), self._clock.now(), actor
+        )
+        _log.info(
+            "certificate_issued", user_id=user_id, serial=serial_text, generation=generation.name,
+            kind=kind, not_after=record.not_after.isoformat(), renewed_from=renewed_from,
+        )
+        for listener in self.issuance_listeners:
+            await listener(record)
+        return record, delivery
+
+    # -- revocation (R-CERT-7) -----------------------------------------------------------
+
+    async def revoke_serial(self, serial: str, reason: str, *, actor: str) -> list[CertRecord]:
+        """Revoke one certificate by serial."""
+        serial = parse_serial(serial)
+        reason = parse_reason(reason)
+        record = await self._store.get(serial)
+        if record is None or record.state != "issued":
+            raise NotFound(f"no issued certificate with serial {serial}", code="unknown_serial")
+        if record.revoked_at is not None:
+            raise Conflict(
+                f"certificate {serial} was already revoked at {record.revoked_at:%Y-%m-%d %H:%M}"
+                f" UTC ({record.revocation_reason})",
+                code="already_revoked",
+            )
+        return await self._revoke([serial], reason, actor)
+
+    async def revoke_user(self, user_id: str, reason: str, *, actor: str) -> list[CertRecord]:
+        """Revoke every unrevoked, unexpired certificate of a user (e.g. a replaced PC)."""
+        user_id = self._user_id(user_id)
+        reason = parse_reason(reason)
+        now = self._clock.now()
+        targets = [
+            record.serial for record in await self._store.certificates_of(user_id)
+            if record.revoked_at is None and record.not_after >= now
+        ]
+        if not targets:
+            raise NotFound(
+                f"user {user_id} holds no unrevoked, unexpired certificate",
+                code="nothing_to_revoke",
+            )
+        return await self._revoke(targets, reason, actor)
+
+    async def revoke_many(
+        self, serials: list[str], reason: str, *, actor: str, details: dict[str, object]
+    ) -> list[CertRecord]:
+        """Revoke a list of certificates in one audited transaction (bulk operations)."""
+        return await self._revoke(serials, parse_reason(reason), actor, details)
+
+    async def _revoke(
+        self, serials: list[str], reason: str, actor: str,
+        details: dict[str, object] | None = None,
+    ) -> list[CertRecord]:
+        revoked = await self._store.revoke(
+            serials, at=self._clock.now(), reason=reason, actor=actor, details=details
+        )
+        for record in revoked:
+            _log.info("certificate_revoked", serial=record.serial, user_id=record.user_id,
+                      reason=reason, actor=actor)
+        if revoked:
+            for listener in self.revocation_listeners:
+                await listener(revoked)
+        return revoked
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def certificate(self, serial: str) -> CertRecord:
+        """One certificate by serial, any state."""
+        serial = parse_serial(serial)
+        record = await self._store.get(serial)
+        if record is None or record.der is None:
+            raise NotFound(f"no certificate with serial {serial}", code="unknown_serial")
+        return record
+
+    def state_of(self, record: CertRecord) -> rules.CertState:
+        """Where a certificate stands now."""
+        return rules.state_at(facts(record), self._clock.now(), self._is_cut_over)
+
+    async def certificates_of(self, user_id: str) -> list[CertRecord]:
+        """A user's issued certificates, oldest first."""
+        return await self._store.certificates_of(self._user_id(user_id))
+
+    @staticmethod
+    def _user_id(user_id: str) -> str:
+        try:
+            return validate_user_id(user_id)
+        except PolicyViolation as exc:
+            raise BadRequest(str(exc), code=exc.code) from None
+
+
+def _load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    if not data or len(data) > _MAX_CSR_BYTES:
+        raise BadRequest("the CSR is empty or too large", code="bad_csr")
+    try:
+        csr = (
+            x509.load_pem_x509_csr(data) if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_csr(data)
+        )
+        valid = csr.is_signature_valid
+    except (ValueError, TypeError):
+        raise BadRequest(
+            "the CSR is not a valid PEM or DER PKCS#10 request", code="bad_csr"
+        ) from None
+    if not valid:
+        raise BadRequest("the CSR's self-signature does not verify", code="bad_csr")
+    return csr
+
+
+def _build_client_certificate(
+    generation: IssuerGeneration, public_key: CertificatePublicKeyTypes, serial: int,
+    common_name: str, not_before: datetime, not_after: datetime, crl_url: str, ocsp_url: str,
+) -> x509.Certificate:
+    """R-CERT-1: CN = user ID, clientAuth, CRL DP and OCSP AIA of this CA."""
+    issuer = generation.certificate
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .add_extension(
+            x509.CRLDistributionPoints([
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None,
+                    reasons=None, crl_issuer=None,
+                )
+            ]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityInformationAccess([
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+                )
+            ]),
+            critical=False,
+        )
+        .sign(generation.signer, signature_hash_for(generation.signer))
+    )

@@ -1,0 +1,90 @@
+"""One place where errors become HTTP answers (STYLE 7): handlers have no `try`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ca.errors import BadRequest, CaError, Unauthorized
+from policy import errors as policy_errors
+
+_log = structlog.get_logger("ca.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_POLICY_STATUS: dict[type[policy_errors.PolicyViolation], int] = {
+    policy_errors.InvalidUserId: 400,
+    policy_errors.UnsupportedKey: 400,
+}
+
+
+def json_error(status: int, code: str, message: str, **details: Any) -> web.Response:
+    """A JSON error body: {"error": code, "message": text, ...details}."""
+    body = {"error": code, "message": message, **details}
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map CA and policy errors to JSON; an unexpected exception is a 500 with a request ID."""
+    try:
+        return await handler(request)
+    except CaError as exc:
+        return json_error(exc.status, exc.code, str(exc), **exc.details)
+    except policy_errors.PolicyViolation as exc:
+        status = _POLICY_STATUS.get(type(exc), 409)
+        details = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
+        return json_error(status, exc.code, str(exc), **details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "too_large" if exc.status == 413 else exc.reason.lower().replace(" ", "_")
+        return json_error(exc.status, code, exc.reason)
+    except Exception:
+        request_id = uuid.uuid4().hex
+        _log.exception("unhandled_error", request_id=request_id, path=request.path)
+        return json_error(500, "internal_error", "internal error", request_id=request_id)
+
+
+def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Bearer-token authentication for the internal API (constant-time comparison)."""
+    expected = hashlib.sha256(token.encode()).digest()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        presented = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), expected):
+            _log.warning("internal_api_unauthenticated", path=request.path,
+                         peer=request.remote)
+            raise Unauthorized("a valid API token is required", code="unauthenticated")
+        return await handler(request)
+
+    return authenticate
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body of a request, or a 400 that says why not."""
+    if request.content_type != "application/json":
+        raise BadRequest("send the body as application/json", code="bad_content_type")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON", code="bad_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="bad_json")
+    return body
+
+
+def required_str(body: dict[str, Any], key: str, *, max_length: int = 4096) -> str:
+    """A required non-empty string field."""
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise BadRequest(f"field {key!r} must be a non-empty string", code="bad_field", field=key)
+    return value

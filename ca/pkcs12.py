@@ -1,0 +1,98 @@
+"""Server-side key pairs and their PKCS#12 delivery (R-CERT-4).
+
+These functions run in a worker process (see `KeyWorkers`): PBKDF2 at 600,000 rounds holds the
+GIL for ~170 ms, which would stall the event loop if run in a thread. The private key travels
+to the worker as DER over the pool's pipe, in memory only; it is never stored or logged, and
+afterwards exists only inside the encrypted PKCS#12.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ProcessPoolExecutor
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+
+def generate_private_key_der(algorithm: str) -> bytes:
+    """A fresh P-256 or RSA-2048 private key as unencrypted PKCS#8 DER (worker-side)."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if algorithm == "p256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif algorithm == "rsa2048":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        raise ValueError(f"unknown key algorithm {algorithm!r}")
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_of(private_key_der: bytes) -> CertificatePublicKeyTypes:
+    """The public key of a PKCS#8 DER private key."""
+    public_key = serialization.load_der_private_key(private_key_der, None).public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise TypeError("unexpected key type")
+    return public_key
+
+
+def build_pkcs12(
+    private_key_der: bytes, certificate_der: bytes, chain_der: list[bytes], password: str,
+    kdf_rounds: int, friendly_name: str,
+) -> bytes:
+    """AES-256-CBC + PBKDF2-SHA256 key and certificate bags with a SHA-256 MAC (R-CERT-4).
+
+    The chain (issuing CA, then root) is included so that Windows, macOS and Firefox can build
+    the path on import.
+    """
+    key = serialization.load_der_private_key(private_key_der, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise TypeError("unexpected key type")
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(kdf_rounds)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(password.encode())
+    )
+    return pkcs12.serialize_key_and_certificates(
+        friendly_name.encode(),
+        key,
+        x509.load_der_x509_certificate(certificate_der),
+        [x509.load_der_x509_certificate(der) for der in chain_der],
+        encryption,
+    )
+
+
+class KeyWorkers:
+    """A process pool for key generation and PKCS#12 encryption, off the event loop."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self._pool = ProcessPoolExecutor(max_workers=workers)
+
+    async def generate_key(self, algorithm: str) -> bytes:
+        """A new private key (PKCS#8 DER). P-256 takes microseconds; RSA-2048 ~60 ms."""
+        if algorithm == "p256":
+            return generate_private_key_der(algorithm)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, generate_private_key_der, algorithm
+        )
+
+    async def pkcs12(
+        self, private_key_der: bytes, certificate_der: bytes, chain_der: list[bytes],
+        password: str, kdf_rounds: int, friendly_name: str,
+    ) -> bytes:
+        """Encrypt key + certificate + chain into a PKCS#12 in a worker process."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, build_pkcs12, private_key_der, certificate_der, chain_der, password,
+            kdf_rounds, friendly_name,
+        )
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,79 @@
+"""Everything a running CA holds: opened once by the daemon, the CLI and the tests alike."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.passwords import PasswordHasher
+
+from ca.config import CaConfig
+from ca.feed import RevocationFeed
+from ca.issuance import CertificateAuthority
+from ca.issuers import Issuers
+from ca.pkcs12 import KeyWorkers
+from ca.store import Store
+from keys.file_signer import FileKeyStore, ensure_owner_only, load_passphrase, write_owner_only
+from keys.hierarchy import Hierarchy
+from policy.clock import Clock
+
+
+def open_hierarchy(config: CaConfig) -> Hierarchy:
+    """The key hierarchy, with the passphrase from the environment or the 0600 file."""
+    passphrase = load_passphrase(config.keys.passphrase_file, config.keys.passphrase_env)
+    keystore = FileKeyStore(config.keys.directory, passphrase)
+    return Hierarchy(keystore, config.keys.directory, config.organization)
+
+
+def create_api_token(path: Path) -> str:
+    """Create the internal API token file (0600); refuses to overwrite."""
+    token = secrets.token_urlsafe(32)
+    write_owner_only(path, token.encode())
+    return token
+
+
+def read_api_token(path: Path) -> str:
+    """Read the internal API token, refusing a file others can read."""
+    ensure_owner_only(path)
+    token = path.read_text().strip()
+    if len(token) < 32:
+        raise ValueError(f"the API token in {path} is too short")
+    return token
+
+
+@dataclass
+class CaRuntime:
+    """The opened store, issuers, workers and service of one CA."""
+
+    config: CaConfig
+    clock: Clock
+    store: Store
+    issuers: Issuers
+    workers: KeyWorkers
+    hasher: PasswordHasher
+    authority: CertificateAuthority
+    feed: RevocationFeed
+    hierarchy: Hierarchy
+
+    @classmethod
+    async def open(cls, config: CaConfig, clock: Clock, *, workers: int = 2) -> CaRuntime:
+        """Open keys (checking modes), the store and the service."""
+        hierarchy = open_hierarchy(config)
+        issuers = Issuers(hierarchy)
+        store = await Store.open(config.database)
+        key_workers = KeyWorkers(workers)
+        hasher = PasswordHasher()
+        authority = CertificateAuthority(
+            config=config, clock=clock, store=store, issuers=issuers, workers=key_workers,
+            hasher=hasher,
+        )
+        feed = RevocationFeed(store)
+        await feed.start()
+        authority.revocation_listeners.append(feed.catch_up)
+        return cls(config, clock, store, issuers, key_workers, hasher, authority, feed, hierarchy)
+
+    async def close(self) -> None:
+        """Release the store and the worker processes."""
+        self.workers.close()
+        await self.store.close()

@@ -1,0 +1,110 @@
+"""An append-only, hash-chained audit log in SQLite (R-OPS-2), shared by the CA and gateway.
+
+Each row stores `hash = SHA-256(prev_hash || canonical JSON of the row)`. `verify_chain` finds an
+edited row (its hash no longer matches), a deleted row in the middle (the next row's prev_hash
+no longer links) and a deleted last row (AUTOINCREMENT's sqlite_sequence remembers the highest
+id ever handed out). Every append is also written to the JSON log with its hash, so the log
+stream shipped elsewhere anchors the chain against a rewrite of the whole table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+import structlog
+
+GENESIS = "0" * 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+"""
+
+_log = structlog.get_logger("audit")
+
+
+def _entry_hash(
+    prev_hash: str, at: str, actor: str, action: str, subject: str, details: str
+) -> str:
+    canonical = json.dumps([at, actor, action, subject, details], ensure_ascii=False)
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+async def append(
+    db: aiosqlite.Connection, *, at: datetime, actor: str, action: str, subject: str,
+    details: dict[str, Any] | None = None,
+) -> str:
+    """Append one entry inside the caller's transaction and return its hash."""
+    async with db.execute("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1") as cursor:
+        row = await cursor.fetchone()
+    prev_hash = row[0] if row else GENESIS
+    at_text = at.isoformat()
+    details_text = json.dumps(details or {}, ensure_ascii=False, sort_keys=True, default=str)
+    entry_hash = _entry_hash(prev_hash, at_text, actor, action, subject, details_text)
+    await db.execute(
+        "INSERT INTO audit_log (at, actor, action, subject, details, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (at_text, actor, action, subject, details_text, prev_hash, entry_hash),
+    )
+    _log.info("audit", actor=actor, action=action, subject=subject, audit_hash=entry_hash)
+    return entry_hash
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of the audit log."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+
+
+async def entries(db: aiosqlite.Connection, *, limit: int = 1000) -> list[AuditEntry]:
+    """The newest `limit` entries, oldest first."""
+    async with db.execute(
+        "SELECT id, at, actor, action, subject, details FROM audit_log ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
+
+
+async def verify_chain(db: aiosqlite.Connection) -> list[str]:
+    """Return the problems found in the chain (empty when intact)."""
+    problems: list[str] = []
+    prev_hash = GENESIS
+    expected_id = 1
+    async with db.execute(
+        "SELECT id, at, actor, action, subject, details, prev_hash, hash FROM audit_log ORDER BY id"
+    ) as cursor:
+        async for row_id, at, actor, action, subject, details, stored_prev, stored_hash in cursor:
+            if row_id != expected_id:
+                problems.append(f"rows {expected_id}..{row_id - 1} are missing (deleted)")
+            if stored_prev != prev_hash:
+                problems.append(f"row {row_id} does not link to the row before it")
+            if _entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
+                problems.append(f"row {row_id} was edited (its hash does not match its content)")
+            prev_hash = stored_hash
+            expected_id = row_id + 1
+    async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'") as cursor:
+        row = await cursor.fetchone()
+    highest = row[0] if row else 0
+    if highest >= expected_id:
+        problems.append(f"rows {expected_id}..{highest} at the end are missing (deleted)")
+    return problems

@@ -1,0 +1,164 @@
+"""Fixtures: a throwaway CA made with our own code, started for real on loopback (STYLE 9)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ca import cli as ca_cli
+from ca.app import build_internal_app, build_public_app
+from ca.config import CaConfig, load_ca_config
+from ca.runtime import CaRuntime, read_api_token
+from policy.clock import FakeClock
+from tests.support.servers import LoopThread, free_port
+
+# A fixed "now" for tests that do not care about the date; tests that do move the clock.
+START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that only moves when the test moves it."""
+    return FakeClock(START)
+
+
+def write_config(directory: Path, *, public_port: int, internal_port: int,
+                 extra: str = "", kdf_rounds: int = 2048) -> Path:
+    """A config.toml for a test CA under `directory` (cheap PKCS#12 rounds unless asked)."""
+    path = directory / "config.toml"
+    path.write_text(textwrap.dedent(f"""
+        [paths]
+        data_dir = "var"
+        [logging]
+        level = "warning"
+        [ca]
+        organization = "Sekisho Test"
+        public_url = "http://127.0.0.1:{public_port}"
+        public_listen = "127.0.0.1:{public_port}"
+        internal_listen = "127.0.0.1:{internal_port}"
+        database = "var/ca/ca.sqlite3"
+        api_token_file = "var/secrets/ca-api-token"
+        [keys]
+        directory = "var/keys"
+        passphrase_file = "var/secrets/ca-passphrase"
+        passphrase_env = "SEKISHO_TEST_UNSET_PASSPHRASE"
+        [certificate]
+        pkcs12_kdf_rounds = {kdf_rounds}
+    """) + textwrap.dedent(extra))
+    return path
+
+
+@dataclass
+class CaHarness:
+    """A running CA: its config, runtime, URLs, token and the loop it runs on."""
+
+    config_path: Path
+    config: CaConfig
+    runtime: CaRuntime
+    loop: LoopThread
+    public_url: str
+    internal_url: str
+    token: str
+    clock: FakeClock
+    directory: Path
+    runners: list[Any]
+
+    def stop(self) -> None:
+        """Stop the listeners, close the runtime, stop the loop."""
+
+        async def shutdown() -> None:
+            for runner in self.runners:
+                await runner.cleanup()
+            await self.runtime.close()
+
+        self.loop.run(shutdown())
+        self.loop.stop()
+
+    def cli(self, *args: str) -> int:
+        """Run `sekisho-ca` in-process (its own store connection, like a separate process)."""
+        return ca_cli.main(["--config", str(self.config_path), *args], clock=self.clock)
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the CA's loop (e.g. runtime.authority methods)."""
+        return self.loop.run(coro)
+
+    def api(self, method: str, path: str, *, json: Any = None, token: str | None = "default",
+            **kwargs: Any) -> tuple[int, Any]:
+        """Call the internal API over real HTTP; returns (status, parsed JSON or text)."""
+        headers = kwargs.pop("headers", {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
+
+        async def call() -> tuple[int, Any]:
+            async with aiohttp.ClientSession() as session, session.request(
+                method, self.internal_url + path, json=json, headers=headers, **kwargs
+            ) as response:
+                if response.content_type == "application/json":
+                    return response.status, await response.json()
+                return response.status, await response.read()
+
+        return self.loop.run(call())
+
+    def issuer_files(self) -> dict[str, Path]:
+        """PEM files of the root, g1, its responder and a chain file, for openssl."""
+        keys = self.config.keys.directory
+        chain = self.directory / "chain.pem"
+        chain.write_bytes((keys / "g1.crt.pem").read_bytes() + (keys / "root.crt.pem").read_bytes())
+        return {"root": keys / "root.crt.pem", "g1": keys / "g1.crt.pem",
+                "g1-ocsp": keys / "g1-ocsp.crt.pem", "chain": chain}
+
+
+def init_ca(directory: Path, clock: FakeClock, **config_kwargs: Any) -> Path:
+    """Write a config and run `sekisho-ca init` for it; returns the config path."""
+    public_port, internal_port = free_port(), free_port()
+    path = write_config(directory, public_port=public_port, internal_port=internal_port,
+                        **config_kwargs)
+    assert ca_cli.main(["--config", str(path), "init", "--generate-passphrase"],
+                       clock=clock) == 0
+    return path
+
+
+def start_ca(config_path: Path, clock: FakeClock) -> CaHarness:
+    """Start the real public and internal apps on the ports the config names."""
+    config = load_ca_config(config_path)
+    loop = LoopThread()
+    runtime = loop.run(CaRuntime.open(config, clock))
+    token = read_api_token(config.api_token_file)
+    public_runner, _ = loop.start_app(build_public_app(runtime), config.public_listen.port)
+    internal_runner, _ = loop.start_app(build_internal_app(runtime, token),
+                                        config.internal_listen.port)
+    return CaHarness(
+        config_path=config_path, config=config, runtime=runtime, loop=loop,
+        public_url=f"http://127.0.0.1:{config.public_listen.port}",
+        internal_url=f"http://127.0.0.1:{config.internal_listen.port}",
+        token=token, clock=clock, directory=config_path.parent,
+        runners=[public_runner, internal_runner],
+    )
+
+
+@pytest.fixture
+def ca(tmp_path: Path, clock: FakeClock) -> Iterator[CaHarness]:
+    """A freshly initialised CA, running on loopback with the fake clock."""
+    harness = start_ca(init_ca(tmp_path, clock), clock)
+    yield harness
+    harness.stop()
+
+
+def openssl(*args: str, input_bytes: bytes | None = None, check: bool = True,
+            ) -> subprocess.CompletedProcess[str]:
+    """Run the openssl CLI; returns text output."""
+    result = subprocess.run(
+        ["openssl", *args], input=input_bytes.decode() if input_bytes else None,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr}")
+    return result

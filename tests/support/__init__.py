@@ -1,0 +1,1 @@
+"""Shared test machinery: real servers on loopback, real TLS, a fake clock."""

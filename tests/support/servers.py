@@ -1,0 +1,57 @@
+"""Run the real aiohttp apps in a background event loop so tests can use blocking clients
+(openssl, curl, Playwright's sync API) while the servers keep answering."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (for URLs that must be known before binding)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LoopThread:
+    """An event loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start_app(
+        self, app: web.Application, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> tuple[web.AppRunner, int]:
+        """Serve `app` on 127.0.0.1 and return the runner and the bound port."""
+
+        async def start() -> tuple[web.AppRunner, int]:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
+            await site.start()
+            server = site._server
+            assert server is not None
+            bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            return runner, int(bound)
+
+        return self.run(start())
+
+    def stop(self) -> None:
+        """Stop the loop and join the thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
