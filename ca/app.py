@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ca.api import internal, public
+from ca.api import crl, internal, public
 from ca.api.internal import RUNTIME
 from ca.middleware import error_middleware, token_middleware
 from ca.runtime import CaRuntime
@@ -30,13 +30,26 @@ def build_public_app(runtime: CaRuntime) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     public.add_routes(app)
+    crl.add_routes(app)
+    app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_background_tasks)
     return app
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format (R-REV-3)."""
+    return web.Response(body=request.app[RUNTIME].metrics.render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
 async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    tasks = [asyncio.create_task(runtime.feed.run(), name="revocation-feed")]
+    await runtime.crls.start()
+    tasks = [
+        asyncio.create_task(runtime.feed.run(), name="revocation-feed"),
+        asyncio.create_task(runtime.crls.run(), name="crl-schedule"),
+    ]
     yield
     for task in tasks:
         task.cancel()

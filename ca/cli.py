@@ -24,7 +24,7 @@ from ca.errors import BadRequest, CaError
 from ca.issuance import REASON_NAMES
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
-from common.config import DEFAULT_CONFIG, ConfigError
+from common.config import DEFAULT_CONFIG, ConfigError, parse_duration
 from common.logging import configure_logging
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
@@ -86,7 +86,7 @@ async def cmd_serve(config: CaConfig, clock: Clock, args: argparse.Namespace) ->
 async def _with_runtime(
     config: CaConfig, clock: Clock, action: Callable[[CaRuntime], Awaitable[int]]
 ) -> int:
-    runtime = await CaRuntime.open(config, clock, workers=1)
+    runtime = await CaRuntime.open(config, clock, workers=1, publishing=False)
     try:
         return await action(runtime)
     finally:
@@ -208,6 +208,43 @@ async def cmd_audit_verify(config: CaConfig, clock: Clock, args: argparse.Namesp
     return 0
 
 
+async def cmd_crl(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Write the current CRL of a generation (DER) to a file or stdout."""
+
+    async def run(runtime: CaRuntime) -> int:
+        if args.generation not in runtime.issuers.generations:
+            raise CliError(f"no issuing generation {args.generation!r}")
+        published = await runtime.crls.load(args.generation)
+        if published is None:  # the daemon never ran: sign the first one here
+            published = await runtime.crls.publish(args.generation)
+        if args.output:
+            Path(args.output).write_bytes(published.der)
+            print(f"CRL {args.generation} number {published.number}, {published.entries} "
+                  f"entries, nextUpdate {published.next_update:%Y-%m-%d %H:%M:%S}Z -> "
+                  f"{args.output}", file=sys.stderr)
+        else:
+            sys.stdout.buffer.write(published.der)
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+def run_check_crl(args: argparse.Namespace, clock: Clock) -> int:
+    """Nagios-style CRL freshness check; never raises (exit 3 = UNKNOWN)."""
+    from ca.check_crl import UNKNOWN, CheckResult, evaluate, fetch, load_issuers
+
+    try:
+        config = load_ca_config(args.config)
+        warn = parse_duration(args.warn, "--warn")
+        crit = parse_duration(args.crit, "--crit")
+        result = evaluate(fetch(args.url), load_issuers(config.keys.directory), clock.now(),
+                          warn, crit)
+    except (OSError, ConfigError, ValueError) as exc:
+        result = CheckResult(UNKNOWN, str(exc))
+    print(result.line())
+    return result.code
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -255,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("serial")
     show.set_defaults(handler=cmd_show)
 
+    crl = commands.add_parser("crl", help="write the current CRL (DER)")
+    crl.add_argument("--generation", default="g1")
+    crl.add_argument("--output", help="file to write (default: stdout)")
+    crl.set_defaults(handler=cmd_crl)
+
+    check = commands.add_parser("check-crl", help="monitoring check of a published CRL")
+    check.add_argument("url")
+    check.add_argument("--warn", default="6h", help="WARNING when nextUpdate is this close")
+    check.add_argument("--crit", default="1h", help="CRITICAL when nextUpdate is this close")
+    check.set_defaults(handler=None)
+
     audit_cmd = commands.add_parser("audit", help="audit log commands")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_sub.add_parser("verify", help="verify the audit hash chain").set_defaults(
@@ -266,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-ca`."""
     args = build_parser().parse_args(argv)
+    if args.command == "check-crl":
+        return run_check_crl(args, clock or SystemClock())
     try:
         config = load_ca_config(args.config)
         configure_logging("warning" if args.command != "serve" else config.log_level,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from common.passwords import PasswordHasher, generate_secret
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,6 +27,7 @@ from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
 from ca.issuers import Issuers
 from ca.pkcs12 import KeyWorkers, public_key_of
 from ca.store import CertRecord, Store, serial_hex
+from common.passwords import PasswordHasher, generate_secret
 from keys.hierarchy import IssuerGeneration
 from keys.signer import signature_hash_for
 from policy import certificates as rules

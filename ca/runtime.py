@@ -6,14 +6,15 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.passwords import PasswordHasher
-
 from ca.config import CaConfig
+from ca.crl_publisher import CrlPublisher
 from ca.feed import RevocationFeed
 from ca.issuance import CertificateAuthority
 from ca.issuers import Issuers
+from ca.metrics import CaMetrics
 from ca.pkcs12 import KeyWorkers
-from ca.store import Store
+from ca.store import CertRecord, Store
+from common.passwords import PasswordHasher
 from keys.file_signer import FileKeyStore, ensure_owner_only, load_passphrase, write_owner_only
 from keys.hierarchy import Hierarchy
 from policy.clock import Clock
@@ -55,10 +56,18 @@ class CaRuntime:
     authority: CertificateAuthority
     feed: RevocationFeed
     hierarchy: Hierarchy
+    crls: CrlPublisher
+    metrics: CaMetrics
 
     @classmethod
-    async def open(cls, config: CaConfig, clock: Clock, *, workers: int = 2) -> CaRuntime:
-        """Open keys (checking modes), the store and the service."""
+    async def open(
+        cls, config: CaConfig, clock: Clock, *, workers: int = 2, publishing: bool = True
+    ) -> CaRuntime:
+        """Open keys (checking modes), the store and the service.
+
+        `publishing` is for the daemon: it re-signs CRLs and refreshes OCSP after revocations.
+        A CLI command leaves that to the daemon, which notices the CLI's commits.
+        """
         hierarchy = open_hierarchy(config)
         issuers = Issuers(hierarchy)
         store = await Store.open(config.database)
@@ -71,7 +80,22 @@ class CaRuntime:
         feed = RevocationFeed(store)
         await feed.start()
         authority.revocation_listeners.append(feed.catch_up)
-        return cls(config, clock, store, issuers, key_workers, hasher, authority, feed, hierarchy)
+        metrics = CaMetrics()
+        crls = CrlPublisher(config, clock, store, issuers)
+        crls.on_publish.append(metrics.crl_published)
+        if publishing:
+            feed.listeners.append(crls.on_revoked)
+
+        async def count_revoked(records: list[CertRecord]) -> None:
+            metrics.revoked.inc(len(records))
+
+        async def count_issued(_record: CertRecord) -> None:
+            metrics.issued.inc()
+
+        feed.listeners.append(count_revoked)
+        authority.issuance_listeners.append(count_issued)
+        return cls(config, clock, store, issuers, key_workers, hasher, authority, feed,
+                   hierarchy, crls, metrics)
 
     async def close(self) -> None:
         """Release the store and the worker processes."""

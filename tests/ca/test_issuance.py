@@ -91,8 +91,9 @@ class TestKeyCustody:
 class TestAcquisition:
     """First acquisition with a server-side key (R-CERT-1..5)."""
 
-    def test_pkcs12_opens_with_modern_algorithms_R_CERT_4(self, ca: CaHarness, tmp_path: Path) -> None:
-        """openssl opens the file with the acquisition password: AES-256-CBC, PBKDF2, SHA-256 MAC."""
+    def test_pkcs12_opens_with_modern_algorithms_R_CERT_4(self, ca: CaHarness,
+                                                          tmp_path: Path) -> None:
+        """openssl opens it with the acquisition password: AES-256-CBC, PBKDF2, SHA-256 MAC."""
         password, body, p12 = _acquired(ca)
         path = tmp_path / "100001.p12"
         path.write_bytes(p12)
@@ -155,7 +156,9 @@ class TestAcquisition:
         for path in ca.config.database.parent.iterdir():
             assert secret not in path.read_bytes()
 
-    def test_refused_while_usable_then_allowed_after_revocation_R_CERT_5(self, ca: CaHarness) -> None:
+    def test_refused_while_usable_then_allowed_after_revocation_R_CERT_5(
+        self, ca: CaHarness
+    ) -> None:
         """A second acquisition is refused while the first certificate is usable."""
         password, body, _ = _acquired(ca)
         status, error = _acquire(ca, "100001", password)
@@ -201,8 +204,8 @@ class TestAcquisition:
             return await asyncio.gather(*(one() for _ in range(30)))
 
         statuses = ca.call(storm())
-        assert statuses.count(401) + statuses.count(423) == 30
-        assert statuses.count(401) <= 2
+        assert set(statuses) <= {401, 423, 429}
+        assert statuses.count(401) <= 2  # at most three evaluated; the third one locks
         with sqlite3.connect(ca.config.database) as db:
             failures, locked = db.execute(
                 "SELECT failed_attempts, locked FROM acquisition_secrets").fetchone()
@@ -247,7 +250,7 @@ class TestRenewal:
         return ca.api("POST", "/v1/renew", json={"serial": serial, "password": password})
 
     def test_window_through_the_api_R_CERT_6(self, ca: CaHarness, tmp_path: Path) -> None:
-        """Refused a second before the window, issued at its opening, file opens with the password."""
+        """Refused a second before the window, issued at its opening; opens with the password."""
         _, body, _ = _acquired(ca)
         issued_at = ca.clock.now()
         ca.clock.set(issued_at + timedelta(days=335) - SECOND)

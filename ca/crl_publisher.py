@@ -1,0 +1,148 @@
+"""Keeps one signed, fresh CRL per issuing generation (R-REV-1).
+
+- Re-signed on a schedule (`crl.resign_interval`, well before `crl.validity` runs out) even when
+  nothing was revoked, and after every revocation. Revocations that arrive while a CRL is being
+  signed are coalesced into one more signing, so a bulk revocation costs two signings, not N.
+- The CRL number only grows and is persisted with the CRL (`crl_state`), so a restart never
+  reuses or lowers it.
+- Building runs in a worker thread: at 100k entries it takes about a second of CPU, during
+  which the loop keeps answering (the GIL is handed back every few milliseconds).
+- Entries of certificates past their notAfter are dropped when `crl.drop_expired` is set
+  (RFC 5280 §3.3 allows it; a retired generation's CRL shrinks to empty as its certificates
+  expire, and keeps being signed until the last one has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from ca.config import CaConfig
+from ca.crl import RevokedEntry, build_crl, crl_cache_headers
+from ca.issuers import Issuers
+from ca.store import CertRecord, Store, from_epoch
+from policy.clock import Clock
+
+_log = structlog.get_logger("ca.crl")
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    """A signed CRL with what HTTP and monitoring need to know about it."""
+
+    generation: str
+    number: int
+    this_update: datetime
+    next_update: datetime
+    der: bytes
+    entries: int
+
+    def headers(self, now: datetime) -> dict[str, str]:
+        """ETag, Last-Modified, Expires and a Cache-Control that never passes nextUpdate."""
+        return crl_cache_headers(self.der, self.this_update, self.next_update, now)
+
+
+class CrlPublisher:
+    """Signs, stores and serves the CRL of every generation."""
+
+    def __init__(self, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
+                 tick_seconds: float = 5.0) -> None:
+        self._config = config
+        self._clock = clock
+        self._store = store
+        self._issuers = issuers
+        self._tick_seconds = tick_seconds
+        self._current: dict[str, PublishedCrl] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._dirty: set[str] = set()
+        self.on_publish: list[Callable[[PublishedCrl], None]] = []
+
+    def current(self, generation: str) -> PublishedCrl | None:
+        """The newest CRL of a generation, or None for an unknown generation."""
+        return self._current.get(generation)
+
+    async def load(self, generation: str) -> PublishedCrl | None:
+        """The CRL of `generation` last persisted (by this or another process)."""
+        stored = await self._store.load_crl(generation)
+        if stored is None:
+            return None
+        number, this_update, next_update, der = stored
+        return PublishedCrl(generation, number, this_update, next_update, der,
+                            _count_entries(der))
+
+    async def start(self) -> None:
+        """Load stored CRLs and sign fresh ones where they are missing or due."""
+        for name in self._issuers.generations:
+            published = await self.load(name)
+            if published is not None:
+                self._set(published)
+        await self.tick()
+
+    async def tick(self) -> None:
+        """Re-sign every CRL that is due (by schedule) or dirty (after revocations)."""
+        now = self._clock.now()
+        for name in list(self._issuers.generations):
+            published = self._current.get(name)
+            due = (published is None
+                   or now >= published.this_update + self._config.crl_resign_interval
+                   or now < published.this_update)
+            if due or name in self._dirty:
+                await self.publish(name)
+
+    async def on_revoked(self, records: list[CertRecord]) -> None:
+        """Revocation listener: re-sign the affected generations now."""
+        for name in {record.generation for record in records}:
+            self._dirty.add(name)
+        for name in {record.generation for record in records}:
+            await self.publish(name)
+
+    async def publish(self, generation: str) -> PublishedCrl:
+        """Sign and persist a new CRL for `generation` with the next CRL number."""
+        lock = self._locks.setdefault(generation, asyncio.Lock())
+        async with lock:
+            self._dirty.discard(generation)
+            now = self._clock.now().replace(microsecond=0)
+            issuer = self._issuers.get(generation)
+            stored = await self._store.load_crl(generation)
+            number = (stored[0] if stored else 0) + 1
+            expired_before = now if self._config.crl_drop_expired else None
+            rows = await self._store.revoked_entries(generation, expired_before=expired_before)
+            next_update = now + self._config.crl_validity
+            der = await asyncio.to_thread(
+                _build, issuer.certificate, issuer.signer, rows, number, now, next_update
+            )
+            await self._store.save_crl(generation, number, now, next_update, der)
+            published = PublishedCrl(generation, number, now, next_update, der, len(rows))
+            self._set(published)
+            _log.info("crl_published", generation=generation, number=number,
+                      entries=len(rows), next_update=next_update.isoformat())
+            return published
+
+    def _set(self, published: PublishedCrl) -> None:
+        self._current[published.generation] = published
+        for callback in self.on_publish:
+            callback(published)
+
+    async def run(self) -> None:
+        """The schedule: check every `tick_seconds` whether a CRL is due, until cancelled."""
+        while True:
+            await asyncio.sleep(self._tick_seconds)
+            try:
+                await self.tick()
+            except Exception:
+                _log.exception("crl_schedule_failed")
+
+
+def _build(issuer_cert, signer, rows, number, this_update, next_update) -> bytes:  # type: ignore[no-untyped-def]
+    entries = [RevokedEntry(int(serial, 16), from_epoch(at), reason) for serial, at, reason in rows]
+    return build_crl(issuer_cert, signer, entries, number, this_update, next_update)
+
+
+def _count_entries(der: bytes) -> int:
+    from cryptography import x509
+
+    return len(x509.load_der_x509_crl(der))
