@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.api.views import certificate_view
 from ca.config import CaConfig, load_ca_config
+from ca.crl import REASONS
 from ca.errors import BadRequest, CaError
-from ca.issuance import REASON_NAMES
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
 from common.config import DEFAULT_CONFIG, ConfigError, parse_duration
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--serial", help="certificate serial number (hex)")
     target.add_argument("--user", help="revoke every usable certificate of this user")
     revoke.add_argument("--reason", required=True,
-                        help="RFC 5280 reason: " + ", ".join(REASON_NAMES.values()))
+                        help="RFC 5280 reason: " + ", ".join(REASONS))
     revoke.set_defaults(handler=cmd_revoke)
 
     listing = commands.add_parser("list", help="list certificates")

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from ca import crl
 from ca.config import CaConfig
 from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
 from ca.issuers import Issuers
@@ -37,31 +38,15 @@ from policy.profile import check_csr_key, validate_user_id
 
 _log = structlog.get_logger("ca.issuance")
 
-REVOCATION_REASONS = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "keycompromise": x509.ReasonFlags.key_compromise,
-    "affiliationchanged": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessationofoperation": x509.ReasonFlags.cessation_of_operation,
-    "privilegewithdrawn": x509.ReasonFlags.privilege_withdrawn,
-}
-REASON_NAMES = {
-    "unspecified": "unspecified", "keycompromise": "keyCompromise",
-    "affiliationchanged": "affiliationChanged", "superseded": "superseded",
-    "cessationofoperation": "cessationOfOperation", "privilegewithdrawn": "privilegeWithdrawn",
-}
 _MAX_CSR_BYTES = 16384
 
 
 def parse_reason(text: str) -> str:
     """Normalise an RFC 5280 reason name (R-CERT-7); certificateHold is not offered."""
-    name = REASON_NAMES.get(re.sub(r"[\s_-]", "", text or "").lower())
-    if name is None:
-        raise BadRequest(
-            f"unknown revocation reason {text!r}; use one of: {', '.join(REASON_NAMES.values())}",
-            code="bad_reason",
-        )
-    return name
+    try:
+        return crl.parse_reason(text)
+    except ValueError as exc:
+        raise BadRequest(str(exc), code="bad_reason") from None
 
 
 def parse_serial(text: str) -> str:
