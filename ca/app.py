@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ca.api import crl, internal, public
+from ca.api import crl, internal, ocsp, public
 from ca.api.internal import RUNTIME
 from ca.middleware import error_middleware, token_middleware
 from ca.runtime import CaRuntime
@@ -31,6 +31,7 @@ def build_public_app(runtime: CaRuntime) -> web.Application:
     app[RUNTIME] = runtime
     public.add_routes(app)
     crl.add_routes(app)
+    ocsp.add_routes(app)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_background_tasks)
     return app
@@ -49,6 +50,7 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(runtime.feed.run(), name="revocation-feed"),
         asyncio.create_task(runtime.crls.run(), name="crl-schedule"),
+        asyncio.create_task(runtime.ocsp.run(), name="ocsp-maintenance"),
     ]
     yield
     for task in tasks:

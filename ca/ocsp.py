@@ -49,7 +49,6 @@ MAX_CERT_IDS = 16
 MAX_NONCE_BYTES = 128
 
 HashName = Literal["sha1", "sha256"]
-_DIGESTS: dict[str, Any] = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
 _DIGEST_SIZES = {"sha1": 20, "sha256": 32}
 # asn1crypto's spelling of the RFC 5280 CRLReason names.
 _ASN1_REASONS = {
@@ -106,7 +105,7 @@ class ParsedRequest:
 def _cert_id(value: asn1_ocsp.CertId) -> CertId:
     algorithm = value["hash_algorithm"]
     name = algorithm["algorithm"].native
-    if name not in _DIGESTS:
+    if name not in _DIGEST_SIZES:
         raise MalformedRequest(f"unsupported CertID hash algorithm {name!r}; use SHA-1 or SHA-256")
     if algorithm["parameters"].native is not None:
         raise MalformedRequest("CertID hash algorithm parameters must be absent or NULL")
@@ -189,6 +188,12 @@ def request_from_get_path(path: str) -> bytes:
 # --- issuers ----------------------------------------------------------------------------------
 
 
+def _sha1(data: bytes) -> bytes:
+    # SHA-1 here only names keys and names the way RFC 6960 CertIDs and byKey responder IDs
+    # do; collision resistance protects nothing, the response signature does.
+    return hashlib.sha1(data, usedforsecurity=False).digest()
+
+
 def _name_and_key_bytes(certificate: x509.Certificate) -> tuple[bytes, bytes, bytes]:
     """The subject Name DER, the subjectPublicKey BIT STRING value and the SPKI DER."""
     tbs = asn1_x509.Certificate.load(certificate.public_bytes(Encoding.DER))["tbs_certificate"]
@@ -213,7 +218,7 @@ class IssuerIdentity:
         """Compute the identity of `certificate` as an issuer (RFC 6960 §4.1.1)."""
         name, key, _ = _name_and_key_bytes(certificate)
         return cls(
-            hashlib.sha1(name).digest(), hashlib.sha1(key).digest(),
+            _sha1(name), _sha1(key),
             hashlib.sha256(name).digest(), hashlib.sha256(key).digest(), certificate,
         )
 
@@ -376,7 +381,7 @@ class Responder:
         wide = public_key.curve.key_size >= 384
         self._algorithm = ec.ECDSA(hashes.SHA384() if wide else hashes.SHA256())
         _, key_bits, _ = _name_and_key_bytes(certificate)
-        self.key_hash = hashlib.sha1(key_bits).digest()
+        self.key_hash = _sha1(key_bits)
         # The constant parts of every response, encoded once.
         self._responder_id = asn1_ocsp.ResponderId(name="by_key", value=self.key_hash).dump()
         self._signature_algorithm = asn1_algos.SignedDigestAlgorithm(
@@ -434,10 +439,10 @@ class Responder:
     def _single(
         cert_id: CertId, status: CertStatus, this_update: datetime, next_update: datetime
     ) -> asn1_ocsp.SingleResponse:
-        if status.status == "revoked":
-            assert status.revoked_at is not None  # noqa: S101 -- CertStatus guarantees it
-            info: dict[str, Any] = {"revocation_time": _whole_seconds("revoked_at",
-                                                                      status.revoked_at)}
+        if status.status == "revoked" and status.revoked_at is not None:
+            info: dict[str, Any] = {
+                "revocation_time": _whole_seconds("revoked_at", status.revoked_at)
+            }
             # Omitted for unspecified, as in the CRL (RFC 5280 §5.3.1).
             if status.reason != "unspecified":
                 info["revocation_reason"] = _ASN1_REASONS[status.reason or "unspecified"]

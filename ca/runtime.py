@@ -12,6 +12,7 @@ from ca.feed import RevocationFeed
 from ca.issuance import CertificateAuthority
 from ca.issuers import Issuers
 from ca.metrics import CaMetrics
+from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
 from ca.store import CertRecord, Store
 from common.passwords import PasswordHasher
@@ -58,6 +59,7 @@ class CaRuntime:
     hierarchy: Hierarchy
     crls: CrlPublisher
     metrics: CaMetrics
+    ocsp: OcspService
 
     @classmethod
     async def open(
@@ -83,8 +85,12 @@ class CaRuntime:
         metrics = CaMetrics()
         crls = CrlPublisher(config, clock, store, issuers)
         crls.on_publish.append(metrics.crl_published)
+        ocsp = OcspService(config, clock, store, issuers, metrics, hierarchy)
         if publishing:
             feed.listeners.append(crls.on_revoked)
+            feed.listeners.append(ocsp.on_revoked)
+            authority.issuance_listeners.append(ocsp.on_issued)
+            await ocsp.start()
 
         async def count_revoked(records: list[CertRecord]) -> None:
             metrics.revoked.inc(len(records))
@@ -95,7 +101,7 @@ class CaRuntime:
         feed.listeners.append(count_revoked)
         authority.issuance_listeners.append(count_issued)
         return cls(config, clock, store, issuers, key_workers, hasher, authority, feed,
-                   hierarchy, crls, metrics)
+                   hierarchy, crls, metrics, ocsp)
 
     async def close(self) -> None:
         """Release the store and the worker processes."""

@@ -20,14 +20,15 @@ from ca.runtime import CaRuntime, read_api_token
 from policy.clock import FakeClock
 from tests.support.servers import LoopThread, free_port
 
-# A fixed "now" for tests that do not care about the date; tests that do move the clock.
-START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
-
 
 @pytest.fixture
 def clock() -> FakeClock:
-    """A clock that only moves when the test moves it."""
-    return FakeClock(START)
+    """A clock that only moves when the test moves it, starting at the real time.
+
+    Starting at the real time lets openssl and curl, which check validity against the real
+    clock, accept what the CA signs; tests that need other dates move it.
+    """
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))
 
 
 def write_config(directory: Path, *, public_port: int, internal_port: int,
