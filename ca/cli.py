@@ -22,9 +22,10 @@ from ca.api.views import certificate_view
 from ca.config import CaConfig, load_ca_config
 from ca.crl import REASONS
 from ca.errors import BadRequest, CaError
+from ca.issuance import parse_reason
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
-from common.config import DEFAULT_CONFIG, ConfigError, parse_duration
+from common.config import DEFAULT_CONFIG, ConfigError, parse_duration, to_utc_datetime
 from common.logging import configure_logging
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
@@ -133,10 +134,48 @@ async def cmd_issue(config: CaConfig, clock: Clock, args: argparse.Namespace) ->
     return await _with_runtime(config, clock, run)
 
 
+async def _bulk_revoke(runtime: CaRuntime, args: argparse.Namespace) -> int:
+    """Revoke every usable certificate issued before a date, optionally of one generation."""
+    issued_before = to_utc_datetime(args.issued_before, "--issued-before")
+    reason = parse_reason(args.reason)
+    now = runtime.clock.now()
+    targets = [
+        record for record in await runtime.store.list_certificates(
+            generation=args.generation, issued_before=issued_before)
+        if record.not_before < issued_before and record.revoked_at is None
+        and record.not_after >= now
+    ]
+    users = sorted({record.user_id for record in targets})
+    scope = f"issued before {issued_before:%Y-%m-%d %H:%M:%S}Z" + (
+        f" by generation {args.generation}" if args.generation else "")
+    if args.dry_run:
+        print(f"dry run: would revoke {len(targets)} certificates of {len(users)} users "
+              f"{scope} (reason {reason})")
+        for user in users[:50]:
+            print(f"  {user}")
+        if len(users) > 50:
+            print(f"  ... and {len(users) - 50} more users")
+        return 0
+    revoked = await runtime.authority.revoke_many(
+        [r.serial for r in targets], reason, actor=OFFICER,
+        details={"bulk": scope},
+    )
+    await runtime.store.audit(at=now, actor=OFFICER, action="certificate.bulk_revoked",
+                              subject=args.generation or "*",
+                              details={"scope": scope, "reason": reason,
+                                       "certificates": len(revoked), "users": len(users)})
+    print(f"revoked {len(revoked)} certificates of {len(users)} users {scope} (reason {reason})")
+    return 0
+
+
 async def cmd_revoke(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
-    """Revoke by serial or by user with an RFC 5280 reason."""
+    """Revoke by serial, by user, or in bulk by issue date, with an RFC 5280 reason."""
 
     async def run(runtime: CaRuntime) -> int:
+        if args.issued_before:
+            return await _bulk_revoke(runtime, args)
+        if args.dry_run:
+            raise CliError("--dry-run goes with --issued-before")
         if args.serial:
             revoked = await runtime.authority.revoke_serial(args.serial, args.reason,
                                                             actor=OFFICER)
@@ -245,6 +284,86 @@ def run_check_crl(args: argparse.Namespace, clock: Clock) -> int:
     return result.code
 
 
+async def cmd_issuer_new(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Create the next issuing generation under the same root."""
+    hierarchy = open_hierarchy(config)
+    generation = hierarchy.new_generation(clock.now(), algorithm=args.algorithm,
+                                          ocsp_validity=config.ocsp_responder_validity)
+    store = await Store.open(config.database)
+    try:
+        await store.audit(at=clock.now(), actor=OFFICER, action="issuer.created",
+                          subject=generation.name, details={"algorithm": args.algorithm})
+    finally:
+        await store.close()
+    print(f"created issuing generation {generation.name} ({args.algorithm}) with OCSP responder "
+          f"{generation.name}-ocsp")
+    print(f"next: set [generations.{generation.name}] issues_from (and retire_at of the old one) "
+          "in the config, then restart the CA and the gateway")
+    return 0
+
+
+async def cmd_issuer_list(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """List the issuing generations and their dates."""
+
+    async def run(runtime: CaRuntime) -> int:
+        now = clock.now()
+        active = runtime.issuers.for_issuance(now).name
+        rows = []
+        for name, generation in runtime.issuers.generations.items():
+            dates = runtime.issuers.schedule(name)
+            rows.append({
+                "name": name + (" *" if name == active else ""),
+                "algorithm": generation.certificate.public_key().curve.name,  # type: ignore[union-attr]
+                "issues_from": f"{dates.issues_from:%Y-%m-%d %H:%M%z}" if dates.issues_from else "",
+                "retire_at": f"{dates.retire_at:%Y-%m-%d %H:%M%z}" if dates.retire_at else "",
+                "not_after": f"{generation.certificate.not_valid_after_utc:%Y-%m-%d}",
+            })
+        _print_table(rows, [("name", "GENERATION"), ("algorithm", "KEY"),
+                            ("issues_from", "ISSUES FROM"), ("retire_at", "RETIRED FROM"),
+                            ("not_after", "CA EXPIRES")])
+        print("* issues new certificates now")
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
+async def cmd_campaign_status(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Affected users, who has re-acquired and when, who has not (R-CUT-1)."""
+    from ca.campaign import campaign_status
+
+    cutovers = [c for c in config.cutovers if args.cutover in (None, c.name)]
+    if not cutovers:
+        raise CliError("no cutover is configured" if args.cutover is None
+                       else f"no cutover named {args.cutover!r}")
+
+    async def run(runtime: CaRuntime) -> int:
+        certificates = await runtime.store.list_certificates()
+        csv_parts = []
+        for cutover in cutovers:
+            status = campaign_status(cutover, certificates)
+            print(f"cutover {cutover.name}: effective {cutover.effective_at:%Y-%m-%d %H:%M%z}"
+                  + (f", issued before {cutover.issued_before:%Y-%m-%d %H:%M%z}"
+                     if cutover.issued_before else "")
+                  + (f", generation {cutover.generation}" if cutover.generation else ""))
+            print(f"  affected users: {status.affected}  re-acquired: {status.reacquired}  "
+                  f"not yet: {status.pending}")
+            pending = [u.user_id for u in status.users if u.reacquired_serial is None]
+            if pending and not args.csv:
+                shown = ", ".join(pending[:20]) + (" ..." if len(pending) > 20 else "")
+                print(f"  not yet re-acquired: {shown}")
+            csv_parts.append(status.csv())
+        if args.csv:
+            header, *_ = csv_parts[0].splitlines(keepends=True)
+            body = "".join("".join(part.splitlines(keepends=True)[1:]) for part in csv_parts)
+            Path(args.csv).write_text(header + body)
+            print(f"per-user rows written to {args.csv}")
+        await runtime.store.audit(at=clock.now(), actor=OFFICER, action="campaign.status_viewed",
+                                  subject=",".join(c.name for c in cutovers))
+        return 0
+
+    return await _with_runtime(config, clock, run)
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -277,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     target = revoke.add_mutually_exclusive_group(required=True)
     target.add_argument("--serial", help="certificate serial number (hex)")
     target.add_argument("--user", help="revoke every usable certificate of this user")
+    target.add_argument("--issued-before", metavar="DATE",
+                        help="bulk: every usable certificate issued before DATE "
+                             "(ISO date or datetime; an offset such as +09:00 means local time)")
+    revoke.add_argument("--generation", help="bulk: only this issuing generation")
+    revoke.add_argument("--dry-run", action="store_true",
+                        help="bulk: show what would be revoked, change nothing")
     revoke.add_argument("--reason", required=True,
                         help="RFC 5280 reason: " + ", ".join(REASONS))
     revoke.set_defaults(handler=cmd_revoke)
@@ -302,6 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--warn", default="6h", help="WARNING when nextUpdate is this close")
     check.add_argument("--crit", default="1h", help="CRITICAL when nextUpdate is this close")
     check.set_defaults(handler=None)
+
+    issuer = commands.add_parser("issuer", help="issuing generations")
+    issuer_sub = issuer.add_subparsers(dest="issuer_command", required=True, metavar="ACTION")
+    new = issuer_sub.add_parser("new", help="create the next issuing generation")
+    new.add_argument("--algorithm", choices=["p256", "p384"], default="p256")
+    new.set_defaults(handler=cmd_issuer_new)
+    issuer_sub.add_parser("list", help="list generations").set_defaults(handler=cmd_issuer_list)
+
+    campaign = commands.add_parser("campaign", help="re-issuance campaigns")
+    campaign_sub = campaign.add_subparsers(dest="campaign_command", required=True,
+                                           metavar="ACTION")
+    status = campaign_sub.add_parser("status", help="who is affected and who has re-acquired")
+    status.add_argument("--cutover", help="only this cutover (default: all)")
+    status.add_argument("--csv", help="write one row per affected user to this file")
+    status.set_defaults(handler=cmd_campaign_status)
 
     audit_cmd = commands.add_parser("audit", help="audit log commands")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from common.config import Address, ConfigError, RawConfig, load_raw
+from common.cutovers import GenerationDates, generation_dates, load_cutovers
+from policy.cutover import Cutover
 from policy.lockout import LockoutPolicy
 from policy.profile import CertificateProfile
 
@@ -48,6 +50,8 @@ class CaConfig:
     ocsp_responder_renew_before: timedelta
     log_level: str
     data_dir: Path
+    generations: dict[str, GenerationDates]
+    cutovers: tuple[Cutover, ...]
 
 
 def load_ca_config(path: Path) -> CaConfig:
@@ -115,4 +119,6 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         ocsp_responder_renew_before=renew_before,
         log_level=raw.section("logging").str("level", "info"),
         data_dir=raw.section("paths").path("data_dir", "var"),
+        generations=generation_dates(raw),
+        cutovers=tuple(load_cutovers(raw)),
     )

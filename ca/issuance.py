@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,7 +33,8 @@ from keys.hierarchy import IssuerGeneration
 from keys.signer import signature_hash_for
 from policy import certificates as rules
 from policy.clock import Clock
-from policy.errors import PolicyViolation
+from policy.cutover import Cutover, check_reacquisition_open, cut_over_test, cutover_for
+from policy.errors import AcquisitionNotYetOpen, PolicyViolation
 from policy.profile import check_csr_key, validate_user_id
 
 _log = structlog.get_logger("ca.issuance")
@@ -93,8 +94,7 @@ class CertificateAuthority:
 
     def __init__(
         self, *, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
-        workers: KeyWorkers, hasher: PasswordHasher,
-        is_cut_over: rules.CutOverTest | None = None,
+        workers: KeyWorkers, hasher: PasswordHasher, cutovers: Sequence[Cutover] = (),
     ) -> None:
         self._config = config
         self._clock = clock
@@ -102,7 +102,8 @@ class CertificateAuthority:
         self.issuers = issuers
         self._workers = workers
         self._hasher = hasher
-        self._is_cut_over = is_cut_over or (lambda _cert, _now: False)
+        self.cutovers = tuple(cutovers)
+        self._is_cut_over = cut_over_test(self.cutovers)
         self.revocation_listeners: list[RevocationListener] = []
         self.issuance_listeners: list[IssuanceListener] = []
 
@@ -155,11 +156,43 @@ class CertificateAuthority:
         user_id = self._user_id(user_id)
         await self._check_acquisition_password(user_id, acquisition_password, actor)
         now = self._clock.now()
-        return await self._issue_with_server_key(
-            user_id, acquisition_password, now=now, actor=actor,
-            check=lambda existing: rules.check_may_acquire(
-                map(facts, existing), now, self._is_cut_over
-            ),
+        try:
+            delivery = await self._issue_with_server_key(
+                user_id, acquisition_password, now=now, actor=actor,
+                check=lambda existing: self._check_may_acquire(existing, now),
+            )
+        except AcquisitionNotYetOpen as refused:
+            await self._store.audit(
+                at=now, actor=actor, action="cutover.reacquisition_refused", subject=user_id,
+                details={"opens_at": refused.opens_at.isoformat()},
+            )
+            raise
+        await self._audit_cutover_reacquisition(delivery.record, now, actor)
+        return delivery
+
+    async def _audit_cutover_reacquisition(
+        self, record: CertRecord, now: datetime, actor: str
+    ) -> None:
+        """R-CUT-1: record that a user under a cutover has re-acquired."""
+        if not self.cutovers:
+            return
+        for previous in await self._store.certificates_of(record.user_id):
+            cutover = cutover_for(self.cutovers, facts(previous), now)
+            if previous.serial != record.serial and cutover is not None:
+                await self._store.audit(
+                    at=now, actor=actor, action="cutover.reacquired", subject=record.user_id,
+                    details={"cutover": cutover.name, "old_serial": previous.serial,
+                             "new_serial": record.serial},
+                )
+                return
+
+    def _check_may_acquire(self, existing: list[CertRecord], now: datetime) -> None:
+        """R-CERT-5 plus R-CUT-1: not while a usable certificate is held, and for holders of
+        a certificate under a cutover, not before the cutover day."""
+        issued = [facts(record) for record in existing if record.state == "issued"]
+        check_reacquisition_open(self.cutovers, issued, now)
+        rules.check_may_acquire(
+            [facts(record) for record in existing], now, self._is_cut_over
         )
 
     async def renew(self, serial: str, password: str, *, actor: str) -> Delivery:
@@ -215,9 +248,7 @@ class CertificateAuthority:
         now = self._clock.now()
         record, _ = await self._sign_and_store(
             user_id, public_key, kind="csr", now=now, actor=actor,
-            check=lambda existing: rules.check_may_acquire(
-                map(facts, existing), now, self._is_cut_over
-            ),
+            check=lambda existing: self._check_may_acquire(existing, now),
         )
         return Issued(record=record, chain_der=self.issuers.chain_der(record.generation))
 

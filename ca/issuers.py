@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.errors import Conflict, NotFound
+from common.cutovers import GenerationDates
 from keys.hierarchy import Hierarchy, IssuerGeneration
-
-
-@dataclass(frozen=True)
-class GenerationSchedule:
-    """From config: when a generation starts issuing and when its certificates stop working."""
-
-    issues_from: datetime | None = None
-    retire_at: datetime | None = None
 
 
 class Issuers:
     """All generations under one root, loaded from key custody at start-up."""
 
     def __init__(
-        self, hierarchy: Hierarchy, schedules: dict[str, GenerationSchedule] | None = None
+        self, hierarchy: Hierarchy, schedules: dict[str, GenerationDates] | None = None
     ) -> None:
         self._hierarchy = hierarchy
         self._schedules = schedules or {}
@@ -35,9 +27,9 @@ class Issuers:
         if not self.generations:
             raise NotFound("no issuing generation exists; run `sekisho-ca init`")
 
-    def schedule(self, name: str) -> GenerationSchedule:
+    def schedule(self, name: str) -> GenerationDates:
         """The configured dates of a generation (none configured: always issuing)."""
-        return self._schedules.get(name, GenerationSchedule())
+        return self._schedules.get(name, GenerationDates())
 
     def get(self, name: str) -> IssuerGeneration:
         """A generation by name."""

@@ -71,13 +71,13 @@ class CaRuntime:
         A CLI command leaves that to the daemon, which notices the CLI's commits.
         """
         hierarchy = open_hierarchy(config)
-        issuers = Issuers(hierarchy)
+        issuers = Issuers(hierarchy, config.generations)
         store = await Store.open(config.database)
         key_workers = KeyWorkers(workers)
         hasher = PasswordHasher()
         authority = CertificateAuthority(
             config=config, clock=clock, store=store, issuers=issuers, workers=key_workers,
-            hasher=hasher,
+            hasher=hasher, cutovers=config.cutovers,
         )
         feed = RevocationFeed(store)
         await feed.start()

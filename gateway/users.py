@@ -1,0 +1,485 @@
+"""The gateway's user store on aiosqlite: users, password history, lockout, audit.
+
+A SQLite file of its own (not the CA's), in WAL mode with `synchronous=FULL`. One connection
+per process; an asyncio lock keeps coroutines from interleaving statements inside one
+another's transactions, and `BEGIN IMMEDIATE` plus `busy_timeout` serialise writes with the
+helpdesk CLI, which opens the same file from another process.
+
+Lockout (R-LOCK-1) counts a try *before* the password is checked: `reserve_attempt` is a
+single conditional UPDATE, so however many requests arrive at once, at most `max_failures`
+passwords are evaluated before the helpdesk unlocks the user. `record_success` clears the
+count; `record_failure` locks once the count has reached the limit. A process that dies
+between the two leaves the try counted (fail safe).
+
+The same bookkeeping exists for user IDs that do not exist (`unknown_attempts`), so that an
+unknown ID behaves like a known one with a wrong password, lock page included (R-LOCK-2).
+
+Every change is appended to the hash-chained audit log (`common.audit`, R-OPS-2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from common import audit
+from gateway.errors import BadRequest, Conflict, NotFound
+from policy.clock import Clock
+from policy.errors import InvalidUserId
+from policy.profile import validate_user_id
+
+# Each migration runs once, in order; the index + 1 is the schema version it produces.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        user_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        customer TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'contractor')),
+        password_hash TEXT NOT NULL,
+        password_set_at INTEGER NOT NULL,      -- Unix seconds, UTC
+        must_change INTEGER NOT NULL,          -- 1: temporary password (new user, reset)
+        failed_attempts INTEGER NOT NULL DEFAULT 0,
+        locked INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        last_login_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE password_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+        hash TEXT NOT NULL,
+        set_at INTEGER NOT NULL
+    );
+    CREATE INDEX password_history_by_user ON password_history (user_id, id);
+    CREATE TABLE unknown_attempts (
+        user_id TEXT PRIMARY KEY,
+        failed_attempts INTEGER NOT NULL,
+        locked INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+    );
+    """
+    + audit.SCHEMA,
+)
+
+LOGIN_ACTOR = "login"
+
+
+def to_epoch(when: datetime) -> int:
+    """Aware datetime -> Unix seconds."""
+    return int(when.timestamp())
+
+
+def from_epoch(seconds: int) -> datetime:
+    """Unix seconds -> aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class Role(enum.StrEnum):
+    """The two roles of the manual (§1.3.1)."""
+
+    ADMIN = "admin"  # 管理者: may also change user restriction settings (§1.3.2)
+    CONTRACTOR = "contractor"  # 締結者
+
+
+@dataclass(frozen=True)
+class User:
+    """One row of `users`."""
+
+    user_id: str
+    name: str
+    customer: str
+    role: Role
+    password_hash: str = field(repr=False)
+    password_set_at: datetime
+    must_change: bool
+    failed_attempts: int
+    locked: bool
+    disabled: bool
+    last_login_at: datetime | None
+    created_at: datetime
+
+
+_USER_COLUMNS = (
+    "user_id, name, customer, role, password_hash, password_set_at, must_change,"
+    " failed_attempts, locked, disabled, last_login_at, created_at"
+)
+
+
+def _user(row: Sequence[Any]) -> User:
+    return User(
+        user_id=row[0], name=row[1], customer=row[2], role=Role(row[3]), password_hash=row[4],
+        password_set_at=from_epoch(row[5]), must_change=bool(row[6]), failed_attempts=row[7],
+        locked=bool(row[8]), disabled=bool(row[9]),
+        last_login_at=from_epoch(row[10]) if row[10] is not None else None,
+        created_at=from_epoch(row[11]),
+    )
+
+
+class UserStore:
+    """Users, password history, login-attempt counters and the audit log of one gateway."""
+
+    def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, clock: Clock) -> UserStore:
+        """Open (creating and migrating if needed) the database at `path`."""
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db, clock)
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        await asyncio.to_thread(path.chmod, 0o600)
+        return store
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            async with db.execute("SELECT version FROM schema_version") as cursor:
+                row = await cursor.fetchone()
+            version = row[0] if row else 0
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"gateway database schema version {version} is newer than this program "
+                    f"({len(MIGRATIONS)}); upgrade Sekisho"
+                )
+            for script in MIGRATIONS[version:]:
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+            if row is None:
+                await db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            else:
+                await db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock, self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._lock, self._db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    @staticmethod
+    async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
+        async with db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _audit(
+        self, db: aiosqlite.Connection, action: str, subject: str, actor: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        await audit.append(
+            db, at=self._clock.now(), actor=actor, action=action, subject=subject, details=details
+        )
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def add_user(
+        self, user_id: str, *, name: str, customer: str, role: Role | str, password_hash: str,
+        actor: str,
+    ) -> User:
+        """Create a user with a temporary password: the first login leads to the change page."""
+        try:
+            user_id = validate_user_id(user_id)
+        except InvalidUserId as exc:
+            raise BadRequest(str(exc), code=exc.code) from None
+        try:
+            role = Role(role)
+        except ValueError:
+            raise BadRequest(f"role must be admin or contractor, not {role!r}") from None
+        if not name.strip() or not customer.strip():
+            raise BadRequest("a user needs a name and a customer name")
+        now = to_epoch(self._clock.now())
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    f"INSERT INTO users ({_USER_COLUMNS})"  # noqa: S608 - constant column list
+                    " VALUES (?, ?, ?, ?, ?, ?, 1, 0, 0, 0, NULL, ?)",
+                    (user_id, name, customer, role.value, password_hash, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"user {user_id} already exists", code="user_exists") from None
+            # Wrong tries counted while the ID did not exist do not follow it into existence.
+            await db.execute("DELETE FROM unknown_attempts WHERE user_id = ?", (user_id,))
+            await self._audit(
+                db, "user.added", user_id, actor,
+                {"name": name, "customer": customer, "role": role.value},
+            )
+        user = await self.get(user_id)
+        assert user is not None
+        return user
+
+    async def get(self, user_id: str) -> User | None:
+        """The user, or None when there is no such user ID."""
+        row = await self._fetchone(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?",  # noqa: S608 - constant
+            (user_id,),
+        )
+        return _user(row) if row else None
+
+    async def list_users(self) -> list[User]:
+        """Every user, ordered by customer and user ID."""
+        rows = await self._fetchall(
+            f"SELECT {_USER_COLUMNS} FROM users ORDER BY customer, user_id"  # noqa: S608
+        )
+        return [_user(row) for row in rows]
+
+    async def recent_password_hashes(self, user_id: str, count: int) -> list[str]:
+        """The current password hash and the newest `count - 1` before it (R-PW-1 history)."""
+        if count < 1:
+            return []
+        async with self._lock:
+            current = await self._one(
+                self._db, "SELECT password_hash FROM users WHERE user_id = ?", (user_id,)
+            )
+            if current is None:
+                return []
+            async with self._db.execute(
+                "SELECT hash FROM password_history WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                (user_id, count - 1),
+            ) as cursor:
+                older = [row[0] for row in await cursor.fetchall()]
+        return [current[0], *older]
+
+    async def _replace_password(
+        self, db: aiosqlite.Connection, user: Sequence[Any], password_hash: str,
+        keep_previous: int, *, temporary: bool,
+    ) -> None:
+        """Push the current hash into the history, keep the newest `keep_previous` of it."""
+        user_id, old_hash, old_set_at = user
+        now = to_epoch(self._clock.now())
+        await db.execute(
+            "INSERT INTO password_history (user_id, hash, set_at) VALUES (?, ?, ?)",
+            (user_id, old_hash, old_set_at),
+        )
+        await db.execute(
+            "DELETE FROM password_history WHERE user_id = ? AND id NOT IN"
+            " (SELECT id FROM password_history WHERE user_id = ? ORDER BY id DESC LIMIT ?)",
+            (user_id, user_id, max(0, keep_previous)),
+        )
+        # A temporary password (helpdesk reset) also clears the lock (§2.6, §2.7).
+        await db.execute(
+            "UPDATE users SET password_hash = ?, password_set_at = ?, must_change = ?,"
+            " failed_attempts = CASE WHEN ? THEN 0 ELSE failed_attempts END,"
+            " locked = CASE WHEN ? THEN 0 ELSE locked END WHERE user_id = ?",
+            (password_hash, now, temporary, temporary, temporary, user_id),
+        )
+
+    async def set_password(
+        self, user_id: str, password_hash: str, *, keep_previous: int, actor: str,
+        expected_hash: str | None = None,
+    ) -> bool:
+        """The user chose a new password (§2.5): history pushed, must_change cleared.
+
+        With `expected_hash`, nothing changes (False) unless the current hash is still that
+        one, so a helpdesk reset between the check of the current password and this call wins.
+        """
+        async with self._transaction() as db:
+            row = await self._one(
+                db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
+                (user_id,),
+            )
+            if row is None:
+                raise NotFound(f"no user {user_id}", code="unknown_user")
+            if expected_hash is not None and row[1] != expected_hash:
+                return False
+            await self._replace_password(db, row, password_hash, keep_previous, temporary=False)
+            await self._audit(db, "password.changed", user_id, actor)
+        return True
+
+    async def reset_password(
+        self, user_id: str, password_hash: str, *, keep_previous: int, actor: str
+    ) -> None:
+        """Helpdesk reset (§2.6): a new temporary password, must_change set, lock cleared."""
+        async with self._transaction() as db:
+            row = await self._one(
+                db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
+                (user_id,),
+            )
+            if row is None:
+                raise NotFound(f"no user {user_id}", code="unknown_user")
+            await self._replace_password(db, row, password_hash, keep_previous, temporary=True)
+            await self._audit(db, "password.reset", user_id, actor)
+
+    async def replace_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        """Store a re-hash of the same password (new argon2 parameters); history untouched."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE users SET password_hash = ? WHERE user_id = ? AND password_hash = ?",
+                (new_hash, user_id, old_hash),
+            )
+            if cursor.rowcount == 1:
+                await self._audit(db, "password.rehashed", user_id, LOGIN_ACTOR)
+            return cursor.rowcount == 1
+
+    async def _admin_update(
+        self, user_id: str, sql: str, action: str, actor: str
+    ) -> None:
+        async with self._transaction() as db:
+            cursor = await db.execute(sql, (user_id,))
+            if cursor.rowcount != 1:
+                raise NotFound(f"no user {user_id}", code="unknown_user")
+            await self._audit(db, action, user_id, actor)
+
+    async def unlock(self, user_id: str, *, actor: str) -> None:
+        """Helpdesk unlock (§2.7): the failure count starts again from zero."""
+        await self._admin_update(
+            user_id, "UPDATE users SET locked = 0, failed_attempts = 0 WHERE user_id = ?",
+            "user.unlocked", actor,
+        )
+
+    async def disable(self, user_id: str, *, actor: str) -> None:
+        """Disable a user: from now on it logs in like a user ID that does not exist."""
+        await self._admin_update(
+            user_id, "UPDATE users SET disabled = 1 WHERE user_id = ?", "user.disabled", actor
+        )
+
+    # -- login attempts (R-LOCK-1) ---------------------------------------------------------
+
+    async def reserve_attempt(self, user_id: str, max_failures: int) -> bool:
+        """Count a try before checking it; False when locked, disabled, unknown or out of tries."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE users SET failed_attempts = failed_attempts + 1"
+                " WHERE user_id = ? AND locked = 0 AND disabled = 0 AND failed_attempts < ?",
+                (user_id, max_failures),
+            )
+            return cursor.rowcount == 1
+
+    async def record_success(
+        self, user_id: str, *, login: bool = True, actor: str = LOGIN_ACTOR
+    ) -> tuple[bool, datetime | None]:
+        """The reserved try was right: clear the count (and, for a login, stamp it).
+
+        Returns whether it still counts (False when a concurrent wrong try locked the user
+        or the helpdesk disabled it meanwhile) and the previous login time (§2.2(5)).
+        """
+        now = to_epoch(self._clock.now())
+        async with self._transaction() as db:
+            row = await self._one(
+                db, "SELECT last_login_at FROM users WHERE user_id = ? AND locked = 0"
+                " AND disabled = 0", (user_id,),
+            )
+            if row is None:
+                return False, None
+            if login:
+                await db.execute(
+                    "UPDATE users SET failed_attempts = 0, last_login_at = ? WHERE user_id = ?",
+                    (now, user_id),
+                )
+                await self._audit(db, "login.succeeded", user_id, actor)
+            else:
+                await db.execute(
+                    "UPDATE users SET failed_attempts = 0 WHERE user_id = ?", (user_id,)
+                )
+        return True, from_epoch(row[0]) if row[0] is not None else None
+
+    async def record_failure(
+        self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR
+    ) -> tuple[int, bool]:
+        """The reserved try was wrong: lock once the count reached the limit; (count, locked)."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE users SET locked = 1"
+                " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
+                (user_id, max_failures),
+            )
+            now_locked = cursor.rowcount == 1
+            row = await self._one(
+                db, "SELECT failed_attempts, locked FROM users WHERE user_id = ?", (user_id,)
+            )
+            failures, locked = (int(row[0]), bool(row[1])) if row else (0, False)
+            await self._audit(
+                db, "login.locked" if now_locked else "login.failed", user_id, actor,
+                {"failures": failures, "known": True},
+            )
+        return failures, locked
+
+    async def record_refused(
+        self, user_id: str, *, known: bool, actor: str = LOGIN_ACTOR
+    ) -> None:
+        """A try that was not evaluated because no tries are left (locked)."""
+        async with self._transaction() as db:
+            await self._audit(db, "login.refused", user_id, actor, {"known": known})
+
+    async def reserve_unknown_attempt(self, user_id: str, max_failures: int) -> bool:
+        """`reserve_attempt` for a user ID that does not exist (or is disabled) (R-LOCK-2)."""
+        now = to_epoch(self._clock.now())
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO unknown_attempts (user_id, failed_attempts, locked, updated_at)"
+                " VALUES (?, 1, 0, ?) ON CONFLICT (user_id) DO UPDATE"
+                " SET failed_attempts = failed_attempts + 1, updated_at = excluded.updated_at"
+                " WHERE locked = 0 AND failed_attempts < ?",
+                (user_id, now, max_failures),
+            )
+            return cursor.rowcount == 1
+
+    async def record_unknown_failure(
+        self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR
+    ) -> tuple[int, bool]:
+        """`record_failure` for a user ID that does not exist (or is disabled)."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE unknown_attempts SET locked = 1"
+                " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
+                (user_id, max_failures),
+            )
+            now_locked = cursor.rowcount == 1
+            row = await self._one(
+                db, "SELECT failed_attempts, locked FROM unknown_attempts WHERE user_id = ?",
+                (user_id,),
+            )
+            failures, locked = (int(row[0]), bool(row[1])) if row else (0, False)
+            await self._audit(
+                db, "login.locked" if now_locked else "login.failed", user_id, actor,
+                {"failures": failures, "known": False},
+            )
+        return failures, locked
+
+    # -- audit ---------------------------------------------------------------------------
+
+    async def audit_entries(self, *, limit: int = 1000) -> list[audit.AuditEntry]:
+        """The newest `limit` audit entries, oldest first."""
+        async with self._lock:
+            return await audit.entries(self._db, limit=limit)
+
+    async def verify_audit(self) -> list[str]:
+        """Problems found in the audit chain: edited, deleted-middle or deleted-last rows."""
+        async with self._lock:
+            return await audit.verify_chain(self._db)
