@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from datetime import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +28,11 @@ _POLICY_STATUS: dict[type[policy_errors.PolicyViolation], int] = {
 def json_error(status: int, code: str, message: str, **details: Any) -> web.Response:
     """A JSON error body: {"error": code, "message": text, ...details}."""
     body = {"error": code, "message": message, **details}
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=_jsonable))
+
+
+def _jsonable(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 @web.middleware
