@@ -6,8 +6,8 @@ import hashlib
 import hmac
 import json
 import uuid
-from datetime import datetime
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import structlog

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from common import audit
+from common import audit as audit_log
 
 # Each migration runs once, in order; the index + 1 is the schema version it produces.
 MIGRATIONS: tuple[str, ...] = (
@@ -57,7 +57,7 @@ MIGRATIONS: tuple[str, ...] = (
         der BLOB NOT NULL
     );
     """
-    + audit.SCHEMA,
+    + audit_log.SCHEMA,
 )
 
 
@@ -212,7 +212,7 @@ class Store:
                 (serial, user_id, generation, kind, to_epoch(not_before), to_epoch(not_after),
                  to_epoch(now)),
             )
-            await audit.append(
+            await audit_log.append(
                 db, at=now, actor=actor, action="certificate.intended", subject=user_id,
                 details={"serial": serial, "generation": generation, "kind": kind},
             )
@@ -228,7 +228,7 @@ class Store:
                 (der, fingerprint, serial),
             )
             row = await self._select_one(db, serial)
-            await audit.append(
+            await audit_log.append(
                 db, at=now, actor=actor, action="certificate.issued", subject=row.user_id,
                 details={"serial": serial, "not_after": row.not_after.isoformat()},
             )
@@ -249,7 +249,7 @@ class Store:
                     " WHERE serial = ?",
                     (der, to_epoch(now), serial),
                 )
-            await audit.append(
+            await audit_log.append(
                 db, at=now, actor="ca", action="certificate.abandoned", subject=serial,
                 details={"why": reason},
             )
@@ -285,7 +285,8 @@ class Store:
         issued_before: datetime | None = None, limit: int | None = None,
     ) -> list[CertRecord]:
         """Issued certificates, newest first, optionally filtered."""
-        clauses, params = ["state = 'issued'"], []
+        clauses: list[str] = ["state = 'issued'"]
+        params: list[Any] = []
         if user_id is not None:
             clauses.append("user_id = ?")
             params.append(user_id)
@@ -327,7 +328,7 @@ class Store:
                     continue
                 record = await self._select_one(db, serial)
                 revoked.append(record)
-                await audit.append(
+                await audit_log.append(
                     db, at=at, actor=actor, action="certificate.revoked", subject=record.user_id,
                     details={"serial": serial, "reason": reason, **(details or {})},
                 )
@@ -390,7 +391,7 @@ class Store:
                 " issued_at = excluded.issued_at, updated_at = excluded.updated_at",
                 (user_id, password_hash, to_epoch(now), to_epoch(now)),
             )
-            await audit.append(
+            await audit_log.append(
                 db, at=now, actor=actor, action="acquisition_password.issued", subject=user_id
             )
 
@@ -451,7 +452,7 @@ class Store:
             ) as cursor:
                 row = await cursor.fetchone()
             failures, locked = (int(row[0]), bool(row[1])) if row else (0, False)
-            await audit.append(
+            await audit_log.append(
                 db, at=now, actor=actor,
                 action="acquisition_password.locked" if locked else "acquisition_password.failed",
                 subject=user_id, details={"failures": failures},
@@ -492,15 +493,15 @@ class Store:
     ) -> None:
         """Append an audit entry in its own transaction."""
         async with self.transaction() as db:
-            await audit.append(db, at=at, actor=actor, action=action, subject=subject,
+            await audit_log.append(db, at=at, actor=actor, action=action, subject=subject,
                                details=details)
 
     async def verify_audit(self) -> list[str]:
         """Problems found in the audit chain (empty when intact)."""
         async with self._lock:
-            return await audit.verify_chain(self._db)
+            return await audit_log.verify_chain(self._db)
 
-    async def audit_entries(self, limit: int = 1000) -> list[audit.AuditEntry]:
+    async def audit_entries(self, limit: int = 1000) -> list[audit_log.AuditEntry]:
         """The newest audit entries, oldest first."""
         async with self._lock:
-            return await audit.entries(self._db, limit=limit)
+            return await audit_log.entries(self._db, limit=limit)

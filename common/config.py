@@ -6,6 +6,7 @@ Relative paths in the file are resolved against the directory holding the file, 
 
 from __future__ import annotations
 
+import builtins
 import re
 import tomllib
 from dataclasses import dataclass
@@ -47,61 +48,65 @@ class RawConfig:
 class Section:
     """One TOML table with typed getters that fail with the key's full name."""
 
-    name: str
-    values: dict[str, Any]
+    name: builtins.str
+    values: dict[builtins.str, Any]
     base_dir: Path
 
-    def _get(self, key: str, default: Any, kinds: tuple[type, ...]) -> Any:
+    def _get(self, key: builtins.str, default: Any, kinds: tuple[type, ...]) -> Any:
         value = self.values.get(key, default)
-        if value is None or (isinstance(value, bool) and bool not in kinds):
+        if value is None or (isinstance(value, builtins.bool) and bool not in kinds):
             raise ConfigError(f"{self.name}.{key} is required")
         if not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(f"{self.name}.{key} must be {names}, not {value!r}")
         return value
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
         """A string value."""
-        return str(self._get(key, default, (str,)))
+        return str(self._get(key, default, (builtins.str,)))
 
-    def int(self, key: str, default: int | None = None, *, minimum: int = 0) -> int:
+    def int(
+        self, key: builtins.str, default: builtins.int | None = None, *, minimum: builtins.int = 0
+    ) -> builtins.int:
         """An integer value, at least `minimum`."""
-        value = int(self._get(key, default, (int,)))
+        value = int(self._get(key, default, (builtins.int,)))
         if value < minimum:
             raise ConfigError(f"{self.name}.{key} must be at least {minimum}, not {value}")
         return value
 
-    def bool(self, key: str, default: bool | None = None) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool | None = None) -> builtins.bool:
         """A boolean value."""
-        return bool(self._get(key, default, (bool,)))
+        return bool(self._get(key, default, (builtins.bool,)))
 
-    def path(self, key: str, default: str | None = None) -> Path:
+    def path(self, key: builtins.str, default: builtins.str | None = None) -> Path:
         """A path, resolved against the config file's directory."""
         return resolve_path(self.base_dir, self.str(key, default))
 
-    def address(self, key: str, default: str | None = None) -> Address:
+    def address(self, key: builtins.str, default: builtins.str | None = None) -> Address:
         """A "host:port" value."""
         return parse_address(self.str(key, default), f"{self.name}.{key}")
 
-    def duration(self, key: str, default: str | None = None) -> timedelta:
+    def duration(self, key: builtins.str, default: builtins.str | None = None) -> timedelta:
         """A duration such as "90d", "24h", "30m", "45s"."""
         return parse_duration(self.str(key, default), f"{self.name}.{key}")
 
-    def list_of_str(self, key: str, default: list[str] | None = None) -> tuple[str, ...]:
+    def list_of_str(
+        self, key: builtins.str, default: list[builtins.str] | None = None
+    ) -> tuple[builtins.str, ...]:
         """A list of strings."""
         value = self._get(key, default if default is not None else [], (list,))
-        if not all(isinstance(item, str) for item in value):
+        if not all(isinstance(item, builtins.str) for item in value):
             raise ConfigError(f"{self.name}.{key} must be a list of strings")
         return tuple(value)
 
-    def optional_datetime(self, key: str) -> datetime | None:
+    def optional_datetime(self, key: builtins.str) -> datetime | None:
         """A TOML date or datetime (naive values are taken as UTC), or None when absent."""
         value = self.values.get(key)
         if value is None:
             return None
         return to_utc_datetime(value, f"{self.name}.{key}")
 
-    def table(self, key: str) -> Section:
+    def table(self, key: builtins.str) -> Section:
         """A nested table (empty when absent)."""
         value = self.values.get(key, {})
         if not isinstance(value, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -14,7 +15,9 @@ _SECRET_KEYS = frozenset(
 )
 
 
-def _redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Last line of defence: a secret passed to a log call by mistake is never written."""
     for key in list(event):
         if key.lower() in _SECRET_KEYS:

@@ -1,0 +1,66 @@
+"""`python -m demo --listen 127.0.0.1:8090`: run the demo trading backend until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import signal
+import sys
+
+from aiohttp import web
+
+from demo.backend import build_app
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) on a loopback address.
+
+    The backend trusts the gateway's identity headers, so it must not be reachable from
+    anywhere but this machine.
+    """
+    host, sep, port_text = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected host:port, got {value!r}")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise argparse.ArgumentTypeError(
+                f"{host} is not a loopback address; the backend trusts X-Sekisho-* headers, "
+                "so listen on 127.0.0.1 or ::1 and let the gateway proxy to it")
+    return host, int(port_text)
+
+
+async def serve(host: str, port: int) -> None:
+    """Serve the backend on host:port and stop cleanly on SIGINT or SIGTERM."""
+    runner = web.AppRunner(build_app(), access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        print(f"demo backend listening on http://{host}:{port}/", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the backend; 0 after a clean shutdown."""
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
+    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8090),
+                        metavar="HOST:PORT", help="loopback address (default 127.0.0.1:8090)")
+    args = parser.parse_args(argv)
+    host, port = args.listen
+    asyncio.run(serve(host, port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

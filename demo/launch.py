@@ -1,0 +1,127 @@
+"""`make run`: start the CA, the demo trading backend and the gateway, with a demo user.
+
+On first run it initialises the CA (random key passphrase in var/secrets, mode 0600) and
+creates a demo administrator through the helpdesk CLI, whose welcome letter (temporary
+password and acquisition password) is kept in var/demo/welcome.txt (0600) and shown on every
+start until the demo user has logged in. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from ca.config import load_ca_config
+from common.config import Address, load_raw
+
+DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
+                          check=False)
+
+
+def _wait_http(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our own loopback URL)
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"make run: nothing answered at {url} within {seconds:.0f} s")
+
+
+def _wait_tcp(address: Address, seconds: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address.host, address.port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"make run: nothing listens on {address.host}:{address.port}")
+
+
+def main() -> int:
+    """Start everything and wait for Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path("config.toml"))
+    args = parser.parse_args()
+    config_arg = ["--config", str(args.config)]
+    ca_config = load_ca_config(args.config)
+    raw = load_raw(args.config)
+    gateway = raw.section("gateway")
+    demo = raw.section("demo")
+
+    if not (ca_config.keys.directory / "root.crt.pem").exists():
+        result = _run("ca", *config_arg, "init", "--generate-passphrase")
+        if result.returncode != 0:
+            raise SystemExit(result.stderr.strip())
+        print(result.stdout.strip())
+
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(*command: str) -> None:
+        children.append(subprocess.Popen([sys.executable, "-m", *command]))
+
+    try:
+        start("ca", *config_arg, "serve")
+        _wait_http(f"http://{ca_config.public_listen.host}:{ca_config.public_listen.port}/health")
+        demo_listen = demo.str("listen", "127.0.0.1:8090")
+        start("demo", "--listen", demo_listen)
+        start("gateway", *config_arg, "serve")
+        _wait_tcp(gateway.address("listen", "127.0.0.1:8443"))
+
+        welcome = ca_config.data_dir / "demo" / "welcome.txt"
+        if not welcome.exists():
+            user_id, name, customer, role = DEMO_USER
+            result = _run("gateway", *config_arg, "users", "add", user_id, "--name", name,
+                          "--customer", customer, "--role", role)
+            if result.returncode != 0:
+                raise SystemExit(f"make run: could not create the demo user: {result.stderr}")
+            welcome.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(welcome, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(result.stdout)
+        url = gateway.str("public_url", "https://127.0.0.1:8443")
+        print("\n" + "=" * 72)
+        print(f"Sekisho is running. Open {url}/ in a browser.")
+        print("The gateway's demo TLS certificate is self-signed: accept the warning once.")
+        print(f"Demo user (the welcome letter, kept in {welcome}):")
+        print(welcome.read_text().rstrip())
+        print("Acquire the certificate on the login page (電子証明書取得), import the .p12 with")
+        print("the acquisition password, then log in (電子証明書ログイン) with the temporary")
+        print("password.")
+        print("Ctrl-C stops everything.")
+        print("=" * 72 + "\n")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        failed = [child.args for child in children if child.poll() is not None]
+        print(f"make run: a process stopped: {failed}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
