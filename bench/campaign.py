@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import ROOT, make_ca  # noqa: E402
-from ca.campaign import campaign_status  # noqa: E402
-from ca.config import load_ca_config  # noqa: E402
-from ca.store import Store  # noqa: E402
-from policy.certificates import CertFacts, state_at  # noqa: E402
-from policy.cutover import Cutover, cut_over_test  # noqa: E402
+from bench._support import ROOT, make_ca
+from ca.campaign import campaign_status
+from ca.config import load_ca_config
+from ca.store import Store
+from policy.certificates import CertFacts, state_at
+from policy.cutover import Cutover, cut_over_test
 
 JST = timezone(timedelta(hours=9))
 CUTOVER = """
