@@ -2,7 +2,7 @@
 
 Pure protocol code: no I/O, no clock. The caller passes the revoked entries, the CRL number and
 the times; the result is DER bytes ready for `application/pkix-crl`. Building is CPU-bound
-(about 2 us per entry plus one signature), so the daemon runs it off the event loop.
+(about 5 us per entry all in, one signature), so the daemon runs it off the event loop.
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def build_crl(
     used) with SHA-256 for P-256 keys and SHA-384 for P-384 keys. Raises ValueError on a
     negative CRL number, naive or reversed times, or a serial listed twice.
 
-    1M entries take about 2 s to build plus the DER encoding and signature: call this from a
-    worker thread, not the event loop.
+    Cost on one core: ~0.04 s for 10k entries, ~0.4 s for 100k, ~5 s for 1M (2 us per entry
+    object, the rest DER encoding): call this from a worker thread, not the event loop.
     """
     if crl_number < 0 or crl_number.bit_length() > _MAX_SERIAL_BITS:
         raise ValueError("crl_number must be a non-negative integer of <= 20 octets")

@@ -1,15 +1,15 @@
 """A self-contained throwaway PKI for the CRL and OCSP protocol tests.
 
-root -> issuing CA (P-256) -> delegated OCSP responder and clientAuth leaves, plus a foreign CA
-whose certificates we must not vouch for. Built directly with cryptography so the protocol
-modules are tested apart from the store and the key custody code.
+root -> issuing CAs G1 and G2 (P-256) -> a delegated OCSP responder and clientAuth leaves
+each, plus a foreign CA whose certificates we must not vouch for. Built directly with
+cryptography so the protocol modules are tested apart from the store and key custody code.
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keys.signer import ForwardingEcSigner
@@ -45,24 +45,37 @@ class Party:
 
 @dataclass
 class ProtocolPki:
-    """The hierarchy: `leaves` are issued by `issuer`; `foreign_leaf` by `foreign_issuer`."""
+    """The hierarchy under one root.
+
+    `leaves` and `responder` are issued by `issuer` (generation G1); `leaf2` and `responder2`
+    by `issuer2` (generation G2); `foreign_leaf` by `foreign_issuer`, under another root.
+    """
 
     now: datetime
     root: Party
     issuer: Party
     responder: Party
     leaves: dict[str, Party]
+    issuer2: Party
+    responder2: Party
+    leaf2: Party
     foreign_issuer: Party
     foreign_leaf: Party
-    files: dict[str, Path] = field(default_factory=dict)
 
     def write(self, directory: Path) -> dict[str, Path]:
-        """Write every certificate as PEM under `directory` (chain.pem = issuer + root)."""
+        """Write every certificate as `<name>.pem` under `directory`; return the paths by name.
+
+        `chain` is issuer + root, `chain2` issuer2 + root; `leaf_alice_key` is alice's key.
+        """
         parts = {
             "root": self.root.pem, "issuer": self.issuer.pem, "responder": self.responder.pem,
             "chain": self.issuer.pem + self.root.pem,
+            "issuer2": self.issuer2.pem, "responder2": self.responder2.pem,
+            "leaf2": self.leaf2.pem, "chain2": self.issuer2.pem + self.root.pem,
             "foreign_issuer": self.foreign_issuer.pem, "foreign_leaf": self.foreign_leaf.pem,
             **{f"leaf_{name}": party.pem for name, party in self.leaves.items()},
+            "leaf_alice_key": self.leaves["alice"].key.private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
         }
         paths = {}
         for name, pem in parts.items():
@@ -138,10 +151,15 @@ def protocol_pki() -> ProtocolPki:
         name: _issue(name, issuer, now, ca=False, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
         for name in ("alice", "bob", "carol")
     }
+    issuer2 = _issue("Protocol Issuing G2", root, now, ca=True, days=1825)
+    responder2 = _issue("Protocol OCSP G2", issuer2, now, ca=False, days=90,
+                        usage=ExtendedKeyUsageOID.OCSP_SIGNING, ocsp_no_check=True)
+    leaf2 = _issue("dave", issuer2, now, ca=False, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     foreign_root = _issue("Someone Else's CA", None, now, ca=True, days=3650)
     foreign_leaf = _issue("mallory", foreign_root, now, ca=False,
                           usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-    return ProtocolPki(now, root, issuer, responder, leaves, foreign_root, foreign_leaf)
+    return ProtocolPki(now, root, issuer, responder, leaves, issuer2, responder2, leaf2,
+                       foreign_root, foreign_leaf)
 
 
 @pytest.fixture
@@ -164,6 +182,6 @@ def _openssl(*args: str | Path, check: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="session")
-def openssl() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the real openssl CLI: `openssl(*args, check=True)`, output (with stderr) in stdout."""
+def openssl_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The real openssl CLI: `openssl_cli(*args, check=True)`; stdout holds stderr too."""
     return _openssl
