@@ -1,16 +1,12 @@
 """The CA's durable store on aiosqlite (R-CERT-3, R-OPS-2).
 
-WAL with `synchronous=FULL`: a certificate handed out is on disk first, even across a power cut.
-One connection per process; an asyncio lock keeps coroutines from interleaving statements
-inside one another's transactions, and `BEGIN IMMEDIATE` plus `busy_timeout` serialise writes
-with other processes (the officer CLI writes to the same file while the daemon runs).
+WAL with `synchronous=FULL` (common.sqlite): a certificate handed out is on disk first, even
+across a power cut. The officer CLI writes to the same file while the daemon runs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +15,7 @@ from typing import Any
 import aiosqlite
 
 from common import audit as audit_log
+from common.sqlite import SqliteStore, connect
 
 # Each migration runs once, in order; the index + 1 is the schema version it produces.
 MIGRATIONS: tuple[str, ...] = (
@@ -122,69 +119,13 @@ def _cert(row: Sequence[Any]) -> CertRecord:
     )
 
 
-class Store:
+class Store(SqliteStore):
     """Certificates, acquisition secrets, CRL state and the audit log of one CA."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
         """Open (creating and migrating if needed) the database at `path`."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=10000")
-        await db.execute("PRAGMA foreign_keys=ON")
-        store = cls(db)
-        await store._migrate()
-        await asyncio.to_thread(path.chmod, 0o600)
-        return store
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self._db.close()
-
-    async def _migrate(self) -> None:
-        async with self.transaction() as db:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            async with db.execute("SELECT version FROM schema_version") as cursor:
-                row = await cursor.fetchone()
-            version = row[0] if row else 0
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"database schema version {version} is newer than this program "
-                    f"({len(MIGRATIONS)}); upgrade Sekisho"
-                )
-            for script in MIGRATIONS[version:]:
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-            if row is None:
-                await db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-            else:
-                await db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
-
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock, self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._lock, self._db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        return cls(await connect(path, MIGRATIONS, name="CA"))
 
     # -- certificates ------------------------------------------------------------------
 

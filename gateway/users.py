@@ -19,11 +19,9 @@ Every change is appended to the hash-chained audit log (`common.audit`, R-OPS-2)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import aiosqlite
 
 from common import audit
+from common.sqlite import SqliteStore, connect
 from gateway.errors import BadRequest, Conflict, NotFound
 from policy.clock import Clock
 from policy.errors import InvalidUserId
@@ -125,74 +124,17 @@ def _user(row: Sequence[Any]) -> User:
     )
 
 
-class UserStore:
+class UserStore(SqliteStore):
     """Users, password history, login-attempt counters and the audit log of one gateway."""
 
     def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
-        self._db = db
+        super().__init__(db)
         self._clock = clock
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> UserStore:
         """Open (creating and migrating if needed) the database at `path`."""
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=10000")
-            await db.execute("PRAGMA foreign_keys=ON")
-            store = cls(db, clock)
-            await store._migrate()
-        except BaseException:
-            await db.close()
-            raise
-        await asyncio.to_thread(path.chmod, 0o600)
-        return store
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self._db.close()
-
-    async def _migrate(self) -> None:
-        async with self._transaction() as db:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            async with db.execute("SELECT version FROM schema_version") as cursor:
-                row = await cursor.fetchone()
-            version = row[0] if row else 0
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"gateway database schema version {version} is newer than this program "
-                    f"({len(MIGRATIONS)}); upgrade Sekisho"
-                )
-            for script in MIGRATIONS[version:]:
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-            if row is None:
-                await db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-            else:
-                await db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
-
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock, self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._lock, self._db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        return cls(await connect(path, MIGRATIONS, name="gateway"), clock)
 
     @staticmethod
     async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
@@ -225,7 +167,7 @@ class UserStore:
         if not name.strip() or not customer.strip():
             raise BadRequest("a user needs a name and a customer name")
         now = to_epoch(self._clock.now())
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             try:
                 await db.execute(
                     f"INSERT INTO users ({_USER_COLUMNS})"  # noqa: S608 - constant column list
@@ -309,7 +251,7 @@ class UserStore:
         With `expected_hash`, nothing changes (False) unless the current hash is still that
         one, so a helpdesk reset between the check of the current password and this call wins.
         """
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             row = await self._one(
                 db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
                 (user_id,),
@@ -326,7 +268,7 @@ class UserStore:
         self, user_id: str, password_hash: str, *, keep_previous: int, actor: str
     ) -> None:
         """Helpdesk reset (§2.6): a new temporary password, must_change set, lock cleared."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             row = await self._one(
                 db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
                 (user_id,),
@@ -338,7 +280,7 @@ class UserStore:
 
     async def replace_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
         """Store a re-hash of the same password (new argon2 parameters); history untouched."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE users SET password_hash = ? WHERE user_id = ? AND password_hash = ?",
                 (new_hash, user_id, old_hash),
@@ -350,7 +292,7 @@ class UserStore:
     async def _admin_update(
         self, user_id: str, sql: str, action: str, actor: str
     ) -> None:
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(sql, (user_id,))
             if cursor.rowcount != 1:
                 raise NotFound(f"no user {user_id}", code="unknown_user")
@@ -373,7 +315,7 @@ class UserStore:
 
     async def reserve_attempt(self, user_id: str, max_failures: int) -> bool:
         """Count a try before checking it; False when locked, disabled, unknown or out of tries."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE users SET failed_attempts = failed_attempts + 1"
                 " WHERE user_id = ? AND locked = 0 AND disabled = 0 AND failed_attempts < ?",
@@ -390,7 +332,7 @@ class UserStore:
         or the helpdesk disabled it meanwhile) and the previous login time (§2.2(5)).
         """
         now = to_epoch(self._clock.now())
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             row = await self._one(
                 db, "SELECT last_login_at FROM users WHERE user_id = ? AND locked = 0"
                 " AND disabled = 0", (user_id,),
@@ -413,7 +355,7 @@ class UserStore:
         self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR
     ) -> tuple[int, bool]:
         """The reserved try was wrong: lock once the count reached the limit; (count, locked)."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE users SET locked = 1"
                 " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
@@ -434,13 +376,13 @@ class UserStore:
         self, user_id: str, *, known: bool, actor: str = LOGIN_ACTOR
     ) -> None:
         """A try that was not evaluated because no tries are left (locked)."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             await self._audit(db, "login.refused", user_id, actor, {"known": known})
 
     async def reserve_unknown_attempt(self, user_id: str, max_failures: int) -> bool:
         """`reserve_attempt` for a user ID that does not exist (or is disabled) (R-LOCK-2)."""
         now = to_epoch(self._clock.now())
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(
                 "INSERT INTO unknown_attempts (user_id, failed_attempts, locked, updated_at)"
                 " VALUES (?, 1, 0, ?) ON CONFLICT (user_id) DO UPDATE"
@@ -454,7 +396,7 @@ class UserStore:
         self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR
     ) -> tuple[int, bool]:
         """`record_failure` for a user ID that does not exist (or is disabled)."""
-        async with self._transaction() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE unknown_attempts SET locked = 1"
                 " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
