@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -66,11 +67,14 @@ def make_ca(kdf_rounds: int = 600_000, extra: str = "") -> Path:
 class Daemon:
     """`sekisho-ca serve` as a real subprocess, optionally pinned to CPU cores."""
 
-    def __init__(self, config: Path, cpus: str | None = "0") -> None:
+    def __init__(self, config: Path, cpus: str | None = "0", stderr: Path | None = None) -> None:
         command = [sys.executable, "-m", "ca", "--config", str(config), "serve"]
         if cpus is not None and _has_taskset():
             command = ["taskset", "-c", cpus, *command]
-        self.process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+        # A long run should log to a file: nobody reads the pipe, and a full one stalls the daemon.
+        self._log = open(stderr, "ab") if stderr is not None else None  # noqa: SIM115
+        self.process = subprocess.Popen(command, cwd=ROOT,
+                                        stderr=self._log or subprocess.PIPE)
 
     def wait_ready(self, url: str, timeout: float = 30) -> None:
         """Poll `url` until it answers."""
@@ -90,6 +94,9 @@ class Daemon:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        if self._log is not None:
+            self._log.close()
 
 
 def _has_taskset() -> bool:
@@ -100,3 +107,72 @@ def pin_self(cpu: int) -> None:
     """Pin the current process (the load generator) to one core."""
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > cpu:  # type: ignore[operator]
         os.sched_setaffinity(0, {cpu})
+
+
+# -- helpers shared by the revocation benchmarks (bench/ocsp.py, bench/crl.py) ----------------
+
+# Revocation reasons that both we and OpenSSL's index.txt understand (OpenSSL 3.0's `ca` has no
+# privilegeWithdrawn), so both sides answer from the same data.
+SHARED_REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation",
+                  "unspecified")
+
+CERT_ROW_SQL = (
+    "INSERT INTO certificates (serial, user_id, generation, kind, state, not_before, not_after,"
+    " der, fingerprint_sha256, revoked_at, revocation_reason, revocation_seq, created_at)"
+    " VALUES (?, ?, ?, ?, 'issued', ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def insert_rows(database: Path, rows: Sequence[tuple[object, ...]]) -> None:
+    """Insert certificate rows (12 values each, see CERT_ROW_SQL) in one transaction.
+
+    Benchmark setup only: it bypasses the audit log and must run while no daemon is up.
+    """
+    with sqlite3.connect(database) as db:
+        db.executemany(CERT_ROW_SQL, rows)
+
+
+def next_revocation_seq(database: Path) -> int:
+    """The next unused revocation_seq of a store."""
+    with sqlite3.connect(database) as db:
+        (seq,) = db.execute("SELECT COALESCE(MAX(revocation_seq), 0) FROM certificates").fetchone()
+    return int(seq) + 1
+
+
+def openssl_time(epoch: int) -> str:
+    """OpenSSL index.txt time: YYMMDDHHMMSSZ (UTC)."""
+    return time.strftime("%y%m%d%H%M%SZ", time.gmtime(epoch))
+
+
+def index_line(serial: int, not_after: int, revoked_at: int | None, reason: str | None,
+               subject: str) -> str:
+    """One index.txt line (OpenSSL CA database): V or R, serial in even-length uppercase hex."""
+    text = format(serial, "X")
+    text = "0" * (len(text) % 2) + text
+    if revoked_at is None:
+        return f"V\t{openssl_time(not_after)}\t\t{text}\tunknown\t{subject}\n"
+    return (f"R\t{openssl_time(not_after)}\t{openssl_time(revoked_at)},{reason}\t{text}"
+            f"\tunknown\t{subject}\n")
+
+
+def decrypted_key_pem(key_file: Path, passphrase_file: Path) -> bytes:
+    """A bench CA's key file as unencrypted PKCS#8 PEM, for the OpenSSL peers (temp files only)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_file.read_bytes(),
+                                             passphrase_file.read_bytes().strip())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def write_secret(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` with mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, NaN for no values."""
+    return statistics.median(values) if values else float("nan")

@@ -59,6 +59,7 @@ class CrlPublisher:
         self._current: dict[str, PublishedCrl] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._dirty: set[str] = set()
+        self._resign_task: asyncio.Task[None] | None = None
         self.on_publish: list[Callable[[PublishedCrl], None]] = []
 
     def current(self, generation: str) -> PublishedCrl | None:
@@ -94,11 +95,28 @@ class CrlPublisher:
                 await self.publish(name)
 
     async def on_revoked(self, records: list[CertRecord]) -> None:
-        """Revocation listener: re-sign the affected generations now."""
-        for name in {record.generation for record in records}:
-            self._dirty.add(name)
-        for name in {record.generation for record in records}:
-            await self.publish(name)
+        """Revocation listener: schedule a re-sign of the affected generations.
+
+        Not awaited by the revoker: OCSP already answers "revoked" and the revocation call
+        returns at once; a burst of revocations is folded into the signing that follows.
+        """
+        self._dirty.update(record.generation for record in records)
+        if self._resign_task is None or self._resign_task.done():
+            self._resign_task = asyncio.create_task(self._resign_dirty(), name="crl-resign")
+
+    async def _resign_dirty(self) -> None:
+        while self._dirty:
+            name = sorted(self._dirty)[0]
+            try:
+                await self.publish(name)  # discards `name` from the dirty set when it starts
+            except Exception:
+                _log.exception("crl_resign_failed", generation=name)
+                self._dirty.discard(name)  # the schedule retries within resign_interval
+
+    async def settle(self) -> None:
+        """Wait until every scheduled re-sign is done (tests, shutdown)."""
+        while self._resign_task is not None and not self._resign_task.done():
+            await self._resign_task
 
     async def publish(self, generation: str) -> PublishedCrl:
         """Sign and persist a new CRL for `generation` with the next CRL number."""

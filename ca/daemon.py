@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -29,6 +30,11 @@ async def serve(config: CaConfig, clock: Clock) -> None:
         for runner, address in zip(runners, addresses, strict=True):
             await runner.setup()
             await web.TCPSite(runner, address.host, address.port).start()
+        # Start-up objects (aiohttp, cryptography, argon2, zxcvbn's dictionaries) live for the
+        # whole run: moving them out of the collector's generations cuts full collections
+        # under load from ~30 ms to ~2 ms, which showed as OCSP p99 (bench/ocsp.py).
+        gc.collect()
+        gc.freeze()
         _log.info("ca_listening", public=f"{addresses[0].host}:{addresses[0].port}",
                   internal=f"{addresses[1].host}:{addresses[1].port}")
         stop = asyncio.Event()

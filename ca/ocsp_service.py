@@ -20,6 +20,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -83,7 +84,10 @@ class OcspService:
         self._metrics = metrics
         self._hierarchy = hierarchy
         self._index: dict[int, _Entry] = {}
+        # request DER -> answer, and serial -> the request DERs cached for it (invalidation)
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
+        self._keys_of: dict[int, set[bytes]] = {}
+        self._counters: dict[str, Any] = {}
         self._load_responders()
 
     def _load_responders(self) -> None:
@@ -96,6 +100,7 @@ class OcspService:
             for responder, name in zip(self._responders, self._issuers.generations, strict=True)
         }
         self._cache.clear()
+        self._keys_of = {}
 
     async def start(self) -> None:
         """Load the status of every signed certificate."""
@@ -121,26 +126,28 @@ class OcspService:
             self._drop(serial)
 
     def _drop(self, serial: int) -> None:
-        for key in [k for k, c in self._cache.items() if c.cert_id.serial_number == serial]:
-            del self._cache[key]
+        for key in self._keys_of.pop(serial, ()):
+            self._cache.pop(key, None)
 
     # -- answering -------------------------------------------------------------------------
 
     async def respond(self, request_der: bytes) -> OcspAnswer:
-        """The DER response to a DER request; malformed input gets malformedRequest."""
+        """The DER response to a DER request; malformed input gets malformedRequest.
+
+        A request seen before (same bytes, so no nonce) is answered from the cache without
+        parsing it again: parsing costs several times the signature.
+        """
+        cached = self._cache.get(request_der)
+        if cached is not None and self._fresh(cached.answer):
+            self._cache.move_to_end(request_der)
+            self._count(cached.status.status)
+            return cached.answer
         try:
             request = parse_request(request_der)
         except MalformedRequest:
-            self._metrics.ocsp_responses.labels(status="malformed").inc()
+            self._count("malformed")
             return OcspAnswer(malformed_response())
         cacheable = request.nonce is None and len(request.cert_ids) == 1
-        if cacheable:
-            key = request.cert_ids[0].encoded()
-            cached = self._cache.get(key)
-            if cached is not None and self._fresh(cached.answer):
-                self._cache.move_to_end(key)
-                self._metrics.ocsp_responses.labels(status=cached.status.status).inc()
-                return cached.answer
         issuers = [find_issuer(cert_id, self._generation_of) for cert_id in request.cert_ids]
         for cert_id, issuer in zip(request.cert_ids, issuers, strict=True):
             if issuer is not None and cert_id.serial_number not in self._index:
@@ -154,19 +161,33 @@ class OcspService:
         next_update = now + self._config.ocsp_response_validity
         der = build_response(answers, self._responders, now, next_update, request.nonce)
         if not any(issuer is not None for issuer in issuers):
-            self._metrics.ocsp_responses.labels(status="unauthorized").inc()
+            self._count("unauthorized")
             return OcspAnswer(der)
         for _, _, status in answers:
-            self._metrics.ocsp_responses.labels(status=status.status).inc()
-        if not cacheable:
+            self._count(status.status)
+        if not cacheable or answers[0][2].status == "unknown":
+            # Unknown answers are not kept: the serial may be issued a moment later by the
+            # officer CLI in another process, which this cache would not hear of.
             return OcspAnswer(der)
         answer = OcspAnswer(der, now, next_update)
         cert_id, issuer, status = answers[0]
         assert issuer is not None  # checked above
-        self._cache[cert_id.encoded()] = _Cached(answer, cert_id, issuer, status)
-        while len(self._cache) > MAX_CACHED_RESPONSES:
-            self._cache.popitem(last=False)
+        self._remember(request_der, _Cached(answer, cert_id, issuer, status))
         return answer
+
+    def _remember(self, key: bytes, cached: _Cached) -> None:
+        self._cache[key] = cached
+        self._cache.move_to_end(key)
+        self._keys_of.setdefault(cached.cert_id.serial_number, set()).add(key)
+        while len(self._cache) > MAX_CACHED_RESPONSES:
+            old_key, old = self._cache.popitem(last=False)
+            self._keys_of.get(old.cert_id.serial_number, set()).discard(old_key)
+
+    def _count(self, status: str) -> None:
+        counter = self._counters.get(status)
+        if counter is None:
+            counter = self._counters[status] = self._metrics.ocsp_responses.labels(status=status)
+        counter.inc()
 
     def _fresh(self, answer: OcspAnswer) -> bool:
         """Served from cache only in the first half of its validity."""
@@ -214,7 +235,7 @@ class OcspService:
             der = build_response([(cached.cert_id, cached.issuer, status)], self._responders,
                                  now, next_update)
             self._cache[key] = _Cached(OcspAnswer(der, now, next_update), cached.cert_id,
-                                       cached.issuer, status)
+                                       cached.issuer, status)  # same key: index unchanged
             refreshed += 1
         return refreshed
 

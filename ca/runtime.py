@@ -87,8 +87,9 @@ class CaRuntime:
         crls.on_publish.append(metrics.crl_published)
         ocsp = OcspService(config, clock, store, issuers, metrics, hierarchy)
         if publishing:
-            feed.listeners.append(crls.on_revoked)
+            # OCSP first: it must say "revoked" before anything slower happens.
             feed.listeners.append(ocsp.on_revoked)
+            feed.listeners.append(crls.on_revoked)
             authority.issuance_listeners.append(ocsp.on_issued)
             await ocsp.start()
 

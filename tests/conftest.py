@@ -87,6 +87,12 @@ class CaHarness:
         """Run `sekisho-ca` in-process (its own store connection, like a separate process)."""
         return ca_cli.main(["--config", str(self.config_path), *args], clock=self.clock)
 
+    def sync(self) -> None:
+        """What the daemon does within a fraction of a second after another process commits:
+        notice the revocations, update OCSP, and finish re-signing the CRLs."""
+        self.loop.run(self.runtime.feed.catch_up())
+        self.loop.run(self.runtime.crls.settle())
+
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the CA's loop (e.g. runtime.authority methods)."""
         return self.loop.run(coro)

@@ -129,6 +129,7 @@ class TestNoticeTimeline:
         assert ca.runtime.ocsp.renew_responders() == ["g1", "g2"]
         ca.call(ca.runtime.crls.tick())  # and its CRL schedule
         ca.call(ca.runtime.authority.revoke_serial(leaves["g1"][0], "superseded", actor="t"))
+        ca.sync()
         keys = ca.config.keys.directory
         chain = tmp_path / "all.pem"
         chain.write_bytes(b"".join((keys / f"{n}.crt.pem").read_bytes()

@@ -70,7 +70,7 @@ class TestCrl:
         _, good_leaf = _issue(ca, tmp_path, "400002")
         before = _crl_number(ca)
         assert ca.cli("revoke", "--serial", revoked_serial, "--reason", "keyCompromise") == 0
-        ca.call(ca.runtime.feed.catch_up())  # what the 0.25 s poll does for the CLI's commit
+        ca.sync()  # what the 0.25 s poll does for the CLI's commit
         assert _crl_number(ca) == before + 1
         crl = _crl_pem(ca, tmp_path)
         files = ca.issuer_files()
@@ -165,7 +165,7 @@ class TestMonitoring:
         """Prometheus text shows thisUpdate, nextUpdate, entries, number, counters and build."""
         serial, _ = _issue(ca, tmp_path, "400003")
         ca.cli("revoke", "--serial", serial, "--reason", "superseded")
-        ca.call(ca.runtime.feed.catch_up())
+        ca.sync()
         status, headers, body = _fetch(f"{ca.public_url}/metrics")
         text = body.decode()
         assert status == 200

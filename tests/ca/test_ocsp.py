@@ -69,7 +69,7 @@ class TestOpensslClient:
         assert "Response verify OK" in out
         assert f"{leaf}: good" in out
         assert ca.cli("revoke", "--serial", serial, "--reason", "keyCompromise") == 0
-        ca.call(ca.runtime.feed.catch_up())  # what the daemon's 0.25 s poll does
+        ca.sync()  # what the daemon's 0.25 s poll does
         out = _ocsp(ca, "-cert", str(leaf), nonce=nonce)
         assert "Response verify OK" in out
         assert f"{leaf}: revoked" in out
@@ -89,7 +89,7 @@ class TestOpensslClient:
         serial, first = _issue(ca, tmp_path, "500002")
         _, second = _issue(ca, tmp_path, "500003")
         ca.cli("revoke", "--serial", serial, "--reason", "superseded")
-        ca.call(ca.runtime.feed.catch_up())
+        ca.sync()
         out = _ocsp(ca, "-sha256", "-cert", str(first), "-cert", str(second))
         assert "Response verify OK" in out
         assert f"{first}: revoked" in out
