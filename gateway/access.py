@@ -1,0 +1,140 @@
+"""What every gateway page shares: cookies, CSRF tokens, the access gate, rendering.
+
+Cookies (R-SES-3) use the `__Host-` prefix (Secure, Path=/, no Domain: no sibling host can
+set or shadow them), HttpOnly and SameSite=Strict.
+
+CSRF (R-SES-3): forms of a logged-in user carry the session's token; the forms used before
+login (login, acquisition, renewal) carry a double-submit token, a random value that is both
+in a `__Host-` cookie and in the form. Both are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from gateway import messages
+from gateway.errors import BadRequest, CsrfFailed, MustChangePassword
+from gateway.sessions import Session
+from gateway.state import CLOCK, CONFIG, SESSIONS, VERIFIER
+from gateway.verify import ClientCertificate
+
+SESSION_COOKIE = "__Host-sekisho-session"
+FORM_COOKIE = "__Host-sekisho-form"
+CSRF_FIELD = "csrf"
+MAX_FIELD = 256
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "Strict-Transport-Security": "max-age=31536000",
+}
+
+
+def redirect(location: str) -> web.Response:
+    """A 303 See Other to `location` (a page of this gateway)."""
+    return web.Response(status=303, headers={"Location": location, **PAGE_HEADERS})
+
+
+def _cookie(response: web.StreamResponse, name: str, value: str) -> None:
+    response.set_cookie(name, value, path="/", secure=True, httponly=True, samesite="Strict")
+
+
+def set_session_cookie(response: web.StreamResponse, token: str) -> None:
+    """Give the browser its (new) session cookie."""
+    _cookie(response, SESSION_COOKIE, token)
+
+
+def clear_session_cookie(response: web.StreamResponse) -> None:
+    """Remove the session cookie from the browser."""
+    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+
+
+def session_token(request: web.Request) -> str | None:
+    """The session cookie of the request, if any."""
+    return request.cookies.get(SESSION_COOKIE)
+
+
+def render(request: web.Request, template: str, context: Mapping[str, Any] | None = None, *,
+           status: int = 200, form_token: str | None = None) -> web.Response:
+    """Render a page with the message catalogue; sets the pre-login form cookie if given."""
+    ctx = {"t": messages.text, "csrf": form_token, **(context or {})}
+    response = aiohttp_jinja2.render_template(template, request, ctx, status=status)
+    response.headers.update(PAGE_HEADERS)
+    if form_token is not None and request.cookies.get(FORM_COOKIE) != form_token:
+        _cookie(response, FORM_COOKIE, form_token)
+    return response
+
+
+def form_token(request: web.Request) -> str:
+    """The double-submit token for forms shown before login (reused while the cookie lasts)."""
+    existing = request.cookies.get(FORM_COOKIE)
+    if existing and 20 <= len(existing) <= 64:
+        return existing
+    return secrets.token_urlsafe(32)
+
+
+def _equal(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | Any]:
+    """The posted form; a form that is not url-encoded or multipart is a BadRequest."""
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise BadRequest("send the form as application/x-www-form-urlencoded")
+    try:
+        return await request.post()
+    except ValueError:
+        raise BadRequest("the form cannot be read") from None
+
+
+def field(form: MultiDictProxy[str | Any], name: str, *, max_length: int = MAX_FIELD) -> str:
+    """A text field of a form ("" when absent); too long or not text is a BadRequest."""
+    value = form.get(name, "")
+    if not isinstance(value, str) or len(value) > max_length:
+        raise BadRequest(f"the field {name} is not acceptable")
+    return value
+
+
+def check_form_token(request: web.Request, form: MultiDictProxy[str | Any]) -> None:
+    """R-SES-3: a pre-login form must echo the double-submit cookie."""
+    if not _equal(request.cookies.get(FORM_COOKIE), field(form, CSRF_FIELD)):
+        raise CsrfFailed("the form's security token is missing or wrong")
+
+
+def check_session_token(session: Session, form: MultiDictProxy[str | Any]) -> None:
+    """R-SES-3: a logged-in form must echo the session's token."""
+    if not session.csrf_matches(field(form, CSRF_FIELD)):
+        raise CsrfFailed("the form's security token is missing or wrong")
+
+
+async def logged_in(request: web.Request, *, allow_must_change: bool = False,
+                    touch: bool = True) -> tuple[ClientCertificate, Session]:
+    """The gate for every page after login (R-GW-1..4, R-SES-1, R-PW-2).
+
+    Certificate of this connection verified (revocation included), session active and bound
+    to that certificate; a session that must change its password only reaches that page.
+    """
+    certificate = await request.app[VERIFIER].required(request)
+    session = request.app[SESSIONS].use(session_token(request), certificate.fingerprint,
+                                        touch=touch)
+    if session.must_change and not allow_must_change:
+        raise MustChangePassword("change the password first")
+    return certificate, session
+
+
+def in_renewal_window(request: web.Request, certificate: ClientCertificate) -> bool:
+    """§2.10.1(2): renewal is offered when the certificate expires within the window."""
+    now = request.app[CLOCK].now()
+    return certificate.not_after - now <= request.app[CONFIG].renewal_window

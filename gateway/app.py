@@ -1,0 +1,178 @@
+"""The gateway's app factory (STYLE 8): pages under /auth/, everything else proxied.
+
+`build_app(config, clock=..., users=..., hasher=..., ca_client=..., bundle=...)` wires the
+services; tests and `sekisho-gateway serve` use the same factory. Background work lives in
+`cleanup_ctx`: the proxy's client pool, the revocation feed follower and the session sweeper.
+The app owns (and closes) `ca_client`; the caller closes `users` and `hasher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+import structlog
+from aiohttp import web
+
+from common.passwords import PasswordHasher
+from gateway import enrollment, login
+from gateway.access import clear_session_cookie, logged_in, redirect, render
+from gateway.auth import Authenticator
+from gateway.ca_client import CaClient, RevocationEvent
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    CertificateRequired,
+    GatewayError,
+    MustChangePassword,
+    NotFound,
+    RoleForbidden,
+    SessionExpired,
+    SessionRequired,
+)
+from gateway.messages import error_text
+from gateway.proxy import Identity, Proxy, is_websocket
+from gateway.revocation_client import RevocationChecker
+from gateway.sessions import SessionStore
+from gateway.state import (
+    AUTH,
+    CA,
+    CLOCK,
+    CONFIG,
+    PROXY,
+    REVOCATION,
+    SESSIONS,
+    USERS,
+    VERIFIER,
+)
+from gateway.tls import TrustBundle
+from gateway.users import UserStore
+from gateway.verify import CertificateVerifier
+from policy.clock import Clock
+
+_log = structlog.get_logger("gateway")
+TEMPLATES = Path(__file__).parent / "templates"
+SWEEP_INTERVAL = 15.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_page(request: web.Request, exc: GatewayError) -> web.StreamResponse:
+    is_page_request = request.method in ("GET", "HEAD") and not is_websocket(request)
+    if is_page_request and isinstance(exc, SessionRequired | CertificateRequired) \
+            and not request.path.startswith("/auth/"):
+        # R-GW-3: without a certificate or session, the only way in is the login page.
+        return redirect("/auth/")
+    if isinstance(exc, MustChangePassword) and is_page_request:
+        return redirect("/auth/password")
+    response = render(request, "error.html", {"code": exc.code, "message": error_text(exc.code),
+                                              "status": exc.status}, status=exc.status)
+    if isinstance(exc, SessionExpired):
+        clear_session_cookie(response)
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Typed errors become pages (STYLE 7); anything unexpected a 500 with a request ID."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if exc.status >= 500:
+            _log.warning("request_refused", path=request.path, code=exc.code)
+        return _error_page(request, exc)
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        request_id = secrets.token_hex(8)
+        _log.exception("unhandled_error", request_id=request_id, path=request.path)
+        return render(request, "error.html", {"code": "internal_error", "status": 500,
+                                              "message": error_text("internal_error"),
+                                              "request_id": request_id}, status=500)
+
+
+async def proxied(request: web.Request) -> web.StreamResponse:
+    """Every path outside /auth/: gate (R-GW-*, R-SES-*), role rules (R-PX-2), then proxy."""
+    certificate, session = await logged_in(request)
+    proxy = request.app[PROXY]
+    if session.role != "admin" and proxy.admin_only(request.path):
+        raise RoleForbidden("this page is for administrators")
+    identity = Identity(user_id=session.user_id, role=session.role, customer=session.customer,
+                        name=session.name, last_login=session.previous_login_at,
+                        serial=certificate.serial)
+    if is_websocket(request):
+        clock = request.app[CLOCK]
+
+        def touch() -> None:
+            session.last_seen_at = clock.now()
+
+        return await proxy.websocket(request, identity, session.relays, touch)
+    return await proxy.http(request, identity)
+
+
+async def unknown_auth_page(request: web.Request) -> web.StreamResponse:
+    """/auth/ is the gateway's own namespace: unknown pages are 404, never proxied."""
+    raise NotFound("no such page")
+
+
+def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
+              hasher: PasswordHasher, ca_client: CaClient, bundle: TrustBundle) -> web.Application:
+    """The gateway application."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_form_bytes)
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES),
+                         autoescape=jinja2.select_autoescape(default=True))
+    revocation = RevocationChecker(ca_client, config.revocation, clock)
+    sessions = SessionStore(config.session, clock)
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[USERS] = users
+    app[AUTH] = Authenticator(users, hasher, config.password, clock=clock,
+                              lockout_max=config.lockout_max_failures,
+                              temporary_password_length=config.temporary_password_length)
+    app[SESSIONS] = sessions
+    app[REVOCATION] = revocation
+    app[VERIFIER] = CertificateVerifier(bundle, revocation, clock)
+    app[CA] = ca_client
+    app[PROXY] = Proxy(config.backend_url, connect_timeout=config.backend_connect_timeout,
+                       read_timeout=config.backend_read_timeout,
+                       admin_path_prefixes=config.admin_path_prefixes)
+
+    def on_revocation(event: RevocationEvent) -> None:
+        ended = sessions.end_certificate(event.fingerprint_sha256)
+        _log.info("certificate_revoked_sessions_ended", serial=event.serial,
+                  user_id=event.user_id, sessions=ended)
+
+    revocation.listeners.append(on_revocation)
+    app.cleanup_ctx.append(_background)
+    login.add_routes(app)
+    enrollment.add_routes(app)
+    app.router.add_route("*", "/auth/{tail:.*}", unknown_auth_page)
+    app.router.add_route("*", "/{tail:.*}", proxied)
+    return app
+
+
+async def _sweep(sessions: SessionStore) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        sessions.sweep()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Proxy pool, revocation feed follower, session sweeper; all stopped at shutdown."""
+    await app[PROXY].start()
+    follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
+    sweeper = asyncio.create_task(_sweep(app[SESSIONS]), name="session-sweeper")
+    yield
+    for task in (follower, sweeper):
+        task.cancel()
+    for task in (follower, sweeper):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await app[PROXY].close()
+    await app[CA].close()

@@ -1,0 +1,127 @@
+"""The gateway's typed view of config.toml's [gateway] section; every key has a working default.
+
+The gateway refuses to start with a message naming the key to fix (STYLE 12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from common.config import Address, ConfigError, RawConfig, load_raw
+from policy.password import PasswordPolicy
+from policy.session import SessionPolicy
+
+
+@dataclass(frozen=True)
+class RevocationSettings:
+    """How long revocation answers are trusted (R-GW-2); see docs/gateway.md."""
+
+    # A "good" answer is re-checked after this long, even when its nextUpdate is later.
+    cache_ttl: timedelta
+    # While the CA's revocation feed is not followed (connection lost), "good" answers are
+    # re-checked this often, so a revocation still takes effect within seconds.
+    unfollowed_ttl: timedelta
+    # Long-poll wait of one feed request (the CA caps it at 30 s).
+    feed_wait: timedelta
+    # Timeout of one OCSP or CRL fetch.
+    fetch_timeout: timedelta
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway process needs."""
+
+    listen: Address
+    public_url: str
+    database: Path
+    backend_url: str
+    ca_public_url: str
+    ca_internal_url: str
+    ca_api_token_file: Path
+    tls_cert: Path
+    tls_key: Path
+    trust_bundle_cache: Path
+    session: SessionPolicy
+    password: PasswordPolicy
+    lockout_max_failures: int
+    temporary_password_length: int
+    renewal_window: timedelta
+    admin_path_prefixes: tuple[str, ...]
+    revocation: RevocationSettings
+    backend_connect_timeout: timedelta
+    backend_read_timeout: timedelta
+    max_form_bytes: int
+    log_level: str
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read and validate the gateway's section of the configuration file."""
+    return gateway_config_from(load_raw(path))
+
+
+def _url(value: str, key: str, schemes: tuple[str, ...] = ("http://", "https://")) -> str:
+    if not value.startswith(schemes):
+        raise ConfigError(f"gateway.{key} must start with {' or '.join(schemes)}, not {value!r}")
+    return value.rstrip("/")
+
+
+def gateway_config_from(raw: RawConfig) -> GatewayConfig:
+    """Build the gateway configuration from parsed TOML."""
+    gw = raw.section("gateway")
+    logging = raw.section("logging")
+    max_age = gw.duration("password_max_age", "90d")
+    try:
+        password = PasswordPolicy(
+            min_length=gw.int("password_min_length", 8, minimum=1),
+            require_letters_and_digits=gw.bool("password_require_letters_and_digits", True),
+            history=gw.int("password_history", 2),
+            # "0d" turns expiry off (NIST SP 800-63B discourages periodic expiry).
+            max_age=max_age if max_age > timedelta(0) else None,
+            min_zxcvbn_score=gw.int("password_min_score", 2),
+        )
+        session = SessionPolicy(
+            idle_timeout=gw.duration("session_idle_timeout", "30m"),
+            absolute_timeout=gw.duration("session_absolute_timeout", "12h"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[gateway] {exc}") from None
+    prefixes = gw.list_of_str("admin_path_prefixes", ["/admin/"])
+    if any(not p.startswith("/") for p in prefixes):
+        raise ConfigError("gateway.admin_path_prefixes must be paths starting with '/'")
+    revocation = RevocationSettings(
+        cache_ttl=gw.duration("revocation_cache_ttl", "5m"),
+        unfollowed_ttl=gw.duration("revocation_unfollowed_ttl", "2s"),
+        feed_wait=gw.duration("revocation_feed_wait", "25s"),
+        fetch_timeout=gw.duration("revocation_fetch_timeout", "3s"),
+    )
+    if revocation.feed_wait > timedelta(seconds=30):
+        raise ConfigError("gateway.revocation_feed_wait must be at most 30s (the CA's cap)")
+    lockout = gw.int("lockout_max_failures", 3, minimum=1)
+    temporary_length = gw.int("temporary_password_length", 12, minimum=password.min_length)
+    return GatewayConfig(
+        listen=gw.address("listen", "127.0.0.1:8443"),
+        public_url=_url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url",
+                        ("https://",)),
+        database=gw.path("database", "var/gateway/gateway.sqlite3"),
+        backend_url=_url(gw.str("backend_url", "http://127.0.0.1:8090"), "backend_url"),
+        ca_public_url=_url(gw.str("ca_public_url", "http://127.0.0.1:8080"), "ca_public_url"),
+        ca_internal_url=_url(gw.str("ca_internal_url", "http://127.0.0.1:8081"),
+                             "ca_internal_url"),
+        ca_api_token_file=gw.path("ca_api_token_file", "var/secrets/ca-api-token"),
+        tls_cert=gw.path("tls_cert", "var/gateway/tls/server.crt.pem"),
+        tls_key=gw.path("tls_key", "var/gateway/tls/server.key.pem"),
+        trust_bundle_cache=gw.path("trust_bundle_cache", "var/gateway/trust-bundle.pem"),
+        session=session,
+        password=password,
+        lockout_max_failures=lockout,
+        temporary_password_length=temporary_length,
+        renewal_window=gw.duration("renewal_window", "30d"),
+        admin_path_prefixes=prefixes,
+        revocation=revocation,
+        backend_connect_timeout=gw.duration("backend_connect_timeout", "5s"),
+        backend_read_timeout=gw.duration("backend_read_timeout", "60s"),
+        max_form_bytes=gw.int("max_form_bytes", 16384, minimum=1024),
+        log_level=logging.str("level", "info"),
+    )

@@ -1,0 +1,165 @@
+"""Login, re-login, password change and logout pages (§2.2, §2.3, §2.5, §2.7, §2.8, §3.1).
+
+Handlers are thin: parse -> validate -> authorize -> call the Authenticator -> render. Errors
+are raised as typed GatewayErrors; the middleware in `gateway.app` renders them.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from gateway.access import (
+    check_form_token,
+    check_session_token,
+    clear_session_cookie,
+    field,
+    form_token,
+    in_renewal_window,
+    logged_in,
+    read_form,
+    redirect,
+    render,
+    session_token,
+    set_session_cookie,
+)
+from gateway.auth import ChangeStatus, LoginStatus
+from gateway.errors import CertificateRefused, Locked, Unauthorized
+from gateway.state import AUTH, SESSIONS, VERIFIER
+
+_log = structlog.get_logger("gateway.login")
+
+_MUST_CHANGE = {
+    LoginStatus.MUST_CHANGE_TEMPORARY: "temporary",
+    LoginStatus.MUST_CHANGE_EXPIRED: "expired",
+}
+
+
+async def landing(request: web.Request) -> web.Response:
+    """GET /auth/: the login page with 電子証明書ログイン and 電子証明書取得 (R-GW-3)."""
+    return render(request, "landing.html")
+
+
+def _login_page(request: web.Request, certificate, *, status: int = 200,  # type: ignore[no-untyped-def]
+                error: str | None = None, relogin: bool = False) -> web.Response:
+    sessions = request.app[SESSIONS]
+    other = sessions.active_for_user(certificate.user_id)
+    own = sessions.find(session_token(request))
+    return render(request, "login.html", {
+        "user_id": certificate.user_id,
+        "not_after": certificate.not_after,
+        "renewal": in_renewal_window(request, certificate),
+        "relogin": relogin or (other is not None and other is not own),
+        "error": error,
+    }, status=status, form_token=form_token(request))
+
+
+async def login_page(request: web.Request) -> web.Response:
+    """GET /auth/login: the password page for the certificate's user (§2.2(3))."""
+    certificate = await request.app[VERIFIER].required(request)
+    return _login_page(request, certificate)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """POST /auth/login: certificate + password -> a new session (R-LOCK-*, R-PW-2, R-SES-*)."""
+    certificate = await request.app[VERIFIER].required(request)
+    form = await read_form(request)
+    check_form_token(request, form)
+    claimed = field(form, "user_id", max_length=64)
+    if claimed and claimed != certificate.user_id:
+        raise CertificateRefused("the certificate belongs to another user ID",
+                                 code="cert_user_mismatch")
+    result = await request.app[AUTH].login(certificate.user_id, field(form, "password"),
+                                           actor=f"user:{certificate.user_id}")
+    sessions = request.app[SESSIONS]
+    if result.status is LoginStatus.LOCKED:
+        sessions.end_user(certificate.user_id)
+        raise Locked("the login password is locked", code="locked")
+    if not result.authenticated or result.user is None:
+        raise Unauthorized("user ID or password is wrong", code="bad_credentials")
+    other = sessions.active_for_user(certificate.user_id)
+    own = sessions.find(session_token(request))
+    if other is not None and other is not own and field(form, "relogin") != "1":
+        # R-SES-2: another window still holds a session; only an explicit re-login ends it.
+        return _login_page(request, certificate, status=409, relogin=True)
+    user = result.user
+    token, _ = sessions.create(
+        user_id=user.user_id, name=user.name, customer=user.customer, role=user.role.value,
+        previous_login_at=result.previous_login_at, fingerprint=certificate.fingerprint,
+        serial=certificate.serial, must_change=_MUST_CHANGE.get(result.status),
+    )
+    target = "/auth/password" if result.status in _MUST_CHANGE else "/"
+    response = redirect(target)
+    set_session_cookie(response, token)
+    return response
+
+
+async def password_page(request: web.Request) -> web.Response:
+    """GET /auth/password: the change page (§2.5); the only page of a must-change session."""
+    _, session = await logged_in(request, allow_must_change=True)
+    return render(request, "password.html", {"session": session})
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """POST /auth/password: R-PW-1 and R-PW-4, every violated rule named (§2.5)."""
+    _, session = await logged_in(request, allow_must_change=True)
+    form = await read_form(request)
+    check_session_token(session, form)
+    new, confirm = field(form, "new_password"), field(form, "confirm_password")
+    if new != confirm:
+        return render(request, "password.html", {"session": session,
+                                                 "errors": ["password_mismatch"]}, status=400)
+    result = await request.app[AUTH].change_password(session.user_id,
+                                                     field(form, "current_password"), new)
+    if result.status is ChangeStatus.LOCKED:
+        request.app[SESSIONS].end_user(session.user_id)
+        raise Locked("the login password is locked", code="locked")
+    if result.status is ChangeStatus.BAD_CREDENTIALS:
+        return render(request, "password.html", {"session": session,
+                                                 "errors": ["error_bad_credentials"]}, status=401)
+    if result.status is ChangeStatus.REJECTED:
+        codes = [violation.code for violation in result.violations]
+        return render(request, "password.html", {"session": session, "errors": codes},
+                      status=400)
+    session.must_change = None
+    response = render(request, "changed.html", {"session": session})
+    token = session_token(request)
+    if token:
+        set_session_cookie(response, request.app[SESSIONS].rotate(token))
+    return response
+
+
+async def logout_page(request: web.Request) -> web.Response:
+    """GET /auth/logout: a confirmation with the logout button (a form, so CSRF-checked)."""
+    session = request.app[SESSIONS].find(session_token(request))
+    if session is None:
+        response = render(request, "logged_out.html")
+        clear_session_cookie(response)
+        return response
+    return render(request, "logout.html", {"session": session})
+
+
+async def logout(request: web.Request) -> web.Response:
+    """POST /auth/logout: end the session (§3.1, R-SES-2)."""
+    sessions = request.app[SESSIONS]
+    token = session_token(request)
+    session = sessions.find(token)
+    form = await read_form(request)
+    if session is not None:
+        check_session_token(session, form)
+        sessions.end(token)
+        _log.info("logout", user_id=session.user_id)
+    response = render(request, "logged_out.html")
+    clear_session_cookie(response)
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the login pages."""
+    app.router.add_get("/auth/", landing)
+    app.router.add_get("/auth/login", login_page)
+    app.router.add_post("/auth/login", login)
+    app.router.add_get("/auth/password", password_page)
+    app.router.add_post("/auth/password", change_password)
+    app.router.add_get("/auth/logout", logout_page)
+    app.router.add_post("/auth/logout", logout)

@@ -1,0 +1,127 @@
+"""Client certificate checks in the application layer (R-GW-1, R-GW-2, R-GW-4).
+
+OpenSSL has already verified the chain, the validity against the real time and the
+`sslclient` purpose during the handshake (`gateway.tls`). Here, on every request:
+
+* the DER certificate of *this* connection is read again (`getpeercert(binary_form=True)`),
+  so TLS session resumption cannot carry an old decision: the fingerprint is recomputed and
+  compared with the session's (R-GW-4);
+* issuer in the trust bundle, EKU clientAuth, validity against the injected clock;
+* revocation through `RevocationChecker` (cache, OCSP, CRL, the CA's feed).
+
+Parsing is cached by DER bytes, so a keep-alive request costs a dict lookup and a few
+comparisons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.errors import CertificateRefused, CertificateRequired
+from gateway.revocation_client import RevocationChecker
+from gateway.tls import TrustBundle
+from policy.clock import Clock
+
+_MAX_PARSED = 10_000
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """The facts of a presented client certificate the gateway needs."""
+
+    der: bytes = field(repr=False)
+    fingerprint: str  # SHA-256 of the DER, lowercase hex (as the CA records it)
+    serial: str  # lowercase hex, as the CA writes it
+    user_id: str  # the subject CN (R-CERT-1)
+    not_before: datetime
+    not_after: datetime
+    certificate: x509.Certificate = field(repr=False)
+    issuer: x509.Certificate | None = field(repr=False)
+    client_auth: bool
+
+
+def peer_certificate_der(request: web.Request) -> bytes | None:
+    """The DER client certificate of this request's TLS connection, or None."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return der or None
+
+
+def parse_client_certificate(der: bytes, bundle: TrustBundle) -> ClientCertificate:
+    """Parse a DER certificate into ClientCertificate (no policy decisions yet)."""
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        user_id = str(names[0].value) if names else ""
+    except ValueError:
+        raise CertificateRefused("the certificate cannot be read", code="cert_malformed") from None
+    try:
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    except (x509.ExtensionNotFound, ValueError):
+        client_auth = False
+    return ClientCertificate(
+        der=der, fingerprint=hashlib.sha256(der).hexdigest(),
+        serial=format(certificate.serial_number, "x"), user_id=user_id,
+        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+        certificate=certificate, issuer=bundle.issuer_of(certificate), client_auth=client_auth,
+    )
+
+
+class CertificateVerifier:
+    """Turns the presented certificate into a verified ClientCertificate, or refuses."""
+
+    def __init__(self, bundle: TrustBundle, revocation: RevocationChecker, clock: Clock) -> None:
+        self._bundle = bundle
+        self._revocation = revocation
+        self._clock = clock
+        self._parsed: dict[bytes, ClientCertificate] = {}
+
+    def _parse(self, der: bytes) -> ClientCertificate:
+        parsed = self._parsed.get(der)
+        if parsed is None:
+            parsed = parse_client_certificate(der, self._bundle)
+            if len(self._parsed) >= _MAX_PARSED:
+                self._parsed.clear()
+            self._parsed[der] = parsed
+        return parsed
+
+    async def verify_der(self, der: bytes) -> ClientCertificate:
+        """R-GW-1: issuer, clientAuth, validity at the injected clock, revocation."""
+        cert = self._parse(der)
+        if cert.issuer is None:
+            raise CertificateRefused("the certificate is not from this service's CA",
+                                     code="cert_untrusted")
+        if not cert.client_auth:
+            raise CertificateRefused("the certificate is not for client authentication",
+                                     code="cert_wrong_usage")
+        now = self._clock.now()
+        if now < cert.not_before:
+            raise CertificateRefused("the certificate is not valid yet", code="cert_not_yet_valid")
+        if now > cert.not_after:
+            raise CertificateRefused("the certificate has expired", code="cert_expired")
+        if not cert.user_id:
+            raise CertificateRefused("the certificate names no user", code="cert_malformed")
+        await self._revocation.check(cert.fingerprint, cert.certificate, cert.issuer)
+        return cert
+
+    async def optional(self, request: web.Request) -> ClientCertificate | None:
+        """The verified certificate of this connection, None when none was presented."""
+        der = peer_certificate_der(request)
+        return None if der is None else await self.verify_der(der)
+
+    async def required(self, request: web.Request) -> ClientCertificate:
+        """The verified certificate of this connection; CertificateRequired when absent."""
+        der = peer_certificate_der(request)
+        if der is None:
+            raise CertificateRequired("this page needs your electronic certificate")
+        return await self.verify_der(der)

@@ -1,0 +1,107 @@
+"""Certificate acquisition and renewal through the gateway's forms (§2.1, §2.10.1, R-CERT-4..6)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from tests.gateway.conftest import GatewayHarness
+
+
+class TestAcquisition:
+    """§2.1: user ID + login password + acquisition password -> PKCS#12 download."""
+
+    async def test_acquire_without_certificate_then_log_in_R_CERT_4(
+            self, gw: GatewayHarness) -> None:
+        """The form needs no certificate; the download logs in afterwards."""
+        temporary = gw.add_user("600001", password=None)
+        acquisition = gw.acquisition_password("600001")
+        async with gw.browser() as browser:
+            page = await browser.submit("/auth/acquire", "/auth/acquire", {
+                "user_id": "600001", "password": temporary,
+                "acquisition_password": acquisition})
+        assert page.status == 200
+        assert page.headers["Content-Type"] == "application/x-pkcs12"
+        assert 'filename="600001.p12"' in page.headers["Content-Disposition"]
+        key, cert, _ = pkcs12.load_key_and_certificates(page.body, acquisition.encode())
+        assert cert is not None and key is not None
+        user = gw.write_pkcs12("600001", temporary, page.body, acquisition=acquisition)
+        async with gw.browser(user) as browser:
+            assert (await browser.login()).url == gw.url + "/auth/password"
+
+    async def test_wrong_login_password_counts_toward_lock_R_LOCK_1(
+            self, gw: GatewayHarness) -> None:
+        """Wrong login passwords on the acquisition form count; the third locks."""
+        gw.add_user("600002")
+        acquisition = gw.acquisition_password("600002")
+        async with gw.browser() as browser:
+            statuses = []
+            for _ in range(3):
+                page = await browser.submit("/auth/acquire", "/auth/acquire", {
+                    "user_id": "600002", "password": "wrong-pass1",
+                    "acquisition_password": acquisition})
+                statuses.append(page.status)
+        assert statuses == [401, 401, 423]
+
+    async def test_wrong_acquisition_password_and_existing_certificate_R_CERT_5(
+            self, gw: GatewayHarness) -> None:
+        """The CA's refusals become pages: wrong acquisition password, usable cert exists."""
+        password = gw.add_user("600003")
+        async with gw.browser() as browser:
+            gw.acquisition_password("600003")
+            wrong = await browser.submit("/auth/acquire", "/auth/acquire", {
+                "user_id": "600003", "password": password, "acquisition_password": "nope1234"})
+            assert wrong.status == 401 and wrong.error == "acquisition_bad_credentials"
+            gw.issue("600003", password)
+            again = await browser.submit("/auth/acquire", "/auth/acquire", {
+                "user_id": "600003", "password": password,
+                "acquisition_password": gw.acquisition_password("600003")})
+            assert again.status == 409 and again.error == "usable_certificate_exists"
+
+    async def test_unknown_user_id_looks_like_wrong_password_R_LOCK_2(
+            self, gw: GatewayHarness) -> None:
+        """Unknown and malformed IDs get the same 401 page as a wrong password."""
+        async with gw.browser() as browser:
+            for user_id in ("699999", "../etc"):
+                page = await browser.submit("/auth/acquire", "/auth/acquire", {
+                    "user_id": user_id, "password": "whatever1",
+                    "acquisition_password": "x"})
+                assert page.status == 401 and page.error == "bad_credentials"
+
+
+class TestRenewal:
+    """§2.10.1: renewal is offered within 30 days of expiry; the new file uses the password."""
+
+    async def test_renewal_offered_only_in_the_last_30_days_R_CERT_6(
+            self, gw: GatewayHarness) -> None:
+        """No 証明書更新 button a second before the window; there from its first second."""
+        user = gw.enroll("600010")
+        async with gw.browser(user) as browser:
+            gw.clock.set(user.not_after - timedelta(days=30) - timedelta(seconds=1))
+            assert 'id="cert-renew"' not in (await browser.get("/auth/login")).text
+            gw.clock.advance(timedelta(seconds=1))
+            assert 'id="cert-renew"' in (await browser.get("/auth/login")).text
+
+    async def test_renew_downloads_file_encrypted_with_login_password_R_CERT_6(
+            self, gw: GatewayHarness) -> None:
+        """The renewed PKCS#12 opens with the login password and holds a newer certificate."""
+        user = gw.enroll("600011")
+        gw.clock.set(user.not_after - timedelta(days=10))
+        async with gw.browser(user) as browser:
+            page = await browser.submit("/auth/renew", "/auth/renew",
+                                        {"password": user.password})
+            assert page.status == 200, page.text[:300]
+            assert page.headers["Content-Type"] == "application/x-pkcs12"
+            _, cert, _ = pkcs12.load_key_and_certificates(page.body, user.password.encode())
+            assert cert is not None and cert.not_valid_after_utc > user.not_after
+            wrong = await browser.submit("/auth/renew", "/auth/renew", {"password": "nope1234"})
+            assert wrong.status == 401
+
+    async def test_renew_too_early_refused_R_CERT_6(self, gw: GatewayHarness) -> None:
+        """Outside the window the CA refuses and the page says when renewal opens."""
+        user = gw.enroll("600012")
+        async with gw.browser(user) as browser:
+            page = await browser.submit("/auth/renew", "/auth/renew",
+                                        {"password": user.password})
+            assert page.status == 409 and page.error == "renewal_not_open"

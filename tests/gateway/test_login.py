@@ -1,0 +1,263 @@
+"""Login, lockout, password change, sessions through a real gateway (R-PW, R-LOCK, R-SES)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from tests.gateway.conftest import GatewayHarness, csrf_of
+
+SESSION = "__Host-sekisho-session"
+MINUTE = timedelta(minutes=1)
+SECOND = timedelta(seconds=1)
+
+
+class TestLogin:
+    """§2.2: certificate + password -> the backend's first screen."""
+
+    async def test_full_login_reaches_backend_R_GW_1(self, gw: GatewayHarness) -> None:
+        """The first screen shows the identity the backend got from the gateway (R-UI-2)."""
+        user = gw.enroll("300001", name="Tanaka Taro", customer="ABC Trading")
+        async with gw.browser(user) as browser:
+            page = await browser.login()
+            assert page.status == 200
+            assert page.url == gw.url + "/"
+            assert "ABC Trading" in page.text and "300001" in page.text
+            assert browser.cookie(SESSION)
+
+    def test_full_login_with_curl_R_GW_1(self, gw: GatewayHarness) -> None:
+        """curl with --cert/--key logs in with a cookie file and reaches the backend."""
+        user = gw.enroll("300002")
+        jar = str(gw.directory / "curl-cookies.txt")
+        page = gw.curl("/auth/login", user, "-c", jar, "-b", jar)
+        token = csrf_of(page.stdout)
+        login = gw.curl("/auth/login", user, "-c", jar, "-b", jar, "-L",
+                        "--data-urlencode", f"csrf={token}",
+                        "--data-urlencode", f"password={user.password}")
+        assert login.stdout.endswith("\n200"), login.stdout[-300:]
+        assert "300002" in login.stdout
+        again = gw.curl("/trade/forward", user, "-b", jar)
+        assert again.stdout.endswith("\n200")
+
+    async def test_cookie_attributes_and_rotation_R_SES_3(self, gw: GatewayHarness) -> None:
+        """Secure, HttpOnly, SameSite=Strict, __Host- prefix; a new value at each login."""
+        user = gw.enroll("300003")
+        async with gw.browser(user) as browser:
+            page = await browser.get("/auth/login")
+            response = await browser.request(
+                "POST", "/auth/login", allow_redirects=False,
+                data={"csrf": csrf_of(page.text), "password": user.password})
+            assert response.status == 303
+            header = next(v for v in response.headers.getall("Set-Cookie")
+                          if v.startswith(SESSION))
+            lowered = header.lower()
+            assert "secure" in lowered and "httponly" in lowered
+            assert "samesite=strict" in lowered and "path=/" in lowered
+            assert "domain" not in lowered
+            first = browser.cookie(SESSION)
+            await browser.login()
+            assert browser.cookie(SESSION) not in (None, first)
+
+    async def test_wrong_and_unknown_look_the_same_R_LOCK_2(self, gw: GatewayHarness) -> None:
+        """A wrong password answers 401 with the same page as an empty one."""
+        user = gw.enroll("300004")
+        async with gw.browser(user) as browser:
+            wrong = await browser.login("wrong-pass1")
+            empty = await browser.login("")
+            assert wrong.status == empty.status == 401
+            assert wrong.error == empty.error == "bad_credentials"
+
+    async def test_certificate_of_another_user_refused_R_GW_1(self, gw: GatewayHarness) -> None:
+        """The form's user ID must be the certificate's CN."""
+        user = gw.enroll("300005")
+        gw.add_user("300006")
+        async with gw.browser(user) as browser:
+            page = await browser.login(user_id="300006")
+            assert page.status == 403 and page.error == "cert_user_mismatch"
+
+
+class TestLockout:
+    """R-LOCK-1: three wrong passwords lock, exactly, whatever the concurrency."""
+
+    async def test_three_failures_lock_then_right_password_refused_R_LOCK_1(
+            self, gw: GatewayHarness) -> None:
+        """Tries 1-2 answer 401, the third 423; then the right password gets 423 too."""
+        user = gw.enroll("300010")
+        async with gw.browser(user) as browser:
+            statuses = [(await browser.login("wrong-pass1")).status for _ in range(3)]
+            assert statuses == [401, 401, 423]
+            locked = await browser.login()
+            assert locked.status == 423 and locked.error == "locked"
+        stored = gw.run(gw.users.get("300010"))
+        assert stored.locked and stored.failed_attempts == 3
+
+    async def test_hundred_concurrent_wrong_attempts_count_three_R_LOCK_1(
+            self, gw: GatewayHarness) -> None:
+        """100 simultaneous wrong logins over HTTPS: exactly 3 evaluated, the rest locked."""
+        user = gw.enroll("300011")
+        async with gw.browser(user) as browser:
+            token = csrf_of((await browser.get("/auth/login")).text)
+            pages = await asyncio.gather(*(
+                browser.request("POST", "/auth/login",
+                                data={"csrf": token, "password": f"wrong-{i}x"})
+                for i in range(100)))
+            statuses = [p.status for p in pages]
+            assert set(statuses) <= {401, 423}
+            assert statuses.count(401) <= 2
+            assert (await browser.login()).status == 423
+        stored = gw.run(gw.users.get("300011"))
+        assert stored.locked and stored.failed_attempts == 3
+        failures = [e for e in gw.run(gw.users.audit_entries())
+                    if e.subject == "300011" and e.action in ("login.failed", "login.locked")]
+        assert len(failures) == 3
+
+    async def test_helpdesk_unlock_lets_the_user_in_R_LOCK_1(self, gw: GatewayHarness) -> None:
+        """After `unlock` the right password works again."""
+        user = gw.enroll("300012")
+        async with gw.browser(user) as browser:
+            for _ in range(3):
+                await browser.login("wrong-pass1")
+            gw.run(gw.users.unlock("300012", actor="helpdesk:test"))
+            assert (await browser.login()).status == 200
+
+
+class TestPasswordChange:
+    """R-PW-1, R-PW-2: temporary and expired passwords lead only to the change page."""
+
+    async def test_temporary_password_only_reaches_change_page_R_PW_2(
+            self, gw: GatewayHarness) -> None:
+        """First login with the temporary password: every page leads to /auth/password."""
+        temporary = gw.add_user("300020", password=None)
+        user = gw.issue("300020", temporary)
+        async with gw.browser(user) as browser:
+            page = await browser.login()
+            assert page.url == gw.url + "/auth/password"
+            assert 'id="must-change"' in page.text
+            elsewhere = await browser.get("/trade/forward")
+            assert elsewhere.url == gw.url + "/auth/password"
+            changed = await browser.submit("/auth/password", "/auth/password", {
+                "current_password": temporary, "new_password": "Hq7vT2mXk9",
+                "confirm_password": "Hq7vT2mXk9"})
+            assert changed.status == 200 and 'id="changed"' in changed.text
+            assert (await browser.get("/trade/forward")).status == 200
+
+    async def test_every_violated_rule_is_named_R_PW_1(self, gw: GatewayHarness) -> None:
+        """A short, digit-less password equal to the user name is refused with each rule."""
+        user = gw.enroll("300021", name="Suzuki")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.submit("/auth/password", "/auth/password", {
+                "current_password": user.password, "new_password": "suzuki",
+                "confirm_password": "suzuki"})
+            assert page.status == 400
+            for code in ("password_too_short", "password_needs_letters_and_digits",
+                         "password_same_as_user_name", "password_too_common"):
+                assert f'data-code="{code}"' in page.text, code
+            reused = await browser.submit("/auth/password", "/auth/password", {
+                "current_password": user.password, "new_password": user.password,
+                "confirm_password": user.password})
+            assert 'data-code="password_reused"' in reused.text
+            mismatch = await browser.submit("/auth/password", "/auth/password", {
+                "current_password": user.password, "new_password": "Hq7vT2mXk9",
+                "confirm_password": "Hq7vT2mXk8"})
+            assert mismatch.status == 400 and 'data-code="password_mismatch"' in mismatch.text
+
+    async def test_expired_after_90_days_R_PW_2(self, gw: GatewayHarness) -> None:
+        """One second before 90 days the login is normal; at 90 days only the change page."""
+        user = gw.enroll("300022")
+        async with gw.browser(user) as browser:
+            gw.clock.advance(timedelta(days=90) - SECOND)
+            assert (await browser.login()).url == gw.url + "/"
+            gw.clock.advance(SECOND)
+            page = await browser.login()
+            assert page.url == gw.url + "/auth/password"
+            assert "must_change_expired" not in page.text  # the message, not the key
+            assert "有効期限が切れています" in page.text
+
+
+class TestSessions:
+    """R-SES-1..3, R-GW-4."""
+
+    async def test_idle_timeout_after_30_minutes_R_SES_1(self, gw: GatewayHarness) -> None:
+        """Used at 29:59 it lives on; 30 minutes after the last operation it has ended."""
+        user = gw.enroll("300030")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            gw.clock.advance(timedelta(minutes=30) - SECOND)
+            assert (await browser.get("/trade/forward")).status == 200
+            gw.clock.advance(timedelta(minutes=30))
+            page = await browser.get("/trade/forward")
+            assert page.status == 401 and page.error == "session_timeout"
+            again = await browser.get("/trade/forward")
+            assert again.url == gw.url + "/auth/"  # the next click: the login page
+
+    async def test_logout_ends_session_R_SES_2(self, gw: GatewayHarness) -> None:
+        """After logout the old cookie no longer works."""
+        user = gw.enroll("300031")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            old = browser.cookie(SESSION)
+            page = await browser.submit("/auth/logout", "/auth/logout", {})
+            assert page.status == 200 and 'id="logged-out"' in page.text
+            browser.jar.update_cookies({SESSION: old or ""})
+            assert (await browser.get("/trade/forward")).url == gw.url + "/auth/"
+
+    async def test_relogin_ends_the_old_session_R_SES_2(self, gw: GatewayHarness) -> None:
+        """A second window must press 再ログイン; the first window's session then ends."""
+        user = gw.enroll("300032")
+        async with gw.browser(user) as first, gw.browser(user) as second:
+            await first.login()
+            offer = await second.login()
+            assert offer.status == 409 and 'id="relogin-offer"' in offer.text
+            assert "再ログイン" in offer.text
+            assert (await first.get("/trade/forward")).status == 200
+            page = await second.login(relogin="1")
+            assert page.status == 200 and page.url == gw.url + "/"
+            assert (await first.get("/trade/forward")).url == gw.url + "/auth/"
+
+    async def test_stolen_session_with_another_certificate_refused_R_GW_4(
+            self, gw: GatewayHarness) -> None:
+        """Another user's certificate carrying the victim's cookie gets 403; the owner stays."""
+        victim, thief = gw.enroll("300033"), gw.enroll("300034")
+        async with gw.browser(victim) as owner, gw.browser(thief) as other:
+            await owner.login()
+            other.jar.update_cookies({SESSION: owner.cookie(SESSION) or ""})
+            page = await other.get("/trade/forward")
+            assert page.status == 403 and page.error == "session_cert_mismatch"
+            echo = await other.get("/api/echo")
+            assert "300033" not in echo.text
+            assert (await owner.get("/trade/forward")).status == 200
+
+    async def test_csrf_refused_R_SES_3(self, gw: GatewayHarness) -> None:
+        """Forms without or with a wrong token are refused (403), before any password check."""
+        user = gw.enroll("300035")
+        async with gw.browser(user) as browser:
+            await browser.get("/auth/login")
+            for data in ({"password": user.password},
+                         {"password": user.password, "csrf": "x" * 43}):
+                page = await browser.request("POST", "/auth/login", data=data)
+                assert page.status == 403 and page.error == "csrf_failed"
+            await browser.login()
+            change = await browser.request("POST", "/auth/password", data={
+                "csrf": "forged", "current_password": user.password,
+                "new_password": "Hq7vT2mXk9", "confirm_password": "Hq7vT2mXk9"})
+            assert change.status == 403 and change.error == "csrf_failed"
+        stored = gw.run(gw.users.get("300035"))
+        assert stored.failed_attempts == 0
+
+    async def test_bad_input_never_5xx(self, gw: GatewayHarness) -> None:
+        """Junk forms, huge fields and wrong content types answer 4xx."""
+        user = gw.enroll("300036")
+        async with gw.browser(user) as browser:
+            token = csrf_of((await browser.get("/auth/login")).text)
+            cases = [
+                {"data": {"csrf": token, "password": "x" * 5000}},
+                {"data": b"\xff\xfe", "headers": {"Content-Type": "multipart/form-data"}},
+                {"json": {"password": "x"}},
+                {"data": "a" * 40000, "headers": {
+                    "Content-Type": "application/x-www-form-urlencoded"}},
+            ]
+            for case in cases:
+                page = await browser.request("POST", "/auth/login", **case)
+                assert 400 <= page.status < 500, (case, page.status)
+            assert (await browser.get("/auth/nothing")).status == 404

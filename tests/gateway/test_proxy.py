@@ -1,0 +1,170 @@
+"""The proxy to the demo trading backend (R-PX-1, R-PX-2)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import aiohttp
+import pytest
+
+from gateway.state import PROXY
+from tests.gateway.conftest import GatewayHarness
+from tests.support.servers import free_port
+
+
+class TestIdentityHeaders:
+    """R-PX-1: the backend gets our identity headers and never the client's."""
+
+    async def test_spoofed_identity_headers_stripped_R_PX_1(self, gw: GatewayHarness) -> None:
+        """X-Sekisho-* from the client (any case) are dropped; ours arrive, once each."""
+        user = gw.enroll("500001", name="山田 花子", customer="株式会社ABC商事")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.get("/api/echo", headers={
+                "X-Sekisho-User": "admin1", "x-sekisho-role": "admin",
+                "X-SEKISHO-CUSTOMER": "Evil", "X-Sekisho-Extra": "1"})
+            headers = (await _json(page))["headers"]
+        assert headers["X-Sekisho-User"] == ["500001"]
+        assert headers["X-Sekisho-Role"] == ["contractor"]
+        assert headers["X-Sekisho-Cert-Serial"] == [user.serial]
+        assert "X-Sekisho-Extra" not in headers
+        assert "%E5%B1%B1%E7%94%B0" in headers["X-Sekisho-Name"][0]  # 山田, percent-encoded
+
+    def test_spoofed_headers_with_curl_R_PX_1(self, gw: GatewayHarness) -> None:
+        """The same through curl, which sends the header verbatim."""
+        user = gw.enroll("500002")
+        jar = str(gw.directory / "jar.txt")
+        from tests.gateway.conftest import csrf_of
+
+        page = gw.curl("/auth/login", user, "-c", jar, "-b", jar)
+        gw.curl("/auth/login", user, "-c", jar, "-b", jar, "--data-urlencode",
+                f"csrf={csrf_of(page.stdout)}", "--data-urlencode", f"password={user.password}")
+        echo = gw.curl("/api/echo", user, "-b", jar, "-H", "X-Sekisho-Role: admin")
+        assert echo.stdout.endswith("\n200")
+        assert '"X-Sekisho-Role": ["contractor"]' in echo.stdout
+
+
+class TestBodiesAndMethods:
+    """R-PX-1: all methods, streamed bodies."""
+
+    @pytest.mark.parametrize("size", [0, 1000, 3 * 1024 * 1024])
+    async def test_post_body_relayed_R_PX_1(self, gw: GatewayHarness, size: int) -> None:
+        """Small and multi-MiB bodies arrive whole (length and SHA-256 checked)."""
+        user = gw.enroll("500010")
+        body = os.urandom(size)
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.request("POST", "/api/echo?a=1&a=2", data=body,
+                                         headers={"Content-Type": "application/octet-stream"})
+            echoed = await _json(page)
+        assert echoed["body_length"] == size
+        assert echoed["query"] == {"a": ["1", "2"]}
+        assert echoed["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+    async def test_chunked_upload_relayed_R_PX_1(self, gw: GatewayHarness) -> None:
+        """A body without Content-Length (chunked) is streamed through."""
+        user = gw.enroll("500011")
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(20):
+                yield b"x" * 65536
+
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.request("POST", "/api/echo", data=chunks())
+            assert (await _json(page))["body_length"] == 20 * 65536
+
+    async def test_backend_timeout_gives_504_R_PX_1(self, gw: GatewayHarness) -> None:
+        """A backend slower than backend_read_timeout (3 s in tests) gets the 504 page."""
+        user = gw.enroll("500012")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            assert (await browser.get("/api/slow?seconds=0.1")).status == 200
+            page = await browser.get("/api/slow?seconds=5")
+            assert page.status == 504 and page.error == "backend_timeout"
+
+    async def test_backend_down_gives_502_page_R_PX_1(self, gw: GatewayHarness) -> None:
+        """With the backend stopped, a clear 502 page."""
+        user = gw.enroll("500013")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            # Nothing listens on the backend's address any more (connection refused).
+            gw.app[PROXY]._backend = f"http://127.0.0.1:{free_port()}"
+            page = await browser.get("/trade/forward")
+            assert page.status == 502 and page.error == "backend_unavailable"
+            assert "現在サービスをご利用いただけません" in page.text
+
+
+class TestRoles:
+    """R-PX-2: admin-only prefixes are enforced before proxying."""
+
+    @pytest.mark.parametrize("path", ["/admin/restrictions", "/admin", "/%61dmin/restrictions",
+                                      "/trade/../admin/restrictions"])
+    async def test_contractor_refused_admin_paths_R_PX_2(self, gw: GatewayHarness,
+                                                         path: str) -> None:
+        """A contractor gets 403 on every spelling of an admin path."""
+        user = gw.enroll("500020", role="contractor")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.get(path)
+            assert page.status == 403 and page.error == "role_forbidden", path
+
+    async def test_admin_reaches_admin_page_R_PX_2(self, gw: GatewayHarness) -> None:
+        """The twin: an admin gets the restrictions page."""
+        user = gw.enroll("500021", role="admin")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            assert (await browser.get("/admin/restrictions")).status == 200
+
+
+class TestWebSocket:
+    """R-PX-1: WebSockets are relayed once logged in."""
+
+    async def test_quotes_websocket_relayed_R_PX_1(self, gw: GatewayHarness) -> None:
+        """Quotes arrive through the gateway; ping/pong works both ways."""
+        user = gw.enroll("500030")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            assert browser.session is not None
+            async with browser.session.ws_connect(gw.url + "/ws/quotes?seed=1") as ws:
+                first = await ws.receive_json(timeout=5)
+                assert first
+                await ws.send_json({"type": "ping"})
+                for _ in range(10):
+                    message = await ws.receive_json(timeout=5)
+                    if message.get("type") == "pong":
+                        break
+                else:
+                    raise AssertionError("no pong")
+
+    async def test_websocket_needs_session_R_PX_1(self, gw: GatewayHarness) -> None:
+        """Without a session the upgrade is refused."""
+        user = gw.enroll("500031")
+        async with gw.browser(user) as browser:
+            assert browser.session is not None
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await browser.session.ws_connect(gw.url + "/ws/quotes")
+            assert caught.value.status == 401
+
+    async def test_logout_closes_websocket_R_SES_2(self, gw: GatewayHarness) -> None:
+        """Logging out in the page closes the relay."""
+        user = gw.enroll("500032")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            assert browser.session is not None
+            async with browser.session.ws_connect(gw.url + "/ws/quotes") as ws:
+                await ws.receive_json(timeout=5)
+                await browser.submit("/auth/logout", "/auth/logout", {})
+                while True:
+                    message = await ws.receive(timeout=5)
+                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                        aiohttp.WSMsgType.CLOSING):
+                        break
+
+
+async def _json(page) -> dict:  # type: ignore[no-untyped-def]
+    import json
+
+    assert page.status == 200, (page.status, page.text[:300])
+    return dict(json.loads(page.text))

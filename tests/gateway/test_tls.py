@@ -1,0 +1,98 @@
+"""TLS and certificate verification with real clients: curl, openssl, Python ssl (R-GW-1..3)."""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests.conftest import openssl
+from tests.gateway.conftest import GatewayHarness, forge
+
+
+class TestWithoutCertificate:
+    """R-GW-3: without a certificate only the login and acquisition pages answer."""
+
+    def test_login_page_without_certificate_R_GW_3(self, gw: GatewayHarness) -> None:
+        """curl without a certificate gets the login page with both buttons."""
+        result = gw.curl("/auth/")
+        body, status = result.stdout.rsplit("\n", 1)
+        assert status == "200", result.stderr
+        assert "電子証明書ログイン" in body and "電子証明書取得" in body
+        result = gw.curl("/auth/acquire")
+        assert result.stdout.endswith("\n200")
+
+    @pytest.mark.parametrize("path", ["/", "/trade/forward", "/admin/restrictions"])
+    def test_everything_else_redirects_to_login_R_GW_3(self, gw: GatewayHarness,
+                                                       path: str) -> None:
+        """Every other page sends a client without a certificate to the login page."""
+        result = gw.curl(path, None, "-o", "/dev/null", "-D", "-")
+        assert result.stdout.endswith("\n303"), result.stdout
+        assert "location: /auth/" in result.stdout.lower()
+
+    def test_password_page_needs_certificate_R_GW_3(self, gw: GatewayHarness) -> None:
+        """The password page and the API-like POSTs say a certificate is needed (401)."""
+        result = gw.curl("/auth/login")
+        assert result.stdout.endswith("\n401")
+        assert 'data-code="cert_required"' in result.stdout
+        result = gw.curl("/api/echo", None, "-X", "POST", "-d", "x=1")
+        assert result.stdout.endswith("\n401")
+
+
+class TestRefusedCertificates:
+    """R-GW-1: foreign, expired and non-clientAuth certificates never get in."""
+
+    def test_valid_certificate_accepted_R_GW_1(self, gw: GatewayHarness) -> None:
+        """The twin of the refusals: the CA's own certificate reaches the password page."""
+        user = gw.enroll("200001")
+        result = gw.curl("/auth/login", user)
+        assert result.stdout.endswith("\n200"), result.stderr
+        assert "200001" in result.stdout
+
+    @pytest.mark.parametrize(("kind", "kwargs"), [
+        ("foreign", {"foreign": True}),
+        ("expired", {"days": (-400, -1)}),
+        ("not_yet_valid", {"days": (2, 30)}),
+        ("server_auth_only", {"usages": (ExtendedKeyUsageOID.SERVER_AUTH,)}),
+    ])
+    def test_bad_certificate_refused_at_handshake_R_GW_1(self, gw: GatewayHarness, kind: str,
+                                                         kwargs: dict) -> None:
+        """The TLS handshake fails: curl gets no HTTP answer at all."""
+        gw.add_user("200002")
+        bad = forge(gw, "200002", suffix=f"-{kind}", **kwargs)
+        result = gw.curl("/auth/login", bad)
+        assert result.stdout.endswith("\n000"), (kind, result.stdout[-200:])
+        assert result.returncode != 0
+
+    def test_unrecorded_certificate_refused_R_GW_1(self, gw: GatewayHarness) -> None:
+        """A certificate signed with the CA's key but never recorded: OCSP unknown -> 403."""
+        gw.add_user("200003")
+        rogue = forge(gw, "200003")
+        result = gw.curl("/auth/login", rogue)
+        assert result.stdout.endswith("\n403"), result.stdout[-300:]
+        assert 'data-code="cert_unknown"' in result.stdout
+
+    def test_tls_1_1_refused_R_GW_1(self, gw: GatewayHarness) -> None:
+        """A TLS 1.1 client cannot connect; TLS 1.2 and 1.3 can."""
+        host = gw.url.removeprefix("https://")
+        old = openssl("s_client", "-connect", host, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0",
+                      input_bytes=b"", check=False)
+        assert old.returncode != 0
+        assert "Cipher is (NONE)" in old.stdout  # no session was established
+        for version in ("-tls1_2", "-tls1_3"):
+            ok = openssl("s_client", "-connect", host, version, "-CAfile",
+                         str(gw.server_cert), input_bytes=b"", check=False)
+            assert "Verify return code: 0 (ok)" in ok.stdout, (version, ok.stdout[-500:])
+
+    @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
+    async def test_python_ssl_client_max_tls_1_1_refused_R_GW_1(
+            self, gw: GatewayHarness) -> None:
+        """Python's ssl with TLS 1.1 as maximum fails the handshake."""
+        context = gw.ssl_context()
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                await session.get(gw.url + "/auth/", ssl=context)
