@@ -9,6 +9,8 @@ afterwards exists only inside the encrypted PKCS#12.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 
 from cryptography import x509
@@ -69,11 +71,24 @@ def build_pkcs12(
     )
 
 
+def _worker_init() -> None:
+    """Workers leave signals to the daemon: it stops them through the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class KeyWorkers:
-    """A process pool for key generation and PKCS#12 encryption, off the event loop."""
+    """A process pool for key generation and PKCS#12 encryption, off the event loop.
+
+    Workers are spawned, not forked: a forked child would carry a copy of the daemon's memory
+    (opened CA keys among it) and its signal wake-up descriptor.
+    """
 
     def __init__(self, workers: int = 2) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=workers)
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
 
     async def generate_key(self, algorithm: str) -> bytes:
         """A new private key (PKCS#8 DER). P-256 takes microseconds; RSA-2048 ~60 ms."""
@@ -95,4 +110,4 @@ class KeyWorkers:
 
     def close(self) -> None:
         """Stop the worker processes."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)

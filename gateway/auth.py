@@ -55,6 +55,7 @@ class LoginStatus(enum.StrEnum):
     MUST_CHANGE_EXPIRED = "must_change_expired"  # only the change page (R-PW-2)
     BAD_CREDENTIALS = "bad_credentials"  # the error page (§2.3), same for unknown IDs
     LOCKED = "locked"  # call the helpdesk (§2.7)
+    BUSY = "busy"  # the remaining tries are being checked by concurrent requests: retry
 
 
 _OUTCOME_STATUS = {
@@ -102,6 +103,7 @@ class _Check(enum.Enum):
     RIGHT = enum.auto()
     WRONG = enum.auto()
     LOCKED = enum.auto()
+    BUSY = enum.auto()
 
 
 class Authenticator:
@@ -135,12 +137,25 @@ class Authenticator:
 
     async def login(self, user_id: str, password: str, *, actor: str = "login") -> LoginResult:
         """Check a login password (§2.2(3)); see the module docstring for what each answer means."""
+        return await self._authenticate(user_id, password, actor=actor, login=True)
+
+    async def verify_password(self, user_id: str, password: str, *, actor: str) -> LoginResult:
+        """The same lockout-guarded check for certificate acquisition and renewal (§2.1(2),
+        §2.10.1(3)): it counts toward the lock but is not a login (last login unchanged)."""
+        return await self._authenticate(user_id, password, actor=actor, login=False)
+
+    async def _authenticate(
+        self, user_id: str, password: str, *, actor: str, login: bool
+    ) -> LoginResult:
         check, user = await self._check_password(user_id, password, actor)
         if check is _Check.LOCKED:
             return LoginResult(LoginStatus.LOCKED)
+        if check is _Check.BUSY:
+            return LoginResult(LoginStatus.BUSY)
         if check is _Check.WRONG or user is None:
             return LoginResult(LoginStatus.BAD_CREDENTIALS)
-        counted, previous_login_at = await self._store.record_success(user.user_id, actor=actor)
+        counted, previous_login_at = await self._store.record_success(
+            user.user_id, login=login, actor=actor)
         if not counted:  # a concurrent wrong try locked the user meanwhile
             return LoginResult(LoginStatus.LOCKED)
         if self._hasher.needs_rehash(user.password_hash):
@@ -218,10 +233,11 @@ class Authenticator:
         if user is None or user.disabled:
             return await self._check_unknown(user_id, password, actor), None
         max_failures = self._lockout.max_failures
-        if not await self._store.reserve_attempt(user.user_id, max_failures):
+        reservation = await self._store.reserve_attempt(user.user_id, max_failures)
+        if reservation != "reserved":
             await self._hasher.verify(None, password)
             await self._store.record_refused(user.user_id, known=True, actor=actor)
-            return _Check.LOCKED, None
+            return (_Check.BUSY if reservation == "busy" else _Check.LOCKED), None
         if await self._hasher.verify(user.password_hash, password):
             return _Check.RIGHT, user
         _, locked = await self._store.record_failure(user.user_id, max_failures, actor=actor)
@@ -237,10 +253,11 @@ class Authenticator:
                 "(malformed)", max_failures, actor=actor
             )
             return _Check.WRONG
-        if not await self._store.reserve_unknown_attempt(user_id, max_failures):
+        reservation = await self._store.reserve_unknown_attempt(user_id, max_failures)
+        if reservation != "reserved":
             await self._hasher.verify(None, password)
             await self._store.record_refused(user_id, known=False, actor=actor)
-            return _Check.LOCKED
+            return _Check.BUSY if reservation == "busy" else _Check.LOCKED
         await self._hasher.verify(None, password)
         _, locked = await self._store.record_unknown_failure(user_id, max_failures, actor=actor)
         return _Check.LOCKED if locked else _Check.WRONG

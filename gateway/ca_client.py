@@ -126,7 +126,9 @@ class CaClient:
         body = await self._api("GET", f"/v1/users/{user_id}/certificates")
         return list(body.get("certificates", []))
 
-    async def revocations(self, after: int, wait: float) -> tuple[int, list[RevocationEvent]]:
+    async def revocations(
+        self, after: int | str, wait: float
+    ) -> tuple[int, list[RevocationEvent]]:
         """GET /v1/revocations?after=N&wait=S (long poll); returns (last_seq, events)."""
         timeout = aiohttp.ClientTimeout(total=wait + 10, connect=3)
         body = await self._api("GET", f"/v1/revocations?after={after}&wait={wait:g}",

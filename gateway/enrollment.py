@@ -15,7 +15,14 @@ from aiohttp import web
 from gateway.access import check_form_token, field, form_token, read_form, render
 from gateway.auth import LoginStatus
 from gateway.ca_client import CaRefused, Delivered
-from gateway.errors import BadRequest, Conflict, GatewayError, Locked, Unauthorized
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    GatewayError,
+    Locked,
+    TooManyAttempts,
+    Unauthorized,
+)
 from gateway.state import AUTH, CA, VERIFIER
 
 _log = structlog.get_logger("gateway.enrollment")
@@ -51,9 +58,11 @@ def _download(delivered: Delivered) -> web.Response:
 
 async def _check_login_password(request: web.Request, user_id: str, password: str,
                                 actor: str) -> None:
-    result = await request.app[AUTH].login(user_id, password, actor=actor)
+    result = await request.app[AUTH].verify_password(user_id, password, actor=actor)
     if result.status is LoginStatus.LOCKED:
         raise Locked("the login password is locked", code="locked")
+    if result.status is LoginStatus.BUSY:
+        raise TooManyAttempts("other tries are being checked; try again", code="busy")
     if not result.authenticated:
         raise Unauthorized("user ID or password is wrong", code="bad_credentials")
 

@@ -58,6 +58,13 @@ class Locked(GatewayError):
     code = "locked"
 
 
+class TooManyAttempts(GatewayError):
+    """Concurrent requests are checking every remaining try of this password; retry."""
+
+    status = 429
+    code = "busy"
+
+
 class CertificateRequired(GatewayError):
     """R-GW-3: this page needs a client certificate and the connection presented none."""
 

@@ -24,7 +24,7 @@ from gateway.access import (
     set_session_cookie,
 )
 from gateway.auth import ChangeStatus, LoginStatus
-from gateway.errors import CertificateRefused, Locked, Unauthorized
+from gateway.errors import CertificateRefused, Locked, TooManyAttempts, Unauthorized
 from gateway.state import AUTH, SESSIONS, VERIFIER
 
 _log = structlog.get_logger("gateway.login")
@@ -75,6 +75,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     if result.status is LoginStatus.LOCKED:
         sessions.end_user(certificate.user_id)
         raise Locked("the login password is locked", code="locked")
+    if result.status is LoginStatus.BUSY:
+        raise TooManyAttempts("other tries are being checked; try again", code="busy")
     if not result.authenticated or result.user is None:
         raise Unauthorized("user ID or password is wrong", code="bad_credentials")
     other = sessions.active_for_user(certificate.user_id)

@@ -216,7 +216,7 @@ class RevocationChecker:
     async def follow(self) -> None:
         """Follow the CA's revocation feed until cancelled (run from the app's cleanup_ctx).
 
-        The first request (`after=0`, no wait) only finds the current position: certificates
+        The first request (`after=latest`) only finds the current position: certificates
         revoked before start-up are caught by OCSP/CRL, whose answers start empty.
         """
         wait = self._settings.feed_wait.total_seconds()
@@ -225,7 +225,7 @@ class RevocationChecker:
         while True:
             try:
                 if not started:
-                    self.feed_seq, _ = await self._ca.revocations(0, 0)
+                    self.feed_seq, _ = await self._ca.revocations("latest", 0)
                     started = True
                     _log.info("revocation_feed_following", position=self.feed_seq)
                 else:

@@ -313,15 +313,20 @@ class UserStore(SqliteStore):
 
     # -- login attempts (R-LOCK-1) ---------------------------------------------------------
 
-    async def reserve_attempt(self, user_id: str, max_failures: int) -> bool:
-        """Count a try before checking it; False when locked, disabled, unknown or out of tries."""
+    async def reserve_attempt(self, user_id: str, max_failures: int) -> str:
+        """Count a try before checking it: "reserved", "locked" (or disabled/unknown) or
+        "busy" (every remaining try is being checked right now by concurrent requests)."""
         async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE users SET failed_attempts = failed_attempts + 1"
                 " WHERE user_id = ? AND locked = 0 AND disabled = 0 AND failed_attempts < ?",
                 (user_id, max_failures),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return "reserved"
+            row = await self._one(
+                db, "SELECT locked OR disabled FROM users WHERE user_id = ?", (user_id,))
+            return "busy" if row is not None and not row[0] else "locked"
 
     async def record_success(
         self, user_id: str, *, login: bool = True, actor: str = LOGIN_ACTOR
@@ -379,7 +384,7 @@ class UserStore(SqliteStore):
         async with self.transaction() as db:
             await self._audit(db, "login.refused", user_id, actor, {"known": known})
 
-    async def reserve_unknown_attempt(self, user_id: str, max_failures: int) -> bool:
+    async def reserve_unknown_attempt(self, user_id: str, max_failures: int) -> str:
         """`reserve_attempt` for a user ID that does not exist (or is disabled) (R-LOCK-2)."""
         now = to_epoch(self._clock.now())
         async with self.transaction() as db:
@@ -390,7 +395,11 @@ class UserStore(SqliteStore):
                 " WHERE locked = 0 AND failed_attempts < ?",
                 (user_id, now, max_failures),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return "reserved"
+            row = await self._one(
+                db, "SELECT locked FROM unknown_attempts WHERE user_id = ?", (user_id,))
+            return "busy" if row is not None and not row[0] else "locked"
 
     async def record_unknown_failure(
         self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR

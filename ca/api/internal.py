@@ -116,13 +116,20 @@ async def acquisition_password(request: web.Request) -> web.Response:
 
 
 async def revocations(request: web.Request) -> web.Response:
-    """GET /v1/revocations?after=N&wait=S: revocations after N, long-polling up to S seconds."""
+    """GET /v1/revocations?after=N&wait=S: revocations after N, long-polling up to S seconds.
+
+    `after=latest` answers at once with the current position and no revocations, so a new
+    follower does not download every revocation ever made.
+    """
+    feed = request.app[RUNTIME].feed
+    if request.query.get("after") == "latest":
+        return web.json_response({"last_seq": feed.last_seq, "revocations": []})
     try:
         after = int(request.query.get("after", "0"))
         wait = min(float(request.query.get("wait", "0")), MAX_FEED_WAIT_SECONDS)
     except ValueError:
-        raise BadRequest("after must be an integer and wait a number", code="bad_query") from None
-    feed = request.app[RUNTIME].feed
+        raise BadRequest("after must be an integer or 'latest', wait a number",
+                         code="bad_query") from None
     records = await feed.wait_after(after, max(wait, 0.0))
     last = max([after, *(r.revocation_seq or 0 for r in records)])
     return web.json_response(

@@ -152,12 +152,12 @@ class TestAttempts:
         await add(store)
         results = []
         for _ in range(3):
-            assert await store.reserve_attempt("2004000003", 3)
+            assert await store.reserve_attempt("2004000003", 3) == "reserved"
             results.append(await store.record_failure("2004000003", 3))
         assert results == [(1, False), (2, False), (3, True)]
-        assert not await store.reserve_attempt("2004000003", 3)
+        assert await store.reserve_attempt("2004000003", 3) == "locked"
         await store.unlock("2004000003", actor="helpdesk:x")
-        assert await store.reserve_attempt("2004000003", 3)
+        assert await store.reserve_attempt("2004000003", 3) == "reserved"
 
     async def test_success_clears_count_and_returns_previous_login_R_LOCK_1(
         self, store: UserStore, clock: FakeClock
@@ -165,7 +165,7 @@ class TestAttempts:
         """A right password resets the count; the previous login time is handed back."""
         start = clock.now()
         await add(store)
-        assert await store.reserve_attempt("2004000003", 3)
+        assert await store.reserve_attempt("2004000003", 3) == "reserved"
         assert await store.record_success("2004000003") == (True, None)
         clock.advance(HOUR)
         await store.reserve_attempt("2004000003", 3)
@@ -180,8 +180,8 @@ class TestAttempts:
         """Disabled and unknown users get no try."""
         await add(store)
         await store.disable("2004000003", actor="helpdesk:x")
-        assert not await store.reserve_attempt("2004000003", 3)
-        assert not await store.reserve_attempt("nobody", 3)
+        assert await store.reserve_attempt("2004000003", 3) == "locked"
+        assert await store.reserve_attempt("nobody", 3) == "locked"
         assert await store.record_success("2004000003") == (False, None)
 
     async def test_hundred_concurrent_reservations_give_three_R_LOCK_1(
@@ -192,7 +192,8 @@ class TestAttempts:
         granted = await asyncio.gather(
             *(store.reserve_attempt("2004000003", 3) for _ in range(100))
         )
-        assert granted.count(True) == 3
+        assert granted.count("reserved") == 3
+        assert granted.count("busy") == 97  # counted tries still being checked
         user = await store.get("2004000003")
         assert user is not None
         assert user.failed_attempts == 3
@@ -201,12 +202,12 @@ class TestAttempts:
         """Unknown user IDs have their own counter that locks the same way."""
         results = []
         for _ in range(3):
-            assert await store.reserve_unknown_attempt("ghost", 3)
+            assert await store.reserve_unknown_attempt("ghost", 3) == "reserved"
             results.append(await store.record_unknown_failure("ghost", 3))
         assert results == [(1, False), (2, False), (3, True)]
-        assert not await store.reserve_unknown_attempt("ghost", 3)
+        assert await store.reserve_unknown_attempt("ghost", 3) == "locked"
         await add(store, "ghost")  # the counter does not follow the ID into existence
-        assert await store.reserve_unknown_attempt("ghost", 3)
+        assert await store.reserve_unknown_attempt("ghost", 3) == "reserved"
 
 
 class TestAudit:
