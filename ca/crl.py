@@ -2,21 +2,25 @@
 
 Pure protocol code: no I/O, no clock. The caller passes the revoked entries, the CRL number and
 the times; the result is DER bytes ready for `application/pkix-crl`. Building is CPU-bound
-(about 5 us per entry all in, one signature), so the daemon runs it off the event loop.
+(about 2 us per new entry, a tenth of that per entry an EntryEncoder remembers from the last
+build, plus one signature), so the daemon runs it off the event loop; the DER is encoded by hand
+so that this worker thread lets the loop run (see "DER by hand").
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from operator import itemgetter
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from keys.signer import signature_hash_for
 
@@ -74,25 +78,273 @@ class RevokedEntry:
     reason: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.serial, int) or self.serial <= 0 or (
-            self.serial.bit_length() > _MAX_SERIAL_BITS
-        ):
-            raise ValueError(f"serial {self.serial!r} is not a positive integer of <= 20 octets")
+        _check_serial(self.serial)
         offset = self.revoked_at.utcoffset()
         if offset is None:
             raise ValueError("revoked_at must be timezone-aware (UTC)")
         if offset or self.revoked_at.tzinfo is not UTC:
             object.__setattr__(self, "revoked_at", self.revoked_at.astimezone(UTC))
-        if self.reason not in REASONS:
-            raise ValueError(
-                f"reason {self.reason!r} is not one of: {', '.join(REASONS)} (see parse_reason)"
-            )
+        _check_reason(self.reason)
+
+
+# Shared by RevokedEntry and the store-row path of EntryEncoder, which checks new rows the same
+# way without building a RevokedEntry (its frozen-dataclass __init__ is 40% of an entry's cost).
+def _check_serial(serial: int) -> None:
+    if not isinstance(serial, int) or serial <= 0 or serial.bit_length() > _MAX_SERIAL_BITS:
+        raise ValueError(f"serial {serial!r} is not a positive integer of <= 20 octets")
+
+
+def _check_reason(reason: str) -> None:
+    if reason not in REASONS:
+        raise ValueError(
+            f"reason {reason!r} is not one of: {', '.join(REASONS)} (see parse_reason)"
+        )
 
 
 def _require_aware(name: str, when: datetime) -> datetime:
     if when.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (UTC)")
     return when.astimezone(UTC)
+
+
+# --- DER by hand ------------------------------------------------------------------------------
+#
+# Why not cryptography's CertificateRevocationListBuilder: it builds, encodes and signs in C
+# calls that hold the GIL for the whole CRL (~0.4 s at 100k entries, ~5 s at 1M), and the event
+# loop that answers OCSP stalls that long while the daemon re-signs in a worker thread. Here the
+# TBSCertList is plain bytes concatenation: the interpreter hands the GIL over every few
+# milliseconds, the big joins and the signature release it, and the per-entry DER is kept
+# between re-signs (EntryEncoder), so a re-sign only pays for the entries that changed. The
+# output is byte-for-byte what cryptography's builder writes for the same input (tested).
+
+# Items per C call in the O(n) passes (set/dict updates, list comparison, bytes.join): the
+# interpreter only hands the GIL over between calls, and a call over a million items holds it for
+# tens of milliseconds; 16k items take about a millisecond.
+_SLICE = 16_384
+
+_TWO_DIGITS = [b"%02d" % value for value in range(100)]
+
+# Reason codes of RFC 5280 §5.3.1 for the reasons in REASONS.
+_REASON_CODES = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+    "privilegeWithdrawn": 9,
+}
+_OID_CRL_REASON = b"\x06\x03\x55\x1d\x15"  # 2.5.29.21
+_OID_CRL_NUMBER = b"\x06\x03\x55\x1d\x14"  # 2.5.29.20
+_OID_AUTHORITY_KEY_IDENTIFIER = b"\x06\x03\x55\x1d\x23"  # 2.5.29.35
+# AlgorithmIdentifiers ecdsa-with-SHA256 / -SHA384 (RFC 5758 §3.2: parameters absent).
+_SIGNATURE_ALGORITHMS = {
+    "sha256": b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02",
+    "sha384": b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x03",
+}
+_VERSION_2 = b"\x02\x01\x01"  # INTEGER 1 = v2 (entry and CRL extensions are present)
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes((length,))
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(octets),)) + octets
+
+
+def _der(tag: int, contents: bytes) -> bytes:
+    return bytes((tag,)) + _der_length(len(contents)) + contents
+
+
+def _der_integer(value: int) -> bytes:
+    """A non-negative INTEGER in minimal two's complement (X.690 §8.3.2): 0x80.. gets a 00."""
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _der_time(when: datetime) -> bytes:
+    """RFC 5280 §5.1.2.4/§5.1.2.6: UTCTime for 1950-2049, GeneralizedTime otherwise.
+
+    `when` is in UTC; fractions of a second are dropped, as cryptography does. Table look-ups
+    instead of strftime: this runs once per new entry (0.2 us instead of 1.5 us).
+    """
+    digits = _TWO_DIGITS
+    year = when.year
+    if 1950 <= year < 2050:
+        return b"".join((b"\x17\x0d", digits[year % 100], digits[when.month], digits[when.day],
+                         digits[when.hour], digits[when.minute], digits[when.second], b"Z"))
+    return b"".join((b"\x18\x0f", digits[year // 100], digits[year % 100], digits[when.month],
+                     digits[when.day], digits[when.hour], digits[when.minute],
+                     digits[when.second], b"Z"))
+
+
+def _extension(oid: bytes, value: bytes) -> bytes:
+    """Extension ::= SEQUENCE { extnID, extnValue }: critical FALSE is the DEFAULT, so absent."""
+    return _der(0x30, oid + _der(0x04, value))
+
+
+# crlEntryExtensions per reason: none for unspecified (RFC 5280 §5.3.1 recommends omitting it),
+# else Extensions { CRLReason ENUMERATED }. Shared, since an entry's extensions are its reason.
+_ENTRY_EXTENSIONS = {
+    name: b"" if code == 0
+    else _der(0x30, _extension(_OID_CRL_REASON, bytes((0x0A, 0x01, code))))
+    for name, code in _REASON_CODES.items()
+}
+
+
+def _encode_entry(serial: int, revoked_at: datetime, reason: str) -> bytes:
+    """SEQUENCE { userCertificate, revocationDate, crlEntryExtensions }, short-form length.
+
+    At most 2 + 21 + 17 + 14 octets, so every length fits in one octet.
+    """
+    octets = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+    when = _der_time(revoked_at)
+    extensions = _ENTRY_EXTENSIONS[reason]
+    return b"".join((bytes((0x30, 2 + len(octets) + len(when) + len(extensions),
+                            0x02, len(octets))), octets, when, extensions))
+
+
+_DUPLICATE = "a serial number appears more than once in the CRL entries"
+
+Key = tuple[Any, ...]  # (serial, revoked_at, reason) as the caller gives them
+
+
+class EntryEncoder:
+    """The DER of a CRL's entries, remembered from one build of that CRL to the next.
+
+    Why: the CRL is re-signed after every revocation and hourly, and between two signings
+    almost every entry is unchanged. Encoding an entry costs ~2 us of interpreter time, so a
+    100k-entry CRL would spend a quarter second re-encoding what it already had.
+
+    Keep one encoder per CRL (per issuer) and pass it to every build of that CRL. It holds
+    exactly the entries of the last build, so it is bounded by that CRL's size (about 0.4 kB
+    per entry, the caller's row tuples included; a build of more than `max_entries` entries
+    is encoded but not remembered). Two paths:
+
+    - The entries start with the last build's, in the same order (the store lists them in
+      revocation order, so new revocations come last): a C-level list comparison confirms the
+      common part (~0.1 us per entry), only the new entries are encoded, and they are appended
+      to the last build's joined DER.
+    - Anything else (expired entries dropped, a changed reason): each entry is looked up by
+      its full content (~0.3 us per entry), so a changed date or reason is re-encoded, never
+      served stale.
+
+    Thread-safe: builds that share an encoder take turns.
+    """
+
+    def __init__(self, max_entries: int = 2_000_000) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must not be negative")
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._forget()
+
+    def __len__(self) -> int:
+        """How many entries are remembered."""
+        return len(self._keys)
+
+    def encode(self, entries: Sequence[RevokedEntry]) -> bytes:
+        """The entries' DER, concatenated in order (the contents of revokedCertificates).
+
+        Raises ValueError if a serial appears twice.
+        """
+        keys = [(entry.serial, entry.revoked_at, entry.reason) for entry in entries]
+        return self._encode(keys, _encode_entry)
+
+    def encode_rows(self, rows: Sequence[tuple[str, int, str]]) -> bytes:
+        """`encode` for store rows `(serial lowercase hex, revoked_at Unix seconds, reason)`.
+
+        What `Store.revoked_entries` returns, so a re-sign builds no RevokedEntry (nor
+        datetime) for entries already encoded: the row itself is the key. A new row gets
+        RevokedEntry's checks (serial, reason) before it is encoded, and its serial must be in
+        the store's canonical form (`serial_hex`), so that distinct texts are distinct serials.
+        Raises ValueError on an invalid row or a serial listed twice.
+        """
+        return self._encode(rows, _encode_row)
+
+    def _forget(self) -> None:
+        self._keys: list[Key] = []
+        self._serials: set[Any] = set()
+        self._by_key: dict[Key, bytes] = {}
+        self._joined = b""
+
+    def _encode(self, keys: Sequence[Key], encode: Callable[..., bytes]) -> bytes:
+        with self._lock:
+            known = len(self._keys)
+            if 0 < known <= len(keys) and _same_prefix(keys, self._keys):
+                return self._append(keys[known:], encode)
+            serials: set[Any] = set()
+            first = itemgetter(0)
+            for start in range(0, len(keys), _SLICE):
+                serials.update(map(first, keys[start:start + _SLICE]))
+            if len(serials) != len(keys):
+                raise ValueError(_DUPLICATE)
+            get = self._by_key.get
+            ders = [get(key) or encode(*key) for key in keys]
+            joined = _join(ders)
+            previous, previous_by_key = self._keys, self._by_key
+            self._forget()
+            _release(previous, previous_by_key)
+            if len(keys) <= self.max_entries:
+                for start in range(0, len(keys), _SLICE):
+                    self._by_key.update(zip(keys[start:start + _SLICE],
+                                            ders[start:start + _SLICE], strict=True))
+                self._keys, self._serials, self._joined = list(keys), serials, joined
+            return joined
+
+    def _append(self, new: Sequence[Key], encode: Callable[..., bytes]) -> bytes:
+        if not new:
+            return self._joined
+        serials = [key[0] for key in new]
+        if len(set(serials)) != len(serials) or not self._serials.isdisjoint(serials):
+            raise ValueError(_DUPLICATE)
+        encoded = [encode(*key) for key in new]
+        joined = b"".join((self._joined, _join(encoded)))
+        if len(self._keys) + len(new) > self.max_entries:
+            self._forget()
+        else:
+            self._keys += new
+            self._serials.update(serials)
+            self._by_key.update(zip(new, encoded, strict=True))
+            self._joined = joined
+        return joined
+
+
+def _same_prefix(keys: Sequence[Key], known: list[Key]) -> bool:
+    """keys[:len(known)] == known, compared a slice at a time so other threads get turns."""
+    end = len(known)
+    return all(list(keys[start:min(start + _SLICE, end)]) == known[start:start + _SLICE]
+               for start in range(0, end, _SLICE))
+
+
+def _release(keys: list[Key], by_key: dict[Key, bytes]) -> None:
+    """Free the previous build's entries a slice at a time.
+
+    Dropping them at once frees a million row tuples in one C call (~0.1 s with the GIL held);
+    clearing the dict first leaves `keys` as their last owner, emptied from the end.
+    """
+    by_key.clear()
+    while keys:
+        del keys[-_SLICE:]
+
+
+def _join(parts: list[bytes]) -> bytes:
+    """b"".join a slice at a time: sizing a million parts in one call holds the GIL ~0.2 s.
+
+    (bytes.join releases the GIL while it copies a large result, not while it sizes parts.)
+    """
+    if len(parts) <= _SLICE:
+        return b"".join(parts)
+    return b"".join([b"".join(parts[start:start + _SLICE])
+                     for start in range(0, len(parts), _SLICE)])
+
+
+def _encode_row(text: str, revoked_at: int, reason: str) -> bytes:
+    """A new store row, checked as RevokedEntry checks an entry, then encoded."""
+    serial = int(text, 16)
+    _check_serial(serial)
+    if format(serial, "x") != text:
+        raise ValueError(f"serial {text!r} is not in canonical lowercase hex")
+    _check_reason(reason)
+    return _encode_entry(serial, datetime.fromtimestamp(revoked_at, UTC), reason)
 
 
 def _authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
@@ -105,6 +357,51 @@ def _authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKe
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
+def _check_crl_fields(
+    crl_number: int, this_update: datetime, next_update: datetime
+) -> tuple[datetime, datetime]:
+    if crl_number < 0 or crl_number.bit_length() > _MAX_SERIAL_BITS:
+        raise ValueError("crl_number must be a non-negative integer of <= 20 octets")
+    this_update = _require_aware("this_update", this_update)
+    next_update = _require_aware("next_update", next_update)
+    if next_update <= this_update:
+        raise ValueError("next_update must be later than this_update")
+    return this_update, next_update
+
+
+def _sign_crl(
+    issuer_cert: x509.Certificate,
+    signer: ec.EllipticCurvePrivateKey,
+    revoked: bytes,
+    crl_number: int,
+    this_update: datetime,
+    next_update: datetime,
+) -> bytes:
+    """Frame TBSCertList around the encoded entries, sign it, frame the CertificateList.
+
+    Field and extension order are cryptography's (CRLNumber, then AKI), so the TBS bytes are
+    the same as its builder's. The entries are joined once into the TBS and the TBS once into
+    the CRL: bytes.join and the signature release the GIL on large inputs.
+    """
+    hash_algorithm = signature_hash_for(signer)
+    algorithm = _SIGNATURE_ALGORITHMS[hash_algorithm.name]
+    extensions = _der(0xA0, _der(0x30, (
+        _extension(_OID_CRL_NUMBER, _der_integer(crl_number))
+        + _extension(_OID_AUTHORITY_KEY_IDENTIFIER,
+                     _authority_key_identifier(issuer_cert).public_bytes())
+    )))
+    head = b"".join((_VERSION_2, algorithm, issuer_cert.subject.public_bytes(),
+                     _der_time(this_update), _der_time(next_update)))
+    # RFC 5280 §5.1.2.6: with no revoked certificates the list is absent, not empty.
+    revoked_header = b"\x30" + _der_length(len(revoked)) if revoked else b""
+    tbs_length = len(head) + len(revoked_header) + len(revoked) + len(extensions)
+    tbs = b"".join((b"\x30" + _der_length(tbs_length), head, revoked_header, revoked,
+                    extensions))
+    signature = signer.sign(tbs, ec.ECDSA(hash_algorithm))
+    tail = algorithm + _der(0x03, b"\x00" + signature)  # BIT STRING, no unused bits
+    return b"".join((b"\x30" + _der_length(len(tbs) + len(tail)), tbs, tail))
+
+
 def build_crl(
     issuer_cert: x509.Certificate,
     signer: ec.EllipticCurvePrivateKey,
@@ -112,6 +409,8 @@ def build_crl(
     crl_number: int,
     this_update: datetime,
     next_update: datetime,
+    *,
+    encoder: EntryEncoder | None = None,
 ) -> bytes:
     """Build and sign a full v2 CRL for `issuer_cert`; return its DER (R-REV-1, RFC 5280 §5).
 
@@ -121,42 +420,40 @@ def build_crl(
     used) with SHA-256 for P-256 keys and SHA-384 for P-384 keys. Raises ValueError on a
     negative CRL number, naive or reversed times, or a serial listed twice.
 
-    Cost on one core: ~0.04 s for 10k entries, ~0.4 s for 100k, ~5 s for 1M (2 us per entry
-    object, the rest DER encoding): call this from a worker thread, not the event loop.
+    The DER is encoded here, not by cryptography's builder, so that a worker thread building
+    a large CRL lets the event loop run (see above). `encoder` keeps the entries' DER for the
+    next build of the same CRL; without one every entry is encoded afresh. Cost on one core:
+    ~2 us per new entry, 0.1-0.5 us per remembered one, plus the signature (measured: 0.2 s
+    for 100k new entries, 15 ms to re-sign them with one more): call this from a worker
+    thread, not the event loop.
     """
-    if crl_number < 0 or crl_number.bit_length() > _MAX_SERIAL_BITS:
-        raise ValueError("crl_number must be a non-negative integer of <= 20 octets")
-    this_update = _require_aware("this_update", this_update)
-    next_update = _require_aware("next_update", next_update)
-    if next_update <= this_update:
-        raise ValueError("next_update must be later than this_update")
-    if len({entry.serial for entry in entries}) != len(entries):
-        raise ValueError("a serial number appears more than once in the CRL entries")
+    this_update, next_update = _check_crl_fields(crl_number, this_update, next_update)
+    if encoder is None:
+        encoder = EntryEncoder(max_entries=0)
+    revoked = encoder.encode(entries)
+    return _sign_crl(issuer_cert, signer, revoked, crl_number, this_update, next_update)
 
-    # One shared, immutable extension list per reason: the entry objects only read it.
-    extensions_by_reason: dict[str, list[x509.Extension[x509.ExtensionType]]] = {
-        name: [] if flag is x509.ReasonFlags.unspecified
-        else [x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(flag))]
-        for name, flag in REASONS.items()
-    }
-    # The builder's constructor skips the per-call copies of the fluent setters (measured:
-    # 1.9 us instead of 4.1 us per entry); RevokedEntry has already validated serial, time
-    # and reason, which is what the setters would check.
-    builder = x509.RevokedCertificateBuilder
-    revoked = [
-        builder(entry.serial, entry.revoked_at, extensions_by_reason[entry.reason]).build()
-        for entry in entries
-    ]
-    crl = (
-        x509.CertificateRevocationListBuilder(revoked_certificates=revoked)
-        .issuer_name(issuer_cert.subject)
-        .last_update(this_update)
-        .next_update(next_update)
-        .add_extension(x509.CRLNumber(crl_number), critical=False)
-        .add_extension(_authority_key_identifier(issuer_cert), critical=False)
-        .sign(signer, signature_hash_for(signer))  # type: ignore[arg-type]
-    )
-    return crl.public_bytes(Encoding.DER)
+
+def build_crl_from_rows(
+    issuer_cert: x509.Certificate,
+    signer: ec.EllipticCurvePrivateKey,
+    rows: Sequence[tuple[str, int, str]],
+    crl_number: int,
+    this_update: datetime,
+    next_update: datetime,
+    *,
+    encoder: EntryEncoder | None = None,
+) -> bytes:
+    """`build_crl` for store rows `(serial hex, revoked_at Unix seconds, reason)`.
+
+    The daemon's path: with the encoder it keeps per issuer, a re-sign makes no Python object
+    per unchanged entry (see EntryEncoder.encode_rows). Same checks and output as build_crl.
+    """
+    this_update, next_update = _check_crl_fields(crl_number, this_update, next_update)
+    if encoder is None:
+        encoder = EntryEncoder(max_entries=0)
+    revoked = encoder.encode_rows(rows)
+    return _sign_crl(issuer_cert, signer, revoked, crl_number, this_update, next_update)
 
 
 def _http_date(when: datetime) -> str:

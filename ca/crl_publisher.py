@@ -5,8 +5,9 @@
   signed are coalesced into one more signing, so a bulk revocation costs two signings, not N.
 - The CRL number only grows and is persisted with the CRL (`crl_state`), so a restart never
   reuses or lowers it.
-- Building runs in a worker thread: at 100k entries it takes about a second of CPU, during
-  which the loop keeps answering (the GIL is handed back every few milliseconds).
+- Building runs in a worker thread, and the DER is encoded by hand (ca.crl) with each entry's
+  bytes kept between builds: a re-sign at 100k entries costs ~15 ms, the first build ~0.25 s,
+  and no single call holds the GIL long enough to stall the loop.
 - Entries of certificates past their notAfter are dropped when `crl.drop_expired` is set
   (RFC 5280 §3.3 allows it; a retired generation's CRL shrinks to empty as its certificates
   expire, and keeps being signed until the last one has).
@@ -15,16 +16,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from cryptography.hazmat.primitives import hashes
 
 from ca.config import CaConfig
-from ca.crl import RevokedEntry, build_crl, crl_cache_headers
+from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers
 from ca.issuers import Issuers
-from ca.store import CertRecord, Store, from_epoch
+from ca.store import CertRecord, Store
 from policy.clock import Clock
 
 _log = structlog.get_logger("ca.crl")
@@ -155,9 +158,21 @@ class CrlPublisher:
                 _log.exception("crl_schedule_failed")
 
 
+# One EntryEncoder per issuer certificate, kept between builds: a re-sign then only encodes
+# the entries that are new since the last one (see ca.crl.EntryEncoder). Module-level because
+# _build runs in worker threads; keyed by the certificate's fingerprint, so a renewed issuer
+# certificate starts afresh. A handful of generations, so the dict itself stays small.
+_ENCODERS: dict[bytes, EntryEncoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
 def _build(issuer_cert, signer, rows, number, this_update, next_update) -> bytes:  # type: ignore[no-untyped-def]
-    entries = [RevokedEntry(int(serial, 16), from_epoch(at), reason) for serial, at, reason in rows]
-    return build_crl(issuer_cert, signer, entries, number, this_update, next_update)
+    """Sign the CRL of `rows` (as Store.revoked_entries returns them) with this issuer's cache."""
+    fingerprint = issuer_cert.fingerprint(hashes.SHA256())
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.setdefault(fingerprint, EntryEncoder())
+    return build_crl_from_rows(issuer_cert, signer, rows, number, this_update, next_update,
+                               encoder=encoder)
 
 
 def _count_entries(der: bytes) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,11 +18,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+import ca.crl
+from ca import crl_publisher
 from ca.crl import (
     CRL_MAX_AGE_CAP,
     REASONS,
+    EntryEncoder,
     RevokedEntry,
     build_crl,
+    build_crl_from_rows,
     crl_cache_headers,
     parse_reason,
 )
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from tests.ca.conftest import ProtocolPki
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+T0_EPOCH = int(T0.timestamp())
 DAY = timedelta(days=1)
 
 
@@ -276,7 +282,298 @@ class TestBuildCrl:
         der = build_crl(protocol_pki.issuer.cert, issuer_signer, entries, 2, T0, T0 + DAY)
         elapsed = time.perf_counter() - started
         assert len(x509.load_der_x509_crl(der)) == 100_000
-        assert elapsed < 4.0, f"100k-entry CRL took {elapsed:.2f}s (measured ~0.4 s)"
+        assert elapsed < 4.0, f"100k-entry CRL took {elapsed:.2f}s (measured ~0.2 s)"
+
+
+def _reference_crl(
+    issuer_cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, entries: list[RevokedEntry],
+    number: int, this_update: datetime, next_update: datetime,
+) -> x509.CertificateRevocationList:
+    """The same CRL built by cryptography's builder (what build_crl used before R-REV-1 perf)."""
+    builder = x509.CertificateRevocationListBuilder(revoked_certificates=[
+        x509.RevokedCertificateBuilder(
+            entry.serial, entry.revoked_at,
+            [] if entry.reason == "unspecified"
+            else [x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(REASONS[entry.reason]))],
+        ).build()
+        for entry in entries
+    ])
+    try:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+    return (
+        builder.issuer_name(issuer_cert.subject).last_update(this_update)
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(aki, critical=False)
+        .sign(key, hashes.SHA384() if key.curve.key_size >= 384 else hashes.SHA256())
+    )
+
+
+def _issuer(curve: ec.EllipticCurve, *, ski: bool = True) -> tuple[
+    x509.Certificate, ec.EllipticCurvePrivateKey
+]:
+    key = ec.generate_private_key(curve)
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Sekisho \u95a2\u6240"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{curve.name} issuer"),
+    ])
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(T0 - DAY).not_valid_after(T0 + 365 * DAY)
+    )
+    if ski:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    return builder.sign(key, hashes.SHA256()), key
+
+
+# Serials at every octet boundary of minimal two's complement: 0x7f fits one octet, 0x80 needs a
+# leading 00; the largest allowed serial has 159 bits (20 octets with the 00 it does not need).
+_EDGE_SERIALS = [
+    1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x800000, 1 << 63, (1 << 64) - 1,
+    0x80 << 144, 1 << 158, (1 << 159) - 1,
+]
+# Both sides of RFC 5280 §5.1.2.4's switch from UTCTime to GeneralizedTime, and fractions of a
+# second (dropped, as cryptography drops them).
+_EDGE_DATES = [
+    datetime(1950, 1, 1, tzinfo=UTC), datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC),
+    datetime(2050, 1, 1, tzinfo=UTC), datetime(2099, 6, 30, 12, 0, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), T0.replace(microsecond=999_999),
+]
+
+
+def _mixed_entries(count: int, seed: int = 5280) -> list[RevokedEntry]:
+    """Edge serials and dates first, then random ones; every reason in turn."""
+    rng = random.Random(seed)
+    serials = list(_EDGE_SERIALS)
+    seen = set(serials)
+    while len(serials) < count:
+        serial = rng.getrandbits(rng.randrange(1, 160)) or 1
+        if serial not in seen:
+            seen.add(serial)
+            serials.append(serial)
+    reasons = list(REASONS)
+    return [
+        RevokedEntry(
+            serial,
+            _EDGE_DATES[index] if index < len(_EDGE_DATES)
+            else datetime(1950, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(1 << 32)),
+            reasons[index % len(reasons)],
+        )
+        for index, serial in enumerate(serials[:count])
+    ]
+
+
+def _rows(entries: list[RevokedEntry]) -> list[tuple[str, int, str]]:
+    return [(format(entry.serial, "x"), int(entry.revoked_at.timestamp()), entry.reason)
+            for entry in entries]
+
+
+class TestHandEncodedDer:
+    """build_crl writes, byte for byte, the TBSCertList cryptography's builder would write."""
+
+    @pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1()], ids=["P-256", "P-384"])
+    @pytest.mark.parametrize(("number", "this_update", "next_update"), [
+        (1, T0, T0 + DAY),
+        (0, T0.replace(microsecond=500_000), T0 + DAY),
+        (0x80, datetime(2049, 12, 31, 12, tzinfo=UTC), datetime(2050, 1, 1, 12, tzinfo=UTC)),
+        ((1 << 159) - 1, datetime(2050, 1, 1, tzinfo=UTC), datetime(2050, 1, 2, tzinfo=UTC)),
+    ], ids=["utc", "number-0", "across-2050", "after-2050"])
+    def test_tbs_is_identical_to_cryptography(
+        self, curve: ec.EllipticCurve, number: int, this_update: datetime,
+        next_update: datetime,
+    ) -> None:
+        """R-REV-1: 300 entries, every reason, edge serials and dates: same TBS bytes."""
+        cert, key = _issuer(curve)
+        entries = _mixed_entries(300)
+        der = build_crl(cert, ForwardingEcSigner(key, "ref"), entries, number,
+                        this_update, next_update)
+        ours = x509.load_der_x509_crl(der)
+        reference = _reference_crl(cert, key, entries, number, this_update, next_update)
+        assert ours.tbs_certlist_bytes == reference.tbs_certlist_bytes
+        assert ours.is_signature_valid(key.public_key())
+        assert ours.signature_algorithm_oid == reference.signature_algorithm_oid
+        assert ours.public_bytes(Encoding.DER) == der  # no stray bytes around the signature
+
+    @pytest.mark.parametrize("ski", [True, False], ids=["ski", "no-ski"])
+    def test_empty_crl_omits_the_list_like_cryptography(self, ski: bool) -> None:
+        """R-REV-1: with no entries revokedCertificates is absent; AKI without SKI matches."""
+        cert, key = _issuer(ec.SECP256R1(), ski=ski)
+        der = build_crl(cert, ForwardingEcSigner(key, "ref"), [], 7, T0, T0 + DAY)
+        reference = _reference_crl(cert, key, [], 7, T0, T0 + DAY)
+        assert x509.load_der_x509_crl(der).tbs_certlist_bytes == reference.tbs_certlist_bytes
+
+    def test_rows_give_the_same_crl_as_entries(self) -> None:
+        """R-REV-1: the store-row path encodes exactly what the RevokedEntry path does."""
+        cert, key = _issuer(ec.SECP256R1())
+        entries = [RevokedEntry(entry.serial, entry.revoked_at.replace(microsecond=0),
+                                entry.reason) for entry in _mixed_entries(200)]
+        signer = ForwardingEcSigner(key, "ref")
+        from_entries = build_crl(cert, signer, entries, 3, T0, T0 + DAY)
+        from_rows = build_crl_from_rows(cert, signer, _rows(entries), 3, T0, T0 + DAY)
+        assert (x509.load_der_x509_crl(from_entries).tbs_certlist_bytes
+                == x509.load_der_x509_crl(from_rows).tbs_certlist_bytes)
+
+    def test_openssl_reads_generalized_times_after_2049(
+        self, protocol_pki: ProtocolPki, issuer_signer: ForwardingEcSigner, tmp_path: Path,
+        openssl_cli: Callable[..., Any],
+    ) -> None:
+        """R-REV-1: thisUpdate, nextUpdate and revocation dates from 2050 on read back."""
+        this_update = datetime(2050, 1, 1, tzinfo=UTC)
+        entries = [RevokedEntry(0x80, datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC),
+                                "keyCompromise"),
+                   RevokedEntry(0xFF00, this_update, "privilegeWithdrawn")]
+        der = build_crl(protocol_pki.issuer.cert, issuer_signer, entries, 0x80, this_update,
+                        this_update + DAY)
+        (tmp_path / "crl.der").write_bytes(der)
+        text = openssl_cli("crl", "-inform", "DER", "-in", tmp_path / "crl.der",
+                           "-text", "-noout").stdout
+        assert "Last Update: Jan  1 00:00:00 2050 GMT" in text
+        assert "Next Update: Jan  2 00:00:00 2050 GMT" in text
+        assert "Revocation Date: Dec 31 23:59:59 2049 GMT" in text
+        assert "Revocation Date: Jan  1 00:00:00 2050 GMT" in text
+        assert "X509v3 CRL Number: \n                128" in text
+        assert "Privilege Withdrawn" in text
+        crl = x509.load_der_x509_crl(der)
+        assert crl.is_signature_valid(protocol_pki.issuer.cert.public_key())  # type: ignore[arg-type]
+
+
+class TestEntryEncoder:
+    """A re-sign re-encodes only what changed, and never serves a stale entry."""
+
+    @staticmethod
+    def _tbs(der: bytes) -> bytes:
+        return x509.load_der_x509_crl(der).tbs_certlist_bytes
+
+    @pytest.fixture
+    def encoded_rows(self, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
+        """Every store row the encoder encodes (as opposed to finding it remembered)."""
+        calls: list[tuple[str, int, str]] = []
+        encode_row = ca.crl._encode_row
+
+        def counting(text: str, revoked_at: int, reason: str) -> bytes:
+            calls.append((text, revoked_at, reason))
+            return encode_row(text, revoked_at, reason)
+
+        monkeypatch.setattr(ca.crl, "_encode_row", counting)
+        return calls
+
+    def test_re_signs_encode_only_new_rows_and_match_a_fresh_build(
+        self, encoded_rows: list[tuple[str, int, str]],
+    ) -> None:
+        """R-REV-1: appended, dropped and changed rows; each CRL equals an uncached build."""
+        cert, key = _issuer(ec.SECP256R1())
+        signer = ForwardingEcSigner(key, "ref")
+        rows = _rows(_mixed_entries(400))
+        encoder = EntryEncoder()
+
+        def build(current: list[tuple[str, int, str]], number: int) -> bytes:
+            # Fresh tuples, as every store read returns new objects.
+            der = build_crl_from_rows(cert, signer, [tuple(row) for row in current], number,
+                                      T0, T0 + DAY, encoder=encoder)
+            entries = [RevokedEntry(int(text, 16), datetime.fromtimestamp(at, UTC), reason)
+                       for text, at, reason in current]
+            uncached = build_crl(cert, signer, entries, number, T0, T0 + DAY)
+            assert self._tbs(der) == self._tbs(uncached)
+            return der
+
+        build(rows[:300], 1)
+        assert len(encoded_rows) == len(encoder) == 300
+        encoded_rows.clear()
+        build(rows[:300], 2)  # hourly re-sign, nothing new
+        assert encoded_rows == []
+        build(rows[:301], 3)  # one revocation
+        build(rows[:400], 4)  # a bulk revocation
+        assert encoded_rows == rows[300:400]
+        assert len(encoder) == 400
+        encoded_rows.clear()
+        dropped = rows[:10] + rows[20:400]  # expired entries dropped from the middle
+        build(dropped, 5)
+        assert encoded_rows == []
+        assert len(encoder) == len(dropped)
+        text, revoked_at, _ = dropped[50]
+        changed = [*dropped[:50], (text, revoked_at + 60, "keyCompromise"), *dropped[51:]]
+        der = build(changed, 6)
+        assert encoded_rows == [changed[50]]  # re-encoded, not served from the old entry
+        entry = x509.load_der_x509_crl(der).get_revoked_certificate_by_serial_number(
+            int(text, 16))
+        assert entry is not None
+        assert entry.revocation_date_utc == datetime.fromtimestamp(revoked_at + 60, UTC)
+        assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is (
+            x509.ReasonFlags.key_compromise)
+
+    def test_entries_are_remembered_too(self) -> None:
+        """R-REV-1: build_crl with an encoder: a re-sign with one more entry, same TBS."""
+        cert, key = _issuer(ec.SECP256R1())
+        signer = ForwardingEcSigner(key, "ref")
+        entries = _mixed_entries(120)
+        encoder = EntryEncoder()
+        build_crl(cert, signer, entries[:100], 1, T0, T0 + DAY, encoder=encoder)
+        again = build_crl(cert, signer, entries, 2, T0, T0 + DAY, encoder=encoder)
+        assert len(encoder) == 120
+        reference = _reference_crl(cert, key, entries, 2, T0, T0 + DAY)
+        assert self._tbs(again) == reference.tbs_certlist_bytes
+
+    @pytest.mark.parametrize("prefix", [0, 3], ids=["first-build", "appended"])
+    @pytest.mark.parametrize(("extra", "message"), [
+        ([("5", T0_EPOCH, "superseded"), ("5", T0_EPOCH + 1, "keyCompromise")], "more than once"),
+        ([("a1", T0_EPOCH, "superseded")], "more than once"),  # already among the first rows
+        ([("05", T0_EPOCH, "superseded")], "canonical"),
+        ([("0x5", T0_EPOCH, "superseded")], "canonical"),
+        ([("0", T0_EPOCH, "superseded")], "positive integer"),
+        ([(format(1 << 159, "x"), T0_EPOCH, "superseded")], "positive integer"),
+        ([("5", T0_EPOCH, "certificateHold")], "is not one of"),
+    ])
+    def test_bad_rows_are_refused(
+        self, protocol_pki: ProtocolPki, issuer_signer: ForwardingEcSigner, prefix: int,
+        extra: list[tuple[str, int, str]], message: str,
+    ) -> None:
+        """R-REV-1: duplicates, non-canonical or invalid serials and bad reasons fail early."""
+        first = [("a1", T0_EPOCH, "superseded"), ("a2", T0_EPOCH, "unspecified"),
+                 ("a3", T0_EPOCH, "keyCompromise")]
+        encoder = EntryEncoder()
+        build_crl_from_rows(protocol_pki.issuer.cert, issuer_signer, first[:prefix], 1,
+                            T0, T0 + DAY, encoder=encoder)
+        with pytest.raises(ValueError, match=message):
+            build_crl_from_rows(protocol_pki.issuer.cert, issuer_signer, first + extra, 2,
+                                T0, T0 + DAY, encoder=encoder)
+        assert len(encoder) == prefix  # a refused build leaves the encoder as it was
+
+    def test_builds_above_max_entries_are_not_remembered(
+        self, protocol_pki: ProtocolPki, issuer_signer: ForwardingEcSigner,
+    ) -> None:
+        """R-REV-1: the encoder is bounded; a CRL larger than the bound is still built."""
+        encoder = EntryEncoder(max_entries=2)
+        rows = [("b1", T0_EPOCH, "superseded"), ("b2", T0_EPOCH, "superseded")]
+        build_crl_from_rows(protocol_pki.issuer.cert, issuer_signer, rows, 1, T0, T0 + DAY,
+                            encoder=encoder)
+        assert len(encoder) == 2
+        der = build_crl_from_rows(protocol_pki.issuer.cert, issuer_signer,
+                                  [*rows, ("b3", T0_EPOCH, "superseded")], 2, T0, T0 + DAY,
+                                  encoder=encoder)
+        assert len(encoder) == 0
+        assert len(x509.load_der_x509_crl(der)) == 3
+        with pytest.raises(ValueError, match="max_entries"):
+            EntryEncoder(max_entries=-1)
+
+    def test_publisher_keeps_one_encoder_per_issuer(
+        self, protocol_pki: ProtocolPki, issuer_signer: ForwardingEcSigner,
+        encoded_rows: list[tuple[str, int, str]],
+    ) -> None:
+        """R-REV-1: the daemon's build path remembers entries between re-signs."""
+        rows = _rows(_mixed_entries(50, seed=7))
+        first = crl_publisher._build(protocol_pki.issuer.cert, issuer_signer, rows, 1,
+                                     T0, T0 + DAY)
+        encoded_rows.clear()
+        again = crl_publisher._build(protocol_pki.issuer.cert, issuer_signer,
+                                     [tuple(row) for row in rows], 2, T0, T0 + DAY)
+        assert encoded_rows == []
+        assert len(x509.load_der_x509_crl(again)) == len(x509.load_der_x509_crl(first)) == 50
 
 
 class TestCacheHeaders:
