@@ -70,7 +70,8 @@ def _error_page(request: web.Request, exc: GatewayError) -> web.StreamResponse:
     if isinstance(exc, MustChangePassword) and is_page_request:
         return redirect("/auth/password")
     response = render(request, "error.html", {"code": exc.code, "message": error_text(exc.code),
-                                              "status": exc.status}, status=exc.status)
+                                              "status": exc.status, "details": exc.details},
+                      status=exc.status)
     if isinstance(exc, SessionExpired):
         clear_session_cookie(response)
     return response
@@ -137,7 +138,7 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
                               temporary_password_length=config.temporary_password_length)
     app[SESSIONS] = sessions
     app[REVOCATION] = revocation
-    app[VERIFIER] = CertificateVerifier(bundle, revocation, clock)
+    app[VERIFIER] = CertificateVerifier(bundle, revocation, clock, config.cutovers)
     app[CA] = ca_client
     app[PROXY] = Proxy(config.backend_url, connect_timeout=config.backend_connect_timeout,
                        read_timeout=config.backend_read_timeout,

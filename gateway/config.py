@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from common.config import Address, ConfigError, RawConfig, load_raw
+from common.cutovers import load_cutovers
+from policy.cutover import Cutover
 from policy.password import PasswordPolicy
 from policy.session import SessionPolicy
 
@@ -54,6 +56,7 @@ class GatewayConfig:
     backend_read_timeout: timedelta
     max_form_bytes: int
     log_level: str
+    cutovers: tuple[Cutover, ...] = ()
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -124,4 +127,5 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         backend_read_timeout=gw.duration("backend_read_timeout", "60s"),
         max_form_bytes=gw.int("max_form_bytes", 16384, minimum=1024),
         log_level=logging.str("level", "info"),
+        cutovers=tuple(load_cutovers(raw)),
     )

@@ -16,6 +16,8 @@ comparisons.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,7 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.errors import CertificateRefused, CertificateRequired
 from gateway.revocation_client import RevocationChecker
 from gateway.tls import TrustBundle
+from policy.certificates import CertFacts
 from policy.clock import Clock
+from policy.cutover import Cutover, cutover_for
 
 _MAX_PARSED = 10_000
 
@@ -37,6 +41,7 @@ class ClientCertificate:
 
     der: bytes = field(repr=False)
     fingerprint: str  # SHA-256 of the DER, lowercase hex (as the CA records it)
+    generation: str  # the issuing generation (g1, g2, ...), from the issuer's name
     serial: str  # lowercase hex, as the CA writes it
     user_id: str  # the subject CN (R-CERT-1)
     not_before: datetime
@@ -69,21 +74,39 @@ def parse_client_certificate(der: bytes, bundle: TrustBundle) -> ClientCertifica
         client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in eku
     except (x509.ExtensionNotFound, ValueError):
         client_auth = False
+    issuer = bundle.issuer_of(certificate)
     return ClientCertificate(
         der=der, fingerprint=hashlib.sha256(der).hexdigest(),
+        generation=generation_of(issuer) if issuer is not None else "",
         serial=format(certificate.serial_number, "x"), user_id=user_id,
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
-        certificate=certificate, issuer=bundle.issuer_of(certificate), client_auth=client_auth,
+        certificate=certificate, issuer=issuer, client_auth=client_auth,
     )
+
+
+_GENERATION_IN_NAME = re.compile(r"\bIssuing CA (g\d+)$")
+
+
+def generation_of(issuer: x509.Certificate) -> str:
+    """The generation an issuing CA certificate belongs to.
+
+    The CA names every issuing generation "<organization> Issuing CA <gN>" (keys.hierarchy),
+    so the name is the contract; no lookup at the CA is needed per request.
+    """
+    names = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    match = _GENERATION_IN_NAME.search(str(names[0].value)) if names else None
+    return match.group(1) if match else ""
 
 
 class CertificateVerifier:
     """Turns the presented certificate into a verified ClientCertificate, or refuses."""
 
-    def __init__(self, bundle: TrustBundle, revocation: RevocationChecker, clock: Clock) -> None:
+    def __init__(self, bundle: TrustBundle, revocation: RevocationChecker, clock: Clock,
+                 cutovers: Sequence[Cutover] = ()) -> None:
         self._bundle = bundle
         self._revocation = revocation
         self._clock = clock
+        self._cutovers = tuple(cutovers)
         self._parsed: dict[bytes, ClientCertificate] = {}
 
     def _parse(self, der: bytes) -> ClientCertificate:
@@ -111,6 +134,16 @@ class CertificateVerifier:
             raise CertificateRefused("the certificate has expired", code="cert_expired")
         if not cert.user_id:
             raise CertificateRefused("the certificate names no user", code="cert_malformed")
+        if self._cutovers:
+            facts = CertFacts(cert.serial, cert.generation, cert.not_before, cert.not_after)
+            cutover = cutover_for(self._cutovers, facts, now)
+            if cutover is not None:
+                # R-CUT-1: refused from the cutover day; the page explains the migration.
+                raise CertificateRefused(
+                    "the certificate was retired by the certificate authority's migration",
+                    code="cert_cut_over", since=cutover.effective_at,
+                    cutover=cutover.name,
+                )
         await self._revocation.check(cert.fingerprint, cert.certificate, cert.issuer)
         return cert
 

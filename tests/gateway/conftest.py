@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ca.config import load_ca_config
 from common.config import load_raw
 from common.passwords import PasswordHasher
 from demo.backend import build_app as build_backend
@@ -313,18 +314,23 @@ def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
         tls_cert = "var/gateway/tls/server.crt.pem"
         tls_key = "var/gateway/tls/server.key.pem"
         backend_read_timeout = "3s"
+        #CA-URLS#
         {extra}
     """
 
 
-def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "") -> GatewayHarness:
+def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
+                  tables: str = "") -> GatewayHarness:
     """Start CA, demo backend and gateway on loopback; the gateway's CA URLs point at the CA."""
     port, backend_port = free_port(), free_port()
     config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra))
+    ca_config = load_ca_config(config_path)
+    public, internal = ca_config.public_listen.port, ca_config.internal_listen.port
+    text = config_path.read_text().replace(
+        "#CA-URLS#", f'ca_public_url = "http://127.0.0.1:{public}"\n'
+                     f'ca_internal_url = "http://127.0.0.1:{internal}"')
+    config_path.write_text(text + tables)  # further tables, e.g. [[cutover]], after [gateway]
     ca = start_ca(config_path, clock)
-    # [gateway] is the file's last table: these lines join it (the CLI reads them too).
-    with config_path.open("a") as handle:
-        handle.write(f'ca_public_url = "{ca.public_url}"\nca_internal_url = "{ca.internal_url}"\n')
     config = gateway_config_from(load_raw(config_path))
     ensure_server_certificate(config.tls_cert, config.tls_key, config.public_url, clock)
     backend_loop, gateway_loop = LoopThread(), LoopThread()
