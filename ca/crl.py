@@ -22,6 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.der import der, der_length
 from keys.signer import signature_hash_for
 
 # The reasons an officer may give for a client certificate (R-CERT-7). certificateHold and
@@ -144,20 +145,9 @@ _SIGNATURE_ALGORITHMS = {
 _VERSION_2 = b"\x02\x01\x01"  # INTEGER 1 = v2 (entry and CRL extensions are present)
 
 
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes((length,))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(octets),)) + octets
-
-
-def _der(tag: int, contents: bytes) -> bytes:
-    return bytes((tag,)) + _der_length(len(contents)) + contents
-
-
 def _der_integer(value: int) -> bytes:
     """A non-negative INTEGER in minimal two's complement (X.690 §8.3.2): 0x80.. gets a 00."""
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+    return der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
 def _der_time(when: datetime) -> bytes:
@@ -178,14 +168,14 @@ def _der_time(when: datetime) -> bytes:
 
 def _extension(oid: bytes, value: bytes) -> bytes:
     """Extension ::= SEQUENCE { extnID, extnValue }: critical FALSE is the DEFAULT, so absent."""
-    return _der(0x30, oid + _der(0x04, value))
+    return der(0x30, oid + der(0x04, value))
 
 
 # crlEntryExtensions per reason: none for unspecified (RFC 5280 §5.3.1 recommends omitting it),
 # else Extensions { CRLReason ENUMERATED }. Shared, since an entry's extensions are its reason.
 _ENTRY_EXTENSIONS = {
     name: b"" if code == 0
-    else _der(0x30, _extension(_OID_CRL_REASON, bytes((0x0A, 0x01, code))))
+    else der(0x30, _extension(_OID_CRL_REASON, bytes((0x0A, 0x01, code))))
     for name, code in _REASON_CODES.items()
 }
 
@@ -385,7 +375,7 @@ def _sign_crl(
     """
     hash_algorithm = signature_hash_for(signer)
     algorithm = _SIGNATURE_ALGORITHMS[hash_algorithm.name]
-    extensions = _der(0xA0, _der(0x30, (
+    extensions = der(0xA0, der(0x30, (
         _extension(_OID_CRL_NUMBER, _der_integer(crl_number))
         + _extension(_OID_AUTHORITY_KEY_IDENTIFIER,
                      _authority_key_identifier(issuer_cert).public_bytes())
@@ -393,13 +383,13 @@ def _sign_crl(
     head = b"".join((_VERSION_2, algorithm, issuer_cert.subject.public_bytes(),
                      _der_time(this_update), _der_time(next_update)))
     # RFC 5280 §5.1.2.6: with no revoked certificates the list is absent, not empty.
-    revoked_header = b"\x30" + _der_length(len(revoked)) if revoked else b""
+    revoked_header = b"\x30" + der_length(len(revoked)) if revoked else b""
     tbs_length = len(head) + len(revoked_header) + len(revoked) + len(extensions)
-    tbs = b"".join((b"\x30" + _der_length(tbs_length), head, revoked_header, revoked,
+    tbs = b"".join((b"\x30" + der_length(tbs_length), head, revoked_header, revoked,
                     extensions))
     signature = signer.sign(tbs, ec.ECDSA(hash_algorithm))
-    tail = algorithm + _der(0x03, b"\x00" + signature)  # BIT STRING, no unused bits
-    return b"".join((b"\x30" + _der_length(len(tbs) + len(tail)), tbs, tail))
+    tail = algorithm + der(0x03, b"\x00" + signature)  # BIT STRING, no unused bits
+    return b"".join((b"\x30" + der_length(len(tbs) + len(tail)), tbs, tail))
 
 
 def build_crl(

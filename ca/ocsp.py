@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.crl import REASONS
+from ca.der import der
 
 # Bounds on what a request may carry. A request with one CertID and a nonce is ~100 bytes; a
 # signed one with a certificate chain a few KiB. Anything beyond these is not a real client.
@@ -71,17 +72,6 @@ class MalformedRequest(Exception):
 # them by hand costs ~7 us per response where building asn1crypto.ocsp objects costs ~200 us
 # (30x the ECDSA signature itself). The tests check these bytes against asn1crypto.ocsp's own
 # encoding of the same structures, and against OpenSSL and cryptography.
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes((length,))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(octets),)) + octets
-
-
-def _der(tag: int, contents: bytes) -> bytes:
-    return bytes((tag,)) + _der_length(len(contents)) + contents
 
 
 # The AlgorithmIdentifiers of canonical CertIDs, with NULL parameters as OpenSSL writes them.
@@ -114,9 +104,9 @@ class CertId:
             return self.der
         serial = self.serial_number
         size = ((serial if serial >= 0 else ~serial).bit_length() + 8) // 8  # room for the sign
-        return _der(0x30, _HASH_ALGORITHMS[self.hash_algorithm]
-                    + _der(0x04, self.issuer_name_hash) + _der(0x04, self.issuer_key_hash)
-                    + _der(0x02, serial.to_bytes(size, "big", signed=True)))
+        return der(0x30, _HASH_ALGORITHMS[self.hash_algorithm]
+                    + der(0x04, self.issuer_name_hash) + der(0x04, self.issuer_key_hash)
+                    + der(0x02, serial.to_bytes(size, "big", signed=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +344,7 @@ def _generalized_time(when: datetime) -> bytes:
     utc = when.astimezone(UTC)
     text = (f"{utc.year:04d}{utc.month:02d}{utc.day:02d}"
             f"{utc.hour:02d}{utc.minute:02d}{utc.second:02d}Z")
-    return _der(0x18, text.encode("ascii"))
+    return der(0x18, text.encode("ascii"))
 
 
 _GOOD = b"\x80\x00"  # [0] IMPLICIT NULL
@@ -371,8 +361,8 @@ def _cert_status(status: CertStatus) -> bytes:
         info = _generalized_time(status.revoked_at)
         # Omitted for unspecified, as in the CRL (RFC 5280 §5.3.1).
         if status.reason != "unspecified":
-            info += _der(0xA0, bytes((0x0A, 0x01, _REASON_CODES[status.reason])))
-        return _der(0xA1, info)  # [1] IMPLICIT RevokedInfo
+            info += der(0xA0, bytes((0x0A, 0x01, _REASON_CODES[status.reason])))
+        return der(0xA1, info)  # [1] IMPLICIT RevokedInfo
     return _UNKNOWN
 
 
@@ -427,7 +417,7 @@ class Responder:
         self._signature_algorithm = asn1_algos.SignedDigestAlgorithm(
             {"algorithm": "sha384_ecdsa" if wide else "sha256_ecdsa"}
         ).dump()
-        self._certs = _der(0xA0, _der(0x30, certificate.public_bytes(Encoding.DER)))
+        self._certs = der(0xA0, der(0x30, certificate.public_bytes(Encoding.DER)))
 
     def build(
         self,
@@ -453,25 +443,25 @@ class Responder:
         if nonce is not None and not 1 <= len(nonce) <= MAX_NONCE_BYTES:
             raise ValueError(f"a nonce has 1 to {MAX_NONCE_BYTES} octets (RFC 9654)")
         this_der = _generalized_time(this_update)
-        times = this_der + _der(0xA0, _generalized_time(next_update))
+        times = this_der + der(0xA0, _generalized_time(next_update))
         singles = b"".join(
-            _der(0x30, cert_id.encoded()
+            der(0x30, cert_id.encoded()
                  + (_cert_status(status) if issuer == self.issuer else _UNKNOWN) + times)
             for cert_id, issuer, status in answers
         )
         extensions = b""
         if nonce is not None:
-            extension = _der(0x30, _NONCE_OID + _der(0x04, _der(0x04, nonce)))
-            extensions = _der(0xA1, _der(0x30, extension))
+            extension = der(0x30, _NONCE_OID + der(0x04, der(0x04, nonce)))
+            extensions = der(0xA1, der(0x30, extension))
         # ResponseData: version v1 is the DEFAULT, so DER leaves it out.
-        tbs = _der(0x30, self._responder_id + this_der + _der(0x30, singles) + extensions)
+        tbs = der(0x30, self._responder_id + this_der + der(0x30, singles) + extensions)
         signature = self._signer.sign(tbs, self._algorithm)
-        basic = _der(
+        basic = der(
             0x30,
-            tbs + self._signature_algorithm + _der(0x03, b"\x00" + signature) + self._certs,
+            tbs + self._signature_algorithm + der(0x03, b"\x00" + signature) + self._certs,
         )
-        response_bytes = _der(0x30, _BASIC_TYPE + _der(0x04, basic))
-        return _der(0x30, _SUCCESSFUL + _der(0xA0, response_bytes))
+        response_bytes = der(0x30, _BASIC_TYPE + der(0x04, basic))
+        return der(0x30, _SUCCESSFUL + der(0xA0, response_bytes))
 
 
 def build_response(
