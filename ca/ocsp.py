@@ -180,7 +180,9 @@ def _parse_common_case(data: bytes) -> ParsedRequest | None:
     for algorithm in (_HASH_ALGORITHMS[name], _HASH_ALGORITHMS_OTHER_FORM[name]):
         encoded = der(0x30, algorithm + rest)
         if encoded in data:
-            return ParsedRequest((CertId(name, name_hash, key_hash, serial, encoded),), nonce)
+            hash_name: HashName = "sha1" if name == "sha1" else "sha256"
+            cert_id = CertId(hash_name, name_hash, key_hash, serial, encoded)
+            return ParsedRequest((cert_id,), nonce)
     return None
 
 
