@@ -4,6 +4,7 @@ The gateway proxies authenticated requests here with the identity in `X-Sekisho-
 and strips any the client sent; the backend trusts them because it listens on loopback only.
 It still refuses a request without a user (401) and a non-admin on the admin page (403), as
 defence in depth. Trading itself is not implemented: the menu leads to placeholder pages.
+The header's パスワード変更 and ログアウト lead to the gateway's /auth/password and /auth/logout.
 """
 
 from __future__ import annotations
@@ -316,7 +317,13 @@ _BASE = """<!doctype html>
 <title>{% block title %}{% endblock %} - 外為Web為替予約サービス</title>
 <style nonce="{{ nonce }}">
 body { margin: 0; font-family: sans-serif; color: #222; background: #f4f6f8; }
-header { background: #0b3d6e; color: #fff; padding: .6em 1.2em; }
+header { background: #0b3d6e; color: #fff; padding: .6em 1.2em; position: relative; }
+header .account { position: absolute; top: .6em; right: 1.2em; display: flex; gap: .5em; }
+header .account a { color: #0b3d6e; background: #fff; border-radius: 4px; padding: .2em .8em;
+  font-size: .9em; font-weight: bold; text-decoration: none; }
+header .account a:hover { background: #e8f0fa; }
+header .account a:focus-visible { outline: 3px solid #ffd166; outline-offset: 2px; }
+@media (max-width: 600px) { header .account { position: static; margin-top: .5em; } }
 header h1 { margin: 0 0 .3em; font-size: 1.2em; }
 header dl { display: flex; flex-wrap: wrap; gap: .2em 1.4em; margin: 0; font-size: .9em; }
 header dt { opacity: .8; } header dd { margin: 0 0 0 .4em; font-weight: bold; }
@@ -343,6 +350,10 @@ td { font-family: monospace; font-size: 1.2em; min-width: 5em; }
 <div><dt>権限</dt><dd id="user-role">{{ "管理者" if me.is_admin else "締結者" }}</dd></div>
 <div><dt>前回ログイン日時</dt><dd id="last-login">{{ last_login }}</dd></div>
 </dl>
+<nav class="account" aria-label="アカウント">
+<a id="password-change" href="/auth/password">パスワード変更</a>
+<a id="logout" href="/auth/logout">ログアウト</a>
+</nav>
 </header>
 <main>
 {% block main %}{% endblock %}

@@ -12,15 +12,12 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import aiohttp_jinja2
-import jinja2
 import structlog
 from aiohttp import web
 
 from common.passwords import PasswordHasher
-from gateway import enrollment, login
+from gateway import enrollment, login, pages
 from gateway.access import clear_session_cookie, logged_in, redirect, render
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, RevocationEvent
@@ -55,7 +52,6 @@ from gateway.verify import CertificateVerifier
 from policy.clock import Clock
 
 _log = structlog.get_logger("gateway")
-TEMPLATES = Path(__file__).parent / "templates"
 SWEEP_INTERVAL = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,9 +121,9 @@ async def unknown_auth_page(request: web.Request) -> web.StreamResponse:
 def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
               hasher: PasswordHasher, ca_client: CaClient, bundle: TrustBundle) -> web.Application:
     """The gateway application."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_form_bytes)
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES),
-                         autoescape=jinja2.select_autoescape(default=True))
+    app = web.Application(middlewares=[pages.language_middleware, error_middleware],
+                          client_max_size=config.max_form_bytes)
+    pages.setup_templates(app)
     revocation = RevocationChecker(ca_client, config.revocation, clock)
     sessions = SessionStore(config.session, clock)
     app[CONFIG] = config
@@ -153,6 +149,7 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
     app.cleanup_ctx.append(_background)
     login.add_routes(app)
     enrollment.add_routes(app)
+    pages.add_static_route(app)
     app.router.add_route("*", "/auth/{tail:.*}", unknown_auth_page)
     app.router.add_route("*", "/{tail:.*}", proxied)
     return app

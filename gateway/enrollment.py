@@ -1,18 +1,46 @@
 """Certificate acquisition (§2.1, R-CERT-4/5) and renewal (§2.10.1, R-CERT-6) through the gateway.
 
+The manual's flow: form -> issuing screen -> download page with [ダウンロード] -> the file.
+
 * Acquisition needs no certificate (R-GW-3): user ID + login password (a counted try toward
-  the login lock, R-LOCK-1) + acquisition password (checked and locked by the CA). The
-  PKCS#12 the CA returns is handed over as a download named after the user ID.
+  the login lock, R-LOCK-1) + acquisition password (checked and locked by the CA).
 * Renewal needs the current certificate and the login password of its user (a counted try);
   the CA encrypts the new PKCS#12 with that password.
+* The form's POST shows the issuing screen while it runs (static/pages.js), then answers
+  303 to the download page. The PKCS#12 waits in this process's memory for
+  `PICKUP_LIFETIME`, under a random one-time ticket held in an HttpOnly `__Host-` cookie;
+  the [ダウンロード] button (a POST with the form's CSRF token, so no prefetcher or link
+  scanner can spend it) takes it out: it is handed over once, with `Cache-Control: no-store`.
+  A renewed file is also bound to the certificate that asked for it. The file bytes (already
+  encrypted by the CA) are never logged.
+* Refusals the user can fix (wrong passwords, not open yet, a certificate already exists)
+  show the form again with the reason; a lock shows the lock page.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
 import structlog
 from aiohttp import web
 
-from gateway.access import check_form_token, field, form_token, read_form, render
+from gateway.access import (
+    PAGE_HEADERS,
+    check_form_token,
+    form_token,
+    read_form,
+    redirect,
+    render,
+)
+from gateway.access import (
+    field as form_field,
+)
 from gateway.auth import LoginStatus
 from gateway.ca_client import CaRefused, Delivered
 from gateway.errors import (
@@ -23,9 +51,15 @@ from gateway.errors import (
     TooManyAttempts,
     Unauthorized,
 )
-from gateway.state import AUTH, CA, VERIFIER
+from gateway.state import AUTH, CA, CLOCK, VERIFIER
+from gateway.verify import ClientCertificate, peer_certificate_der
+from policy.clock import Clock
 
 _log = structlog.get_logger("gateway.enrollment")
+
+PICKUP_COOKIE = "__Host-sekisho-pickup"
+PICKUP_LIFETIME = timedelta(minutes=10)
+MAX_PICKUPS = 1000
 
 # The CA's error codes and the status our page answers with.
 _CA_ERRORS: dict[str, tuple[type[GatewayError], str]] = {
@@ -40,20 +74,146 @@ _CA_ERRORS: dict[str, tuple[type[GatewayError], str]] = {
     "certificate_revoked": (Conflict, "cert_revoked"),
     "not_newest_certificate": (Conflict, "not_newest_certificate"),
 }
+# Refusals shown on the form itself, so that the user can correct and resend.
+_FORM_ERRORS = frozenset({
+    "bad_credentials", "acquisition_bad_credentials", "usable_certificate_exists",
+    "attempt_in_progress", "busy", "bad_request", "acquisition_not_open", "renewal_not_open",
+    "certificate_expired", "not_newest_certificate",
+})
 
 
 def _translate(exc: CaRefused) -> GatewayError:
     kind, code = _CA_ERRORS.get(exc.code, (Conflict, "default"))
-    return kind(str(exc), code=code)
+    details: dict[str, object] = {}
+    opens_at = exc.body.get("opens_at")
+    if isinstance(opens_at, str):
+        with contextlib.suppress(ValueError):
+            details["opens_at"] = datetime.fromisoformat(opens_at)
+    return kind(str(exc), code=code, **details)
 
 
-def _download(delivered: Delivered) -> web.Response:
-    # The user ID matches USER_ID_PATTERN (letters, digits, '.', '_', '-'): safe in the header.
-    return web.Response(
-        body=delivered.pkcs12, content_type="application/x-pkcs12",
-        headers={"Content-Disposition": f'attachment; filename="{delivered.user_id}.p12"',
-                 "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+# -- the one-time pickup of an issued PKCS#12 ---------------------------------------------
+
+
+@dataclass(eq=False)
+class Pickup:
+    """An issued certificate waiting for its [ダウンロード] (§2.1(4), §2.10.1(5))."""
+
+    kind: str  # "acquire" (file protected by the acquisition password) or "renew" (login pw)
+    user_id: str
+    serial: str
+    not_after: str
+    expires_at: datetime
+    fingerprint: str | None  # renewal: only the certificate that asked may take it
+    pkcs12: bytes = field(repr=False)
+
+    @property
+    def filename(self) -> str:
+        """The download's file name (the user ID matches USER_ID_PATTERN: header-safe)."""
+        return f"{self.user_id}.p12"
+
+
+class PickupStore:
+    """Issued files by ticket hash; each can be taken once, within its lifetime."""
+
+    def __init__(self, clock: Clock, *, lifetime: timedelta = PICKUP_LIFETIME,
+                 limit: int = MAX_PICKUPS) -> None:
+        self._clock = clock
+        self._lifetime = lifetime
+        self._limit = limit
+        self._by_key: OrderedDict[bytes, Pickup] = OrderedDict()
+
+    @property
+    def lifetime(self) -> timedelta:
+        """How long an issued file waits."""
+        return self._lifetime
+
+    def put(self, kind: str, delivered: Delivered, fingerprint: str | None) -> str:
+        """Keep a delivered file; returns the ticket for the cookie."""
+        self._drop_expired()
+        while len(self._by_key) >= self._limit:
+            self._by_key.popitem(last=False)
+        ticket = secrets.token_urlsafe(32)
+        self._by_key[_ticket_key(ticket)] = Pickup(
+            kind=kind, user_id=delivered.user_id, serial=delivered.serial,
+            not_after=delivered.not_after, expires_at=self._clock.now() + self._lifetime,
+            fingerprint=fingerprint, pkcs12=delivered.pkcs12)
+        return ticket
+
+    def peek(self, ticket: str | None) -> Pickup | None:
+        """The waiting file of a ticket, left in place."""
+        self._drop_expired()
+        return self._by_key.get(_ticket_key(ticket)) if ticket else None
+
+    def take(self, ticket: str | None) -> Pickup | None:
+        """The waiting file of a ticket, removed: a second take gets None."""
+        self._drop_expired()
+        return self._by_key.pop(_ticket_key(ticket), None) if ticket else None
+
+    def _drop_expired(self) -> None:
+        now = self._clock.now()
+        for key in [k for k, p in self._by_key.items() if p.expires_at <= now]:
+            del self._by_key[key]
+
+
+def _ticket_key(ticket: str) -> bytes:
+    return hashlib.sha256(ticket.encode()).digest()
+
+
+PICKUPS = web.AppKey("pickups", PickupStore)
+
+
+def _hand_over(request: web.Request, kind: str, delivered: Delivered,
+               fingerprint: str | None = None) -> web.Response:
+    """303 to the download page; the ticket goes into its own short-lived cookie."""
+    ticket = request.app[PICKUPS].put(kind, delivered, fingerprint)
+    response = redirect("/auth/download")
+    response.set_cookie(PICKUP_COOKIE, ticket, path="/", secure=True, httponly=True,
+                        samesite="Strict",
+                        max_age=int(request.app[PICKUPS].lifetime.total_seconds()))
+    return response
+
+
+def _own(pickup: Pickup | None, request: web.Request) -> Pickup | None:
+    """A renewal's file only for the certificate that asked for it."""
+    if pickup is None or pickup.fingerprint is None:
+        return pickup
+    der = peer_certificate_der(request)
+    presented = hashlib.sha256(der).hexdigest() if der else ""
+    return pickup if hmac.compare_digest(presented, pickup.fingerprint) else None
+
+
+async def download_page(request: web.Request) -> web.Response:
+    """GET /auth/download: 証明書ダウンロード画面 with [ダウンロード] and import help."""
+    pickup = _own(request.app[PICKUPS].peek(request.cookies.get(PICKUP_COOKIE)), request)
+    minutes = int(request.app[PICKUPS].lifetime.total_seconds() // 60)
+    return render(request, "download.html", {"pickup": pickup, "pickup_minutes": minutes},
+                  status=200 if pickup else 404, form_token=form_token(request))
+
+
+async def download(request: web.Request) -> web.Response:
+    """POST /auth/download: the PKCS#12, once, never cached (R-CERT-4)."""
+    form = await read_form(request)
+    check_form_token(request, form)
+    store = request.app[PICKUPS]
+    ticket = request.cookies.get(PICKUP_COOKIE)
+    pickup = _own(store.peek(ticket), request)
+    if pickup is None:
+        return render(request, "download.html", {"pickup": None}, status=404,
+                      form_token=form_token(request))
+    store.take(ticket)
+    _log.info("certificate_downloaded", user_id=pickup.user_id, serial=pickup.serial,
+              kind=pickup.kind)
+    response = web.Response(
+        body=pickup.pkcs12, content_type="application/x-pkcs12",
+        headers={**PAGE_HEADERS, "Pragma": "no-cache",
+                 "Content-Disposition": f'attachment; filename="{pickup.filename}"'},
     )
+    response.del_cookie(PICKUP_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    return response
+
+
+# -- acquisition and renewal ----------------------------------------------------------------
 
 
 async def _check_login_password(request: web.Request, user_id: str, password: str,
@@ -72,31 +232,57 @@ async def acquire_page(request: web.Request) -> web.Response:
     return render(request, "acquire.html", form_token=form_token(request))
 
 
-async def acquire(request: web.Request) -> web.Response:
-    """POST /auth/acquire: login password, then the CA checks the acquisition password."""
-    form = await read_form(request)
-    check_form_token(request, form)
-    user_id = field(form, "user_id", max_length=64).strip()
-    password, acquisition_password = field(form, "password"), field(form, "acquisition_password")
+async def _acquire(request: web.Request, user_id: str, password: str,
+                   acquisition_password: str) -> Delivered:
     # A malformed or unknown user ID answers like a wrong password (R-LOCK-2).
     await _check_login_password(request, user_id, password, "acquisition")
     if not acquisition_password:
         raise Unauthorized("the acquisition password is wrong",
                            code="acquisition_bad_credentials")
     try:
-        delivered = await request.app[CA].acquire(user_id, acquisition_password)
+        return await request.app[CA].acquire(user_id, acquisition_password)
     except CaRefused as exc:
         raise _translate(exc) from None
+
+
+async def acquire(request: web.Request) -> web.Response:
+    """POST /auth/acquire: login password, then the CA checks the acquisition password."""
+    form = await read_form(request)
+    check_form_token(request, form)
+    user_id = form_field(form, "user_id", max_length=64).strip()
+    try:
+        delivered = await _acquire(request, user_id, form_field(form, "password"),
+                                   form_field(form, "acquisition_password"))
+    except GatewayError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        return render(request, "acquire.html", {"error": exc, "user_id": user_id},
+                      status=exc.status, form_token=form_token(request))
     _log.info("certificate_acquired", user_id=user_id, serial=delivered.serial)
-    return _download(delivered)
+    return _hand_over(request, "acquire", delivered)
+
+
+def _renew_context(request: web.Request, certificate: ClientCertificate) -> dict[str, object]:
+    now = request.app[CLOCK].now()
+    return {"user_id": certificate.user_id, "not_before": certificate.not_before,
+            "not_after": certificate.not_after,
+            "days_left": max(0, (certificate.not_after - now).days)}
 
 
 async def renew_page(request: web.Request) -> web.Response:
     """GET /auth/renew: the renewal form for the presented certificate (§2.10.1(3))."""
     certificate = await request.app[VERIFIER].required(request)
-    return render(request, "renew.html", {"user_id": certificate.user_id,
-                                          "not_after": certificate.not_after},
+    return render(request, "renew.html", _renew_context(request, certificate),
                   form_token=form_token(request))
+
+
+async def _renew(request: web.Request, certificate: ClientCertificate,
+                 password: str) -> Delivered:
+    await _check_login_password(request, certificate.user_id, password, "renewal")
+    try:
+        return await request.app[CA].renew(certificate.serial, password)
+    except CaRefused as exc:
+        raise _translate(exc) from None
 
 
 async def renew(request: web.Request) -> web.Response:
@@ -104,20 +290,25 @@ async def renew(request: web.Request) -> web.Response:
     certificate = await request.app[VERIFIER].required(request)
     form = await read_form(request)
     check_form_token(request, form)
-    password = field(form, "password")
-    await _check_login_password(request, certificate.user_id, password, "renewal")
     try:
-        delivered = await request.app[CA].renew(certificate.serial, password)
-    except CaRefused as exc:
-        raise _translate(exc) from None
+        delivered = await _renew(request, certificate, form_field(form, "password"))
+    except GatewayError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        return render(request, "renew.html", {**_renew_context(request, certificate),
+                                              "error": exc},
+                      status=exc.status, form_token=form_token(request))
     _log.info("certificate_renewed", user_id=certificate.user_id, old_serial=certificate.serial,
               serial=delivered.serial)
-    return _download(delivered)
+    return _hand_over(request, "renew", delivered, certificate.fingerprint)
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the acquisition and renewal pages."""
+    """Register the acquisition, renewal and download pages (and the pickup store)."""
+    app[PICKUPS] = PickupStore(app[CLOCK])
     app.router.add_get("/auth/acquire", acquire_page)
     app.router.add_post("/auth/acquire", acquire)
     app.router.add_get("/auth/renew", renew_page)
     app.router.add_post("/auth/renew", renew)
+    app.router.add_get("/auth/download", download_page)
+    app.router.add_post("/auth/download", download)

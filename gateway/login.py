@@ -25,7 +25,8 @@ from gateway.access import (
 )
 from gateway.auth import ChangeStatus, LoginStatus
 from gateway.errors import CertificateRefused, Locked, TooManyAttempts, Unauthorized
-from gateway.state import AUTH, SESSIONS, VERIFIER
+from gateway.sessions import Session
+from gateway.state import AUTH, CLOCK, SESSIONS, VERIFIER
 
 _log = structlog.get_logger("gateway.login")
 
@@ -45,9 +46,12 @@ def _login_page(request: web.Request, certificate, *, status: int = 200,  # type
     sessions = request.app[SESSIONS]
     other = sessions.active_for_user(certificate.user_id)
     own = sessions.find(session_token(request))
+    now = request.app[CLOCK].now()
     return render(request, "login.html", {
         "user_id": certificate.user_id,
+        "not_before": certificate.not_before,
         "not_after": certificate.not_after,
+        "days_left": max(0, (certificate.not_after - now).days),
         "renewal": in_renewal_window(request, certificate),
         "relogin": relogin or (other is not None and other is not own),
         "error": error,
@@ -96,10 +100,17 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _password_page(request: web.Request, session: Session, errors: list[str] | None = None,
+                   *, status: int = 200) -> web.Response:
+    return render(request, "password.html", {
+        "session": session, "errors": errors or [],
+        "policy": request.app[AUTH].password_policy}, status=status)
+
+
 async def password_page(request: web.Request) -> web.Response:
     """GET /auth/password: the change page (§2.5); the only page of a must-change session."""
     _, session = await logged_in(request, allow_must_change=True)
-    return render(request, "password.html", {"session": session})
+    return _password_page(request, session)
 
 
 async def change_password(request: web.Request) -> web.Response:
@@ -109,20 +120,17 @@ async def change_password(request: web.Request) -> web.Response:
     check_session_token(session, form)
     new, confirm = field(form, "new_password"), field(form, "confirm_password")
     if new != confirm:
-        return render(request, "password.html", {"session": session,
-                                                 "errors": ["password_mismatch"]}, status=400)
+        return _password_page(request, session, ["password_mismatch"], status=400)
     result = await request.app[AUTH].change_password(session.user_id,
                                                      field(form, "current_password"), new)
     if result.status is ChangeStatus.LOCKED:
         request.app[SESSIONS].end_user(session.user_id)
         raise Locked("the login password is locked", code="locked")
     if result.status is ChangeStatus.BAD_CREDENTIALS:
-        return render(request, "password.html", {"session": session,
-                                                 "errors": ["error_bad_credentials"]}, status=401)
+        return _password_page(request, session, ["current_password_wrong"], status=401)
     if result.status is ChangeStatus.REJECTED:
         codes = [violation.code for violation in result.violations]
-        return render(request, "password.html", {"session": session, "errors": codes},
-                      status=400)
+        return _password_page(request, session, codes, status=400)
     session.must_change = None
     response = render(request, "changed.html", {"session": session})
     token = session_token(request)
@@ -133,10 +141,12 @@ async def change_password(request: web.Request) -> web.Response:
 
 async def logout_page(request: web.Request) -> web.Response:
     """GET /auth/logout: a confirmation with the logout button (a form, so CSRF-checked)."""
-    session = request.app[SESSIONS].find(session_token(request))
+    token = session_token(request)
+    session = request.app[SESSIONS].find(token)
     if session is None:
         response = render(request, "logged_out.html")
-        clear_session_cookie(response)
+        if token:
+            clear_session_cookie(response)
         return response
     return render(request, "logout.html", {"session": session})
 

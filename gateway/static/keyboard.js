@@ -3,7 +3,8 @@
  *
  * Markup contract (rendered by the templates, strings from the message catalogue):
  *   <input type="password" id="password" ...>
- *   <button type="button" class="sk-open" data-keyboard-for="password">ソフトウェアキーボードを開く</button>
+ *   <button type="button" class="sk-open" data-keyboard-for="password" hidden>ソフトウェアキーボードを開く</button>
+ *   (rendered `hidden`; this script shows the buttons it can serve)
  *   <body data-sk-title="..." data-sk-confirm="確定" data-sk-cancel="キャンセル"
  *         data-sk-shift="..." data-sk-backspace="..." data-sk-clear="..." data-sk-entered="...">
  *
@@ -51,7 +52,11 @@
       "class": "sk-dialog", role: "dialog", "aria-modal": "true", "aria-labelledby": titleId,
       "data-testid": "software-keyboard",
     });
-    this.dialog.appendChild(el("h2", { id: titleId, "class": "sk-title" }, label("title", "Software Keyboard")));
+    var title = el("h2", { id: titleId, "class": "sk-title" }, label("title", "Software Keyboard"));
+    // Which field the keys are for (the change page has three password fields).
+    var fieldLabel = document.querySelector('label[for="' + this.field.id + '"]');
+    if (fieldLabel) { title.appendChild(el("span", { "class": "sk-for" }, fieldLabel.textContent)); }
+    this.dialog.appendChild(title);
     this.display = el("output", { "class": "sk-display", "aria-live": "polite", "data-testid": "sk-display" });
     this.dialog.appendChild(this.display);
 
@@ -156,6 +161,7 @@
     Array.prototype.forEach.call(openers, function (opener) {
       var field = document.getElementById(opener.getAttribute("data-keyboard-for"));
       if (!field) { return; }
+      opener.hidden = false;  // rendered hidden: without this script the button would do nothing
       var keyboard = null;
       opener.addEventListener("click", function () {
         keyboard = keyboard || new SoftwareKeyboard(field, opener);

@@ -1,4 +1,7 @@
-"""Certificate acquisition and renewal through the gateway's forms (§2.1, §2.10.1, R-CERT-4..6)."""
+"""Certificate acquisition and renewal through the gateway's forms (§2.1, §2.10.1, R-CERT-4..6).
+
+The manual's flow: the form's POST leads to the download page; its [ダウンロード] button
+(a POST) hands the PKCS#12 over once."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from datetime import timedelta
 
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from tests.gateway.conftest import GatewayHarness
+from tests.gateway.conftest import GatewayHarness, csrf_of
 
 
 class TestAcquisition:
@@ -18,12 +21,18 @@ class TestAcquisition:
         temporary = gw.add_user("600001", password=None)
         acquisition = gw.acquisition_password("600001")
         async with gw.browser() as browser:
-            page = await browser.submit("/auth/acquire", "/auth/acquire", {
+            ready = await browser.submit("/auth/acquire", "/auth/acquire", {
                 "user_id": "600001", "password": temporary,
                 "acquisition_password": acquisition})
+            assert ready.url == gw.url + "/auth/download" and 'id="download"' in ready.text
+            page = await browser.submit("/auth/download", "/auth/download", {})
+            again = await browser.request("POST", "/auth/download",
+                                          data={"csrf": csrf_of(ready.text)})
         assert page.status == 200
         assert page.headers["Content-Type"] == "application/x-pkcs12"
+        assert page.headers["Cache-Control"] == "no-store"
         assert 'filename="600001.p12"' in page.headers["Content-Disposition"]
+        assert again.status == 404 and again.error == "download_gone"  # once only
         key, cert, _ = pkcs12.load_key_and_certificates(page.body, acquisition.encode())
         assert cert is not None and key is not None
         user = gw.write_pkcs12("600001", temporary, page.body, acquisition=acquisition)
@@ -89,8 +98,10 @@ class TestRenewal:
         user = gw.enroll("600011")
         gw.clock.set(user.not_after - timedelta(days=10))
         async with gw.browser(user) as browser:
-            page = await browser.submit("/auth/renew", "/auth/renew",
-                                        {"password": user.password})
+            ready = await browser.submit("/auth/renew", "/auth/renew",
+                                         {"password": user.password})
+            assert ready.url == gw.url + "/auth/download", ready.text[:300]
+            page = await browser.submit("/auth/download", "/auth/download", {})
             assert page.status == 200, page.text[:300]
             assert page.headers["Content-Type"] == "application/x-pkcs12"
             _, cert, _ = pkcs12.load_key_and_certificates(page.body, user.password.encode())
