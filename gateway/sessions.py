@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -57,6 +58,9 @@ class Session:
                                                              self.csrf.encode())
 
 
+MAX_REMEMBERED_TIMEOUTS = 100_000
+
+
 class SessionStore:
     """All sessions of this gateway process."""
 
@@ -65,6 +69,10 @@ class SessionStore:
         self._clock = clock
         self._by_key: dict[bytes, Session] = {}
         self._key_of_user: dict[str, bytes] = {}
+        # Sessions the sweeper ended for inactivity: their next click still gets the §2.8
+        # timeout page (not the login page), once. Bounded; entries older than the absolute
+        # timeout are dropped.
+        self._timed_out: OrderedDict[bytes, datetime] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -105,6 +113,8 @@ class SessionStore:
         key = _key(token)
         session = self._by_key.get(key)
         if session is None:
+            if self._timed_out.pop(key, None) is not None:
+                raise SessionExpired("the session has timed out")
             raise SessionRequired("please log in")
         if not hmac.compare_digest(session.fingerprint, fingerprint):
             raise SessionCertificateMismatch("this session belongs to another certificate")
@@ -170,4 +180,10 @@ class SessionStore:
                 SessionState.ACTIVE]
         for key in keys:
             self._end_key(key)
+            self._timed_out[key] = now
+        while self._timed_out and (
+            len(self._timed_out) > MAX_REMEMBERED_TIMEOUTS
+            or next(iter(self._timed_out.values())) < now - self.policy.absolute_timeout
+        ):
+            self._timed_out.popitem(last=False)
         return len(keys)

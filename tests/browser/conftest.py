@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway import app as gateway_app
 from policy.clock import FakeClock
 from tests.gateway.conftest import Enrolled, GatewayHarness, start_gateway
 
@@ -77,12 +76,7 @@ def off_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def start_site(directory: Path, start: datetime, *, tables: str = "") -> Iterator[GatewayHarness]:
     """Start CA + demo backend + gateway with the clock at `start`; stop them afterwards."""
-    # The sweeper ends idle sessions every 15 s of real time; its absence lets the timeout test
-    # show the page the *next click* gets (R-SES-1) without racing it (see the report:
-    # sessions.py should remember timed-out sessions so the sweeper cannot hide that page).
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gateway_app, "SWEEP_INTERVAL", 3600.0)
-        harness = off_thread(start_gateway, directory, FakeClock(start), tables=tables)
+    harness = off_thread(start_gateway, directory, FakeClock(start), tables=tables)
     try:
         yield harness
     finally:
