@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from common.errors import (  # re-exported: the categories of this package
-    BadRequest as BadRequest,
-)
 from common.errors import (
-    Busy as Busy,
-)
-from common.errors import (
-    Conflict as Conflict,
-)
-from common.errors import (
-    Forbidden as Forbidden,
-)
-from common.errors import (
-    Locked as Locked,
-)
-from common.errors import (
-    NotFound as NotFound,
-)
-from common.errors import (
-    ServiceError as ServiceError,
-)
-from common.errors import (
-    Unauthorized as Unauthorized,
+    BadRequest,
+    Busy,
+    Conflict,
+    Forbidden,
+    Locked,
+    NotFound,
+    ServiceError,
+    Unauthorized,
 )
 
 CaError = ServiceError
@@ -35,3 +21,16 @@ class TooLarge(ServiceError):
 
     status = 413
     code = "too_large"
+
+
+__all__ = [
+    "BadRequest",
+    "Busy",
+    "CaError",
+    "Conflict",
+    "Forbidden",
+    "Locked",
+    "NotFound",
+    "TooLarge",
+    "Unauthorized",
+]

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from common.errors import (  # re-exported: the categories of this package
-    BadRequest as BadRequest,
-)
 from common.errors import (
-    Busy as Busy,
-)
-from common.errors import (
-    Conflict as Conflict,
-)
-from common.errors import (
-    Forbidden as Forbidden,
-)
-from common.errors import (
-    Locked as Locked,
-)
-from common.errors import (
-    NotFound as NotFound,
-)
-from common.errors import (
-    ServiceError as ServiceError,
-)
-from common.errors import (
-    Unauthorized as Unauthorized,
+    BadRequest,
+    Busy,
+    Conflict,
+    Forbidden,
+    Locked,
+    NotFound,
+    ServiceError,
+    Unauthorized,
 )
 
 GatewayError = ServiceError
@@ -100,3 +86,27 @@ class MustChangePassword(Forbidden):
     """R-PW-2: a temporary or expired password leads only to the change page."""
 
     code = "must_change_password"
+
+
+__all__ = [
+    "BackendTimeout",
+    "BackendUnavailable",
+    "BadRequest",
+    "Busy",
+    "CertificateRefused",
+    "CertificateRequired",
+    "Conflict",
+    "CsrfFailed",
+    "Forbidden",
+    "GatewayError",
+    "Locked",
+    "MustChangePassword",
+    "NotFound",
+    "RevocationUnavailable",
+    "RoleForbidden",
+    "SessionCertificateMismatch",
+    "SessionExpired",
+    "SessionRequired",
+    "TooManyAttempts",
+    "Unauthorized",
+]
