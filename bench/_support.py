@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -88,15 +89,67 @@ class Daemon:
         raise RuntimeError(f"daemon did not answer at {url}")
 
     def stop(self) -> None:
-        """Stop the daemon by its PID."""
+        """Stop the daemon by its PID, then any of its worker processes it left behind.
+
+        A daemon that does not stop within 15 s (a revocation long poll still parked in a
+        handler holds aiohttp's graceful shutdown) is killed, which orphans its process-pool
+        workers; they are stopped by their PIDs, recorded before the signal.
+        """
+        children = descendants(self.process.pid)
         self.process.terminate()
         try:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        stop_processes(children)
         if self._log is not None:
             self._log.close()
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(PID, start time) of every descendant of `pid` (Linux /proc; empty elsewhere)."""
+    found: list[tuple[int, str]] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = Path(f"/proc/{parent}/task").iterdir()
+            children = {int(c) for t in tasks
+                        for c in (t / "children").read_text().split()}
+        except OSError:
+            continue
+        for child in children:
+            started = _start_time(child)
+            if started is not None:
+                found.append((child, started))
+                pending.append(child)
+    return found
+
+
+def stop_processes(processes: Sequence[tuple[int, str]], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, the (PID, start time) processes still alive (same start time:
+    never a reused PID)."""
+    import signal
+
+    alive = [(pid, started) for pid, started in processes if _start_time(pid) == started]
+    for pid, _ in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [(pid, started) for pid, started in alive if _start_time(pid) == started]
+    for pid, _ in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _has_taskset() -> bool:

@@ -1,20 +1,30 @@
 """Gateway benchmark: ours vs nginx (mTLS + proxy_pass) vs the demo backend directly.
 
 One run on loopback, bounded load (`ab`, a C load generator, pinned to core 1; gateway, nginx
-and backend pinned to core 0), the client presenting its certificate, logged in, keep-alive:
+and backend pinned to core 0, the CA on core 1), the client presenting its certificate,
+logged in, keep-alive on both hops (client -> proxy, proxy -> backend):
 
 1. proxied requests/s and p50/p99: ours, nginx, direct; ratios ours/nginx and ours/direct;
 2. full TLS handshakes with a client certificate per second (no keep-alive): ours vs nginx;
-3. revocation propagation: `sekisho-ca revoke` returns -> the live session is refused;
-4. proxied p99 while 20 logins (real OWASP argon2id) run at once.
+3. proxied p99 while 20 logins (real OWASP argon2id) run at once;
+4. revocation propagation: `sekisho-ca revoke` returns -> the live session is refused.
+
+How each side is pinned and configured is printed first (read back from /proc, not assumed),
+and for every keep-alive run the number of keep-alive requests `ab` saw and the number of new
+TCP connections to the backend during the run (0: the proxy reused its upstream connections).
 
     .venv/bin/python bench/gateway.py [--requests 20000] [--concurrency 16]
+
+`proxied_request_cost(cutover_config)` (used by bench/campaign.py) runs two of our gateways
+on one CA and backend, one with the given `[[cutover]]` tables, and returns the mean seconds
+per proxied request of each, measured interleaved under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -29,21 +39,34 @@ import threading
 import time
 import tomllib
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._support import ROOT, Daemon, free_port, make_ca, median
 
 PASSWORD = "kj3h5gq8Wz"
+# What the backend gets from a gateway (ours sends these; nginx is configured to), sent
+# directly, so that the backend does the same work in all three measurements.
+DIRECT_HEADERS = {
+    "X-Sekisho-User": "bench1", "X-Sekisho-Role": "admin", "X-Sekisho-Customer": "Bench%20Co",
+    "X-Sekisho-Name": "Bench%20User", "X-Sekisho-Last-Login": "2026-01-05T09:01:41.123456+00:00",
+    "X-Sekisho-Cert-Serial": "5a0c1b0e2f", "X-Forwarded-For": "127.0.0.1",
+    "X-Forwarded-Proto": "https", "X-Forwarded-Host": "127.0.0.1",
+}
 CPU_SERVER, CPU_LOAD = "0", "1"
+BENCH_USER = "bench1"
 
 
 def _pinned(command: list[str], cpu: str) -> list[str]:
     return ["taskset", "-c", cpu, *command] if shutil.which("taskset") else command
 
 
-def _api(config: dict, method: str, path: str, body: dict | None = None) -> dict:
+def _api(config: dict[str, str], method: str, path: str, body: dict[str, str] | None = None
+         ) -> dict[str, str]:
     token = Path(config["token_file"]).read_text().strip()
     request = urllib.request.Request(  # noqa: S310 - an http:// URL on loopback
         config["internal"] + path, method=method, data=json.dumps(body or {}).encode(),
@@ -52,9 +75,11 @@ def _api(config: dict, method: str, path: str, body: dict | None = None) -> dict
         return dict(json.loads(response.read()))
 
 
-def _users(config_path: Path, ca: dict, user_ids: list[str], folder: Path,
+def _users(config_path: Path, ca: dict[str, str], user_ids: list[str], folder: Path,
            role: str) -> list[Path]:
     """Create users with PASSWORD, acquire certificates, write cert+key PEM files for ab -E."""
+    if not user_ids:
+        return []
     script = textwrap.dedent(f"""
         import asyncio, pathlib
         from common.passwords import PasswordHasher
@@ -76,7 +101,7 @@ def _users(config_path: Path, ca: dict, user_ids: list[str], folder: Path,
         asyncio.run(main())
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT,
-                   stderr=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -136,10 +161,13 @@ class Client:
         status, _ = self.request("POST", "/auth/login", urlencode(form))
         return status
 
+    def close(self) -> None:
+        self.connection.close()
+
 
 def ab(url: str, *, requests: int, concurrency: int, keepalive: bool, cert: Path | None,
-       headers: dict[str, str]) -> dict[str, float]:
-    """Run ab pinned to the load core; returns rps, p50, p99 (ms) and non-2xx count."""
+       headers: dict[str, str]) -> dict[str, float | str]:
+    """Run ab pinned to the load core; rps, p50, p99 (ms), non-2xx, keep-alive count, TLS."""
     command = ["ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "30"]
     if keepalive:
         command.append("-k")
@@ -153,14 +181,17 @@ def ab(url: str, *, requests: int, concurrency: int, keepalive: bool, cert: Path
     rps = re.search(r"Requests per second:\s+([\d.]+)", out)
     if rps is None:
         raise RuntimeError(f"ab failed: {result.stderr or out}")
-    p50 = re.search(r"^\s+50%\s+(\d+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\d+)", out, re.M)
-    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
-    failed = re.search(r"Failed requests:\s+(\d+)", out)
-    return {"rps": float(rps.group(1)), "p50": float(p50.group(1)) if p50 else float("nan"),
-            "p99": float(p99.group(1)) if p99 else float("nan"),
-            "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
-            "failed": float(failed.group(1)) if failed else 0.0}
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, out, re.M)
+        return float(found.group(1)) if found else float("nan")
+
+    tls = re.search(r"SSL/TLS Protocol:\s+(\S+)", out)
+    return {"rps": float(rps.group(1)), "p50": number(r"^\s+50%\s+(\d+)"),
+            "p99": number(r"^\s+99%\s+(\d+)"),
+            "non2xx": number(r"Non-2xx responses:\s+(\d+)") if "Non-2xx" in out else 0.0,
+            "keepalive": number(r"Keep-Alive requests:\s+(\d+)") if keepalive else 0.0,
+            "tls": tls.group(1) if tls else "-"}
 
 
 def _nginx_conf(folder: Path, port: int, backend: int, tls_cert: Path, tls_key: Path,
@@ -174,7 +205,11 @@ def _nginx_conf(folder: Path, port: int, backend: int, tls_cert: Path, tls_key: 
         events {{ worker_connections 1024; }}
         http {{
             access_log off;
-            upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
+            upstream backend {{
+                server 127.0.0.1:{backend};
+                keepalive 32;
+                keepalive_requests 1000000;
+            }}
             server {{
                 listen 127.0.0.1:{port} ssl;
                 ssl_protocols TLSv1.2 TLSv1.3;
@@ -183,13 +218,22 @@ def _nginx_conf(folder: Path, port: int, backend: int, tls_cert: Path, tls_key: 
                 ssl_client_certificate {bundle};
                 ssl_verify_client on;
                 ssl_verify_depth 2;
+                keepalive_requests 1000000;
                 location / {{
                     proxy_pass http://backend;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
-                    proxy_set_header X-Sekisho-User "bench1";
+                    # The same header set ours sends, so that the backend does the same work
+                    # for both (identity values fixed: nginx has no session).
+                    proxy_set_header X-Sekisho-User "{BENCH_USER}";
                     proxy_set_header X-Sekisho-Role "admin";
+                    proxy_set_header X-Sekisho-Customer "Bench%20Co";
+                    proxy_set_header X-Sekisho-Name "Bench%20User";
+                    proxy_set_header X-Sekisho-Last-Login "2026-01-05T09:01:41.123456+00:00";
                     proxy_set_header X-Sekisho-Cert-Serial $ssl_client_serial;
+                    proxy_set_header X-Forwarded-For $remote_addr;
+                    proxy_set_header X-Forwarded-Proto https;
+                    proxy_set_header X-Forwarded-Host $http_host;
                 }}
             }}
         }}
@@ -209,104 +253,290 @@ def _wait_tls(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+# -- what the processes really run on (read back from /proc) -----------------------------------
+
+
+def _cpus(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "?"
+    found = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.M)
+    return found.group(1) if found else "?"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _client_ports_to(port: int) -> set[int]:
+    """Local ports of every TCP socket (any state, TIME_WAIT included) talking to `port`."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, remote = line.split()[1:3]
+                if int(remote.rsplit(":", 1)[1], 16) == port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+# -- the stack ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """One of our gateways, running, with the bench user logged in."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    config: Path
+    cookie: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+class Stack:
+    """CA (core 1) + demo backend (core 0) + our gateways and nginx (core 0) on loopback."""
+
+    def __init__(self, *, logins: int = 0, revokes: int = 0) -> None:
+        self.logins = logins
+        self.revokes = revokes
+        self.backend_port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.gateways: list[Gateway] = []
+        self.nginx_port = 0
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.login_certs: list[Path] = []
+        self.revoke_certs: list[Path] = []
+        self._first_port = free_port()
+        self._ca: Daemon | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Stack:
+        self._stack.callback(self._stop)
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._stack.close()
+
+    def _gateway_section(self, port: int) -> str:
+        return textwrap.dedent(f"""
+            [gateway]
+            listen = "127.0.0.1:{port}"
+            public_url = "https://127.0.0.1:{port}"
+            backend_url = "http://127.0.0.1:{self.backend_port}"
+            ca_public_url = "{self.ca_public}"
+            ca_internal_url = "{self.ca_internal}"
+        """)
+
+    def _start(self) -> None:
+        self.config_path = make_ca(kdf_rounds=2048)
+        self.folder = self.config_path.parent
+        self._base_config = self.config_path.read_text()
+        raw = tomllib.loads(self._base_config)
+        self.ca_public = f"http://{raw['ca']['public_listen']}"
+        self.ca_internal = f"http://{raw['ca']['internal_listen']}"
+        self.config_path.write_text(self._base_config + self._gateway_section(self._first_port))
+        self._ca = Daemon(self.config_path, cpus=CPU_LOAD, stderr=self.folder / "ca.log")
+        self._ca.wait_ready(self.ca_public + "/health")
+        self.backend = self._spawn([sys.executable, "-m", "demo", "--listen",
+                                    f"127.0.0.1:{self.backend_port}"], "backend.log")
+        ca_info = {"internal": self.ca_internal,
+                   "token_file": str(self.folder / "var/secrets/ca-api-token")}
+        (self.bench_cert,) = _users(self.config_path, ca_info, [BENCH_USER], self.folder,
+                                    "admin")
+        self.login_certs = _users(self.config_path, ca_info,
+                                  [f"login{i}" for i in range(self.logins)], self.folder,
+                                  "contractor")
+        self.revoke_certs = _users(self.config_path, ca_info,
+                                   [f"rev{i}" for i in range(self.revokes)], self.folder,
+                                   "contractor")
+
+    def _spawn(self, command: list[str], log: str, cwd: Path = ROOT
+               ) -> subprocess.Popen[bytes]:
+        with (self.folder / log).open("ab") as handle:
+            process = subprocess.Popen(_pinned(command, CPU_SERVER), cwd=cwd,
+                                       stdout=subprocess.DEVNULL, stderr=handle)
+        self.processes.append(process)
+        return process
+
+    def start_gateway(self, name: str, extra_config: str = "") -> Gateway:
+        """Start one of our gateways (own port and config file, shared CA, database and
+        backend), wait for it and log the bench user in on it."""
+        if not self.gateways:
+            port, config = self._first_port, self.config_path
+        else:
+            port, config = free_port(), self.folder / f"config-{name}.toml"
+        config.write_text(self._base_config + self._gateway_section(port)
+                          + textwrap.dedent(extra_config))
+        process = self._spawn([sys.executable, "-m", "gateway", "--config", str(config),
+                               "serve"], f"gateway-{name}.log")
+        gateway = Gateway(name, port, process, config)
+        _wait_tls(port)
+        client = Client(port, self.bench_cert)
+        status = client.login()
+        client.close()
+        assert status == 303, f"bench login on {name} failed ({status})"
+        gateway.cookie = {"Cookie": "__Host-sekisho-session="
+                                    + client.cookies["__Host-sekisho-session"]}
+        self.gateways.append(gateway)
+        return gateway
+
+    def start_nginx(self) -> None:
+        """nginx 1 worker, mTLS against the same trust bundle, proxy_pass to the backend."""
+        self.nginx_port = free_port()
+        conf = _nginx_conf(self.folder, self.nginx_port, self.backend_port,
+                           self.folder / "var/gateway/tls/server.crt.pem",
+                           self.folder / "var/gateway/tls/server.key.pem",
+                           self.folder / "var/gateway/trust-bundle.pem")
+        self.nginx = self._spawn(["nginx", "-p", str(self.folder / "nginx-temp"), "-c",
+                                  str(conf)], "nginx-stderr.log", cwd=self.folder)
+        _wait_tls(self.nginx_port)
+
+    def run(self, side: str, requests: int, concurrency: int, *, keepalive: bool = True,
+            gateway: Gateway | None = None) -> dict[str, float | str]:
+        """One bounded ab run against "ours" (`gateway` or the first), "nginx" or "direct";
+        adds `upstream_new`: new TCP connections to the backend during the run."""
+        if side == "ours":
+            chosen = gateway or self.gateways[0]
+            url, cert, headers = chosen.url, self.bench_cert, chosen.cookie
+        elif side == "nginx":
+            url, cert, headers = f"https://127.0.0.1:{self.nginx_port}", self.bench_cert, {}
+        else:
+            url, cert = f"http://127.0.0.1:{self.backend_port}", None
+            headers = DIRECT_HEADERS
+        before = _client_ports_to(self.backend_port)
+        result = ab(url + "/bench", requests=requests, concurrency=concurrency,
+                    keepalive=keepalive, cert=cert, headers=headers)
+        result["upstream_new"] = float(len(_client_ports_to(self.backend_port) - before))
+        return result
+
+    def describe(self) -> Iterator[str]:
+        """How each side is pinned and configured, read back from the running processes."""
+        gateway = self.gateways[0]
+        log = (self.folder / f"gateway-{gateway.name}.log").read_text(errors="replace")
+        loop = re.search(r"event loop (\w+)", log)
+        yield (f"ours:    gateway pid {gateway.process.pid} on cpus "
+               f"{_cpus(gateway.process.pid)}, 1 process, event loop "
+               f"{loop.group(1) if loop else 'unknown'}, access log off, log level warning, "
+               f"keep-alive connection pool to the backend")
+        if self.nginx is not None:
+            workers = _children(self.nginx.pid)
+            yield (f"nginx:   master pid {self.nginx.pid} on cpus {_cpus(self.nginx.pid)}, "
+                   f"{len(workers)} worker(s) on cpus "
+                   f"{','.join(_cpus(w) for w in workers) or '?'}; ssl_verify_client on, "
+                   f"upstream keepalive 32, proxy_http_version 1.1, Connection \"\"")
+        yield (f"backend: demo (aiohttp, asyncio loop) pid {self.backend.pid} on cpus "
+               f"{_cpus(self.backend.pid)}")
+        yield f"ab:      on cpus {CPU_LOAD} (taskset); CA daemon on cpus {CPU_LOAD}"
+
+    def _stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._ca is not None:
+            self._ca.stop()
+        if os.environ.get("SEKISHO_BENCH_KEEP") is None and hasattr(self, "folder"):
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def proxied_request_cost(cutover_config: str, *, requests: int = 20000, concurrency: int = 16,
+                         rounds: int = 3) -> tuple[float, float]:
+    """Mean seconds per proxied request (1 / throughput: keep-alive, ab -k, c=16) of our
+    gateway without and with `cutover_config` (`[[cutover]]` TOML that must not cut over the
+    bench user's fresh certificate). Two gateways on one CA and backend, measured in turns;
+    medians of `rounds` runs each."""
+    with Stack() as stack:
+        plain = stack.start_gateway("plain")
+        ruled = stack.start_gateway("cutover", cutover_config)
+        for gateway in (plain, ruled):  # warm-up; also proves requests succeed
+            warm = stack.run("ours", 2000, concurrency, gateway=gateway)
+            if warm["non2xx"]:
+                raise RuntimeError(f"{gateway.name}: {warm['non2xx']:.0f} non-2xx answers")
+        rates: dict[str, list[float]] = {"plain": [], "cutover": []}
+        for _ in range(rounds):
+            for gateway in (plain, ruled):
+                result = stack.run("ours", requests, concurrency, gateway=gateway)
+                if result["non2xx"]:
+                    raise RuntimeError(f"{gateway.name}: non-2xx answers")
+                rates[gateway.name].append(float(result["rps"]))
+    return 1 / median(rates["plain"]), 1 / median(rates["cutover"])
+
+
+def _line(name: str, r: dict[str, float | str], n: int) -> str:
+    return (f"{name:7} {r['rps']:9.0f} req/s   p50 {r['p50']:.0f} ms  p99 {r['p99']:.0f} ms"
+            f"   non-2xx {r['non2xx']:.0f}   keep-alive {r['keepalive']:.0f}/{n}"
+            f"   new backend connections {r['upstream_new']:.0f}   {r['tls']}")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--handshakes", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     for tool in ("ab", "nginx"):
         if shutil.which(tool) is None:
             print(f"{tool} is needed (Debian: apache2-utils, nginx-light)", file=sys.stderr)
             return 1
-    gateway_port, backend_port, nginx_port = free_port(), free_port(), free_port()
-    config_path = make_ca(kdf_rounds=2048, extra=f"""
-        [gateway]
-        listen = "127.0.0.1:{gateway_port}"
-        public_url = "https://127.0.0.1:{gateway_port}"
-        backend_url = "http://127.0.0.1:{backend_port}"
-    """)
-    folder = config_path.parent
-    raw = tomllib.loads(config_path.read_text())
-    public = f"http://{raw['ca']['public_listen']}"
-    internal = f"http://{raw['ca']['internal_listen']}"
-    with config_path.open("a") as handle:
-        handle.write(f'ca_public_url = "{public}"\nca_internal_url = "{internal}"\n')
-    ca_info = {"internal": internal, "token_file": str(folder / "var/secrets/ca-api-token")}
-    processes: list[subprocess.Popen[bytes]] = []
-    ca = Daemon(config_path, cpus=CPU_LOAD, stderr=folder / "ca.log")
-    try:
-        ca.wait_ready(public + "/health")
-        backend = subprocess.Popen(
-            _pinned([sys.executable, "-m", "demo", "--listen", f"127.0.0.1:{backend_port}"],
-                    CPU_SERVER), cwd=ROOT, stderr=subprocess.DEVNULL)
-        processes.append(backend)
-        (bench_cert,) = _users(config_path, ca_info, ["bench1"], folder, "admin")
-        login_certs = _users(config_path, ca_info, [f"login{i}" for i in range(20)], folder,
-                             "contractor")
-        revoke_certs = _users(config_path, ca_info, [f"rev{i}" for i in range(3)], folder,
-                              "contractor")
-        with (folder / "gateway.log").open("ab") as log:
-            gateway = subprocess.Popen(
-                _pinned([sys.executable, "-m", "gateway", "--config", str(config_path),
-                         "serve"], CPU_SERVER), cwd=ROOT, stderr=log)
-        processes.append(gateway)
-        _wait_tls(gateway_port)
-        bundle = folder / "var/gateway/trust-bundle.pem"
-        nginx = subprocess.Popen(
-            _pinned(["nginx", "-p", str(folder / "nginx-temp"), "-c",
-                     str(_nginx_conf(folder, nginx_port, backend_port,
-                                     folder / "var/gateway/tls/server.crt.pem",
-                                     folder / "var/gateway/tls/server.key.pem", bundle))],
-                    CPU_SERVER), cwd=folder, stderr=subprocess.DEVNULL)
-        processes.append(nginx)
-        _wait_tls(nginx_port)
-
-        client = Client(gateway_port, bench_cert)
-        assert client.login() == 303, "bench login failed"
-        session = client.cookies["__Host-sekisho-session"]
-        cookie = {"Cookie": f"__Host-sekisho-session={session}"}
-        identity = {"X-Sekisho-User": "bench1", "X-Sekisho-Role": "admin"}
+    with Stack(logins=20, revokes=3) as stack:
+        ours = stack.start_gateway("ours")
+        stack.start_nginx()
         n, c = args.requests, args.concurrency
-        # Warm up every path, then measure each three times; report medians.
-        ab(f"https://127.0.0.1:{gateway_port}/bench", requests=2000, concurrency=c,
-           keepalive=True, cert=bench_cert, headers=cookie)
-        ab(f"https://127.0.0.1:{nginx_port}/bench", requests=2000, concurrency=c,
-           keepalive=True, cert=bench_cert, headers={})
-        runs: dict[str, list[dict[str, float]]] = {"ours": [], "nginx": [], "direct": []}
-        for _ in range(3):
-            runs["ours"].append(ab(f"https://127.0.0.1:{gateway_port}/bench", requests=n,
-                                   concurrency=c, keepalive=True, cert=bench_cert,
-                                   headers=cookie))
-            runs["nginx"].append(ab(f"https://127.0.0.1:{nginx_port}/bench", requests=n,
-                                    concurrency=c, keepalive=True, cert=bench_cert, headers={}))
-            runs["direct"].append(ab(f"http://127.0.0.1:{backend_port}/bench", requests=n,
-                                     concurrency=c, keepalive=True, cert=None,
-                                     headers=identity))
-        print(f"== proxied GET /bench (1 KiB), keep-alive, c={c}, n={n}, medians of 3")
-        result = {name: {k: median([r[k] for r in rs]) for k in rs[0]}
-                  for name, rs in runs.items()}
+        print("== setup")
+        for line in stack.describe():
+            print(line)
+        # Warm up every path, then measure in turns; report medians.
+        for side in ("ours", "nginx", "direct"):
+            stack.run(side, 2000, c)
+        runs: dict[str, list[dict[str, float | str]]] = {"ours": [], "nginx": [], "direct": []}
+        for _ in range(args.runs):
+            for side in runs:
+                runs[side].append(stack.run(side, n, c))
+        print(f"== proxied GET /bench (1 KiB), keep-alive, c={c}, n={n}, medians of {args.runs}")
+        result = {name: {k: (median([float(r[k]) for r in rs]) if k != "tls" else rs[0][k])
+                         for k in rs[0]} for name, rs in runs.items()}
         for name, r in result.items():
-            print(f"{name:7} {r['rps']:9.0f} req/s   p50 {r['p50']:.0f} ms  p99 {r['p99']:.0f} ms"
-                  f"   non-2xx {r['non2xx']:.0f}")
-        print(f"ratio ours/nginx {result['ours']['rps'] / result['nginx']['rps']:.2f}   "
-              f"ours/direct {result['ours']['rps'] / result['direct']['rps']:.2f}"
-              f"   (target ours/nginx >= 0.5)")
+            print(_line(name, r, n))
+        rps = {name: float(r["rps"]) for name, r in result.items()}
+        print(f"ratio ours/nginx {rps['ours'] / rps['nginx']:.2f}   "
+              f"ours/direct {rps['ours'] / rps['direct']:.2f}   "
+              f"nginx/direct {rps['nginx'] / rps['direct']:.2f}   (target ours/nginx >= 0.5)")
 
         print(f"== full TLS handshake with client certificate per request, c={c}")
-        hs_ours = ab(f"https://127.0.0.1:{gateway_port}/bench", requests=args.handshakes,
-                     concurrency=c, keepalive=False, cert=bench_cert, headers=cookie)
-        hs_nginx = ab(f"https://127.0.0.1:{nginx_port}/bench", requests=args.handshakes,
-                      concurrency=c, keepalive=False, cert=bench_cert, headers={})
+        hs_ours = stack.run("ours", args.handshakes, c, keepalive=False)
+        hs_nginx = stack.run("nginx", args.handshakes, c, keepalive=False)
         print(f"ours  {hs_ours['rps']:7.0f} handshakes+requests/s "
               f"(non-2xx {hs_ours['non2xx']:.0f})")
         print(f"nginx {hs_nginx['rps']:7.0f} handshakes+requests/s   "
-              f"ratio {hs_ours['rps'] / hs_nginx['rps']:.2f}")
+              f"ratio {float(hs_ours['rps']) / float(hs_nginx['rps']):.2f}")
 
         print("== proxied p99 while 20 logins (OWASP argon2id) run at once")
-        login_clients = [Client(gateway_port, cert) for cert in login_certs]
+        login_clients = [Client(ours.port, cert) for cert in stack.login_certs]
         statuses: list[int] = []
-        barrier = threading.Barrier(21)
+        barrier = threading.Barrier(len(login_clients) + 1)
 
         def do_login(one: Client) -> None:
             barrier.wait()
@@ -317,8 +547,7 @@ def main() -> int:
             thread.start()
         barrier.wait()
         started = time.monotonic()
-        busy = ab(f"https://127.0.0.1:{gateway_port}/bench", requests=max(2000, n // 4),
-                  concurrency=c, keepalive=True, cert=bench_cert, headers=cookie)
+        busy = stack.run("ours", max(2000, n // 4), c)
         for thread in threads:
             thread.join()
         logins_took = time.monotonic() - started
@@ -328,13 +557,13 @@ def main() -> int:
 
         print("== revocation propagation: `sekisho-ca revoke` returns -> session refused")
         delays = []
-        for attempt, cert in enumerate(revoke_certs):
+        for attempt, cert in enumerate(stack.revoke_certs):
             user_id = f"rev{attempt}"
-            victim = Client(gateway_port, cert)
+            victim = Client(ours.port, cert)
             assert victim.login() == 303
             assert victim.request("GET", "/bench")[0] == 200
-            serial = (folder / f"{user_id}.serial").read_text()
-            subprocess.run([sys.executable, "-m", "ca", "--config", str(config_path),
+            serial = (stack.folder / f"{user_id}.serial").read_text()
+            subprocess.run([sys.executable, "-m", "ca", "--config", str(stack.config_path),
                             "revoke", "--serial", serial, "--reason", "keyCompromise"],
                            check=True, cwd=ROOT, capture_output=True)
             returned = time.monotonic()
@@ -345,16 +574,6 @@ def main() -> int:
             delays.append(time.monotonic() - returned)
         print(f"revoke -> 403 on the live session: {', '.join(f'{d * 1000:.0f}' for d in delays)}"
               f" ms (median {median(delays) * 1000:.0f} ms; target <= 2000 ms)")
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        ca.stop()
-        if os.environ.get("SEKISHO_BENCH_KEEP") is None:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import stat
 import sys
@@ -106,10 +107,15 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
                            ssl_context=context, backlog=1024)
         await site.start()
-        print(f"gateway listening on {config.public_url}/ (backend {config.backend_url})",
-              file=sys.stderr, flush=True)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Start-up objects (aiohttp, cryptography, argon2, zxcvbn's dictionaries) live for the
+        # whole run: out of the collector's generations, full collections stay short (as in
+        # ca/daemon.py).
+        gc.collect()
+        gc.freeze()
+        print(f"gateway listening on {config.public_url}/ (backend {config.backend_url}, "
+              f"event loop {type(loop).__module__.split('.')[0]})", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

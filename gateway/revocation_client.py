@@ -104,6 +104,15 @@ class RevocationChecker:
         ttl = self._settings.cache_ttl if self.following else self._settings.unfollowed_ttl
         return now < answer.next_update and now < answer.fetched_at + ttl
 
+    def cached_good(self, fingerprint: str, now: datetime) -> bool:
+        """True when a fresh "good" answer is cached (the per-request fast path: a set and a
+        dict lookup, no await); False sends the caller to `check`."""
+        if fingerprint in self._revoked_live:
+            return False
+        answer = self._answers.get(fingerprint)
+        return (answer is not None and answer.status is Status.GOOD
+                and self._fresh(answer, now))
+
     async def check(self, fingerprint: str, certificate: x509.Certificate,
                     issuer: x509.Certificate) -> Answer:
         """The answer for a certificate; raises CertificateRefused or RevocationUnavailable."""

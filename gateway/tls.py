@@ -68,6 +68,9 @@ def server_context(cert_file: Path, key_file: Path, bundle: TrustBundle) -> ssl.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
+    # No renegotiation (and no TLS 1.3 post-handshake authentication is ever requested): the
+    # peer certificate of a connection cannot change, which `gateway.verify` relies on when it
+    # remembers the parsed certificate per connection.
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(cert_file, key_file)
     context.verify_mode = ssl.CERT_OPTIONAL

@@ -9,14 +9,19 @@ OpenSSL has already verified the chain, the validity against the real time and t
 * issuer in the trust bundle, EKU clientAuth, validity against the injected clock;
 * revocation through `RevocationChecker` (cache, OCSP, CRL, the CA's feed).
 
-Parsing is cached by DER bytes, so a keep-alive request costs a dict lookup and a few
-comparisons.
+Parsing is cached by DER bytes, and the parsed certificate is remembered per TLS connection
+(keyed by the connection's `SSLObject`, gone with it): renegotiation is disabled
+(`OP_NO_RENEGOTIATION`) and the server never asks for TLS 1.3 post-handshake
+authentication, so the peer certificate of a connection cannot change. A keep-alive request
+then costs a dictionary lookup and the checks above (validity, cutovers and revocation status
+against the clock of that request); its fingerprint is still compared with the session's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,6 +113,9 @@ class CertificateVerifier:
         self._clock = clock
         self._cutovers = tuple(cutovers)
         self._parsed: dict[bytes, ClientCertificate] = {}
+        # The parsed peer certificate of each live TLS connection (None: it presented none).
+        self._by_connection: weakref.WeakKeyDictionary[object, ClientCertificate | None] = (
+            weakref.WeakKeyDictionary())
 
     def _parse(self, der: bytes) -> ClientCertificate:
         parsed = self._parsed.get(der)
@@ -118,9 +126,28 @@ class CertificateVerifier:
             self._parsed[der] = parsed
         return parsed
 
+    def presented(self, request: web.Request) -> ClientCertificate | None:
+        """The (parsed, not yet verified) certificate of this request's TLS connection."""
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is None:
+            return None
+        try:
+            return self._by_connection[ssl_object]
+        except KeyError:
+            pass
+        der = ssl_object.getpeercert(binary_form=True)
+        cert = self._parse(der) if der else None
+        self._by_connection[ssl_object] = cert
+        return cert
+
     async def verify_der(self, der: bytes) -> ClientCertificate:
         """R-GW-1: issuer, clientAuth, validity at the injected clock, revocation."""
-        cert = self._parse(der)
+        return await self.verify(self._parse(der))
+
+    async def verify(self, cert: ClientCertificate) -> ClientCertificate:
+        """R-GW-1 on a parsed certificate: issuer, clientAuth, validity at the injected
+        clock, cutovers, revocation (from the cache while it is fresh)."""
         if cert.issuer is None:
             raise CertificateRefused("the certificate is not from this service's CA",
                                      code="cert_untrusted")
@@ -144,17 +171,18 @@ class CertificateVerifier:
                     code="cert_cut_over", since=cutover.effective_at,
                     cutover=cutover.name,
                 )
-        await self._revocation.check(cert.fingerprint, cert.certificate, cert.issuer)
+        if not self._revocation.cached_good(cert.fingerprint, now):
+            await self._revocation.check(cert.fingerprint, cert.certificate, cert.issuer)
         return cert
 
     async def optional(self, request: web.Request) -> ClientCertificate | None:
         """The verified certificate of this connection, None when none was presented."""
-        der = peer_certificate_der(request)
-        return None if der is None else await self.verify_der(der)
+        cert = self.presented(request)
+        return None if cert is None else await self.verify(cert)
 
     async def required(self, request: web.Request) -> ClientCertificate:
         """The verified certificate of this connection; CertificateRequired when absent."""
-        der = peer_certificate_der(request)
-        if der is None:
+        cert = self.presented(request)
+        if cert is None:
             raise CertificateRequired("this page needs your electronic certificate")
-        return await self.verify_der(der)
+        return await self.verify(cert)

@@ -90,7 +90,7 @@ class TestBodiesAndMethods:
         async with gw.browser(user) as browser:
             await browser.login()
             # Nothing listens on the backend's address any more (connection refused).
-            gw.app[PROXY]._backend = f"http://127.0.0.1:{free_port()}"
+            gw.app[PROXY].backend_url = f"http://127.0.0.1:{free_port()}"
             page = await browser.get("/trade/forward")
             assert page.status == 502 and page.error == "backend_unavailable"
             assert "現在サービスをご利用いただけません" in page.text

@@ -96,3 +96,57 @@ class TestRefusedCertificates:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(aiohttp.ClientError):
                 await session.get(gw.url + "/auth/", ssl=context)
+
+
+class TestPerConnectionCertificate:
+    """R-GW-4: the certificate is read once per TLS connection, checked on every request."""
+
+    def test_read_once_per_connection_checked_every_request_R_GW_4(
+            self, gw: GatewayHarness) -> None:
+        """Three requests on one connection read its certificate once; a revocation still
+        bites on that connection; the entry goes with the connection."""
+        import gc
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        from gateway.errors import CertificateRefused
+        from gateway.state import REVOCATION, VERIFIER
+
+        user = gw.enroll("600001")
+        der = x509.load_pem_x509_certificate(user.cert_file.read_bytes()).public_bytes(
+            serialization.Encoding.DER)
+
+        class SslObject:
+            reads = 0
+
+            def getpeercert(self, binary_form: bool = False) -> bytes:
+                SslObject.reads += 1
+                return der
+
+        class Transport:
+            def __init__(self, ssl_object: object) -> None:
+                self.ssl_object = ssl_object
+
+            def get_extra_info(self, name: str, default: object = None) -> object:
+                return self.ssl_object if name == "ssl_object" else default
+
+        class Request:
+            def __init__(self, transport: Transport) -> None:
+                self.transport = transport
+
+        verifier = gw.app[VERIFIER]
+        before = len(verifier._by_connection)
+        request = Request(Transport(SslObject()))
+        for _ in range(3):
+            assert gw.run(verifier.required(request)).fingerprint == user.fingerprint
+        assert SslObject.reads == 1
+        assert gw.run(verifier.required(Request(Transport(SslObject())))).serial == user.serial
+        assert SslObject.reads == 2  # another connection reads its own
+        gw.app[REVOCATION]._revoked_live.add(user.fingerprint)  # as the feed does
+        with pytest.raises(CertificateRefused) as refused:
+            gw.run(verifier.required(request))
+        assert refused.value.code == "cert_revoked"
+        del request, refused  # the traceback holds the request too
+        gc.collect()
+        assert len(verifier._by_connection) == before
