@@ -26,6 +26,7 @@ import collections
 import contextlib
 import functools
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -425,7 +426,11 @@ class Proxy:
         return known
 
     def _admin_check(self, path: str) -> bool:
-        candidates = {path, posixpath.normpath(path) + ("/" if path.endswith("/") else "")}
+        # Repeated slashes collapse first: normpath keeps a leading "//", and "//admin/x"
+        # must not slip past an "/admin/" rule.
+        collapsed = re.sub("/{2,}", "/", path)
+        candidates = {path, collapsed,
+                      posixpath.normpath(collapsed) + ("/" if path.endswith("/") else "")}
         for candidate in candidates:
             slashed = candidate if candidate.endswith("/") else candidate + "/"
             if slashed.startswith(self._admin_prefixes):

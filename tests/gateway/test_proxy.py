@@ -100,7 +100,8 @@ class TestRoles:
     """R-PX-2: admin-only prefixes are enforced before proxying."""
 
     @pytest.mark.parametrize("path", ["/admin/restrictions", "/admin", "/%61dmin/restrictions",
-                                      "/trade/../admin/restrictions"])
+                                      "/trade/../admin/restrictions", "//admin/restrictions",
+                                      "/admin//restrictions"])
     async def test_contractor_refused_admin_paths_R_PX_2(self, gw: GatewayHarness,
                                                          path: str) -> None:
         """A contractor gets 403 on every spelling of an admin path."""
