@@ -360,22 +360,7 @@ class UserStore(SqliteStore):
         self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR
     ) -> tuple[int, bool]:
         """The reserved try was wrong: lock once the count reached the limit; (count, locked)."""
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                "UPDATE users SET locked = 1"
-                " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
-                (user_id, max_failures),
-            )
-            now_locked = cursor.rowcount == 1
-            row = await self._one(
-                db, "SELECT failed_attempts, locked FROM users WHERE user_id = ?", (user_id,)
-            )
-            failures, locked = (int(row[0]), bool(row[1])) if row else (0, False)
-            await self._audit(
-                db, "login.locked" if now_locked else "login.failed", user_id, actor,
-                {"failures": failures, "known": True},
-            )
-        return failures, locked
+        return await self._record_failure("users", user_id, max_failures, actor, known=True)
 
     async def record_refused(
         self, user_id: str, *, known: bool, actor: str = LOGIN_ACTOR
@@ -405,21 +390,28 @@ class UserStore(SqliteStore):
         self, user_id: str, max_failures: int, *, actor: str = LOGIN_ACTOR
     ) -> tuple[int, bool]:
         """`record_failure` for a user ID that does not exist (or is disabled)."""
+        return await self._record_failure("unknown_attempts", user_id, max_failures, actor,
+                                          known=False)
+
+    async def _record_failure(
+        self, table: str, user_id: str, max_failures: int, actor: str, *, known: bool
+    ) -> tuple[int, bool]:
+        # `table` is one of two constants above, never input.
         async with self.transaction() as db:
             cursor = await db.execute(
-                "UPDATE unknown_attempts SET locked = 1"
+                f"UPDATE {table} SET locked = 1"  # noqa: S608
                 " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
                 (user_id, max_failures),
             )
             now_locked = cursor.rowcount == 1
             row = await self._one(
-                db, "SELECT failed_attempts, locked FROM unknown_attempts WHERE user_id = ?",
+                db, f"SELECT failed_attempts, locked FROM {table} WHERE user_id = ?",  # noqa: S608
                 (user_id,),
             )
             failures, locked = (int(row[0]), bool(row[1])) if row else (0, False)
             await self._audit(
                 db, "login.locked" if now_locked else "login.failed", user_id, actor,
-                {"failures": failures, "known": False},
+                {"failures": failures, "known": known},
             )
         return failures, locked
 
