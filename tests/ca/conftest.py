@@ -185,3 +185,21 @@ def _openssl(*args: str | Path, check: bool = True) -> subprocess.CompletedProce
 def openssl_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """The real openssl CLI: `openssl_cli(*args, check=True)`; stdout holds stderr too."""
     return _openssl
+
+
+class CountingSigner:
+    """A signer with nothing but sign() and public_key(), as an HSM session would offer;
+    counts signatures."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self._key = key
+        self.signatures = 0
+
+    def sign(self, data: bytes, algorithm: ec.ECDSA) -> bytes:
+        """Sign and count."""
+        self.signatures += 1
+        return self._key.sign(data, algorithm)
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The public half."""
+        return self._key.public_key()

@@ -31,6 +31,7 @@ from ca.crl import (
     parse_reason,
 )
 from keys.signer import ForwardingEcSigner
+from tests.ca.conftest import CountingSigner
 
 if TYPE_CHECKING:
     from tests.ca.conftest import ProtocolPki
@@ -38,23 +39,6 @@ if TYPE_CHECKING:
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 T0_EPOCH = int(T0.timestamp())
 DAY = timedelta(days=1)
-
-
-class RecordingBackend:
-    """A key backend that only offers sign() and public_key(), and counts signatures."""
-
-    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        self._key = key
-        self.signatures = 0
-
-    def sign(self, data: bytes, algorithm: ec.ECDSA) -> bytes:
-        """Sign and count."""
-        self.signatures += 1
-        return self._key.sign(data, algorithm)
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        """The public half."""
-        return self._key.public_key()
 
 
 def _write_crl(der: bytes, directory: Path, openssl_cli: Callable[..., Any]) -> Path:
@@ -230,7 +214,7 @@ class TestBuildCrl:
 
     def test_only_sign_and_public_key_are_used(self, protocol_pki: ProtocolPki) -> None:
         """R-REV-1: the CRL is signed once through the signer seam (an HSM can sit behind it)."""
-        backend = RecordingBackend(protocol_pki.issuer.key)
+        backend = CountingSigner(protocol_pki.issuer.key)
         signer = ForwardingEcSigner(backend, "recording")
         der = build_crl(protocol_pki.issuer.cert, signer, [], 3, T0, T0 + DAY)
         assert backend.signatures == 1

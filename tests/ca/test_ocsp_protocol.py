@@ -37,6 +37,7 @@ from ca.ocsp import (
     request_from_get_path,
     unauthorized_response,
 )
+from tests.ca.conftest import CountingSigner
 
 if TYPE_CHECKING:
     from tests.ca.conftest import ProtocolPki
@@ -45,34 +46,17 @@ HOUR = timedelta(hours=1)
 Openssl = Callable[..., Any]
 
 
-class OnlySignSigner:
-    """A signer with nothing but sign() and public_key(), as an HSM session would offer."""
-
-    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        self._key = key
-        self.signatures = 0
-
-    def sign(self, data: bytes, algorithm: ec.ECDSA) -> bytes:
-        """Sign and count."""
-        self.signatures += 1
-        return self._key.sign(data, algorithm)
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        """The public half."""
-        return self._key.public_key()
-
-
 @pytest.fixture
 def responder(protocol_pki: ProtocolPki) -> Responder:
     """The G1 delegated responder, signing through a sign()/public_key()-only object."""
-    signer: Any = OnlySignSigner(protocol_pki.responder.key)
+    signer: Any = CountingSigner(protocol_pki.responder.key)
     return Responder(protocol_pki.responder.cert, signer, protocol_pki.issuer.cert)
 
 
 @pytest.fixture
 def responder2(protocol_pki: ProtocolPki) -> Responder:
     """The G2 delegated responder."""
-    signer: Any = OnlySignSigner(protocol_pki.responder2.key)
+    signer: Any = CountingSigner(protocol_pki.responder2.key)
     return Responder(protocol_pki.responder2.cert, signer, protocol_pki.issuer2.cert)
 
 
