@@ -26,6 +26,7 @@ from ca.issuance import parse_reason
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
 from common.config import DEFAULT_CONFIG, ConfigError, parse_duration, to_utc_datetime
+from common.eventloop import loop_factory
 from common.logging import configure_logging
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
@@ -460,7 +461,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         config = load_ca_config(args.config)
         configure_logging("warning" if args.command != "serve" else config.log_level,
                           process="ca")
-        return asyncio.run(args.handler(config, clock or SystemClock(), args))
+        with asyncio.Runner(loop_factory=loop_factory(args.command)) as runner:
+            return int(runner.run(args.handler(config, clock or SystemClock(), args)))
     except (CaError, PolicyViolation, KeyCustodyError, ConfigError, CliError, BadRequest,
             ValueError) as exc:
         print(f"sekisho-ca: error: {exc}", file=sys.stderr)

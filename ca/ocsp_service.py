@@ -34,6 +34,7 @@ from ca.ocsp import (
     CertStatus,
     IssuerIdentity,
     MalformedRequest,
+    ParsedRequest,
     Responder,
     build_response,
     find_issuer,
@@ -131,8 +132,9 @@ class OcspService:
 
     # -- answering -------------------------------------------------------------------------
 
-    async def respond(self, request_der: bytes) -> OcspAnswer:
-        """The DER response to a DER request; malformed input gets malformedRequest.
+    def respond_now(self, request_der: bytes) -> OcspAnswer | None:
+        """The DER response to a DER request, or None when a serial must first be looked up
+        in the store (then `respond` does it). Malformed input gets malformedRequest.
 
         A request seen before (same bytes, so no nonce) is answered from the cache without
         parsing it again: parsing costs several times the signature.
@@ -147,12 +149,31 @@ class OcspService:
         except MalformedRequest:
             self._count("malformed")
             return OcspAnswer(malformed_response())
-        cacheable = request.nonce is None and len(request.cert_ids) == 1
         issuers = [find_issuer(cert_id, self._generation_of) for cert_id in request.cert_ids]
-        for cert_id, issuer in zip(request.cert_ids, issuers, strict=True):
-            if issuer is not None and cert_id.serial_number not in self._index:
-                await self._load_from_store(cert_id.serial_number)
-        # From here on nothing awaits, so a revocation cannot slip between lookup and signing.
+        if self._missing(request, issuers):
+            return None
+        return self._answer(request_der, request, issuers)
+
+    async def respond(self, request_der: bytes) -> OcspAnswer:
+        """The DER response to a DER request; malformed input gets malformedRequest."""
+        answer = self.respond_now(request_der)
+        if answer is not None:
+            return answer
+        request = parse_request(request_der)  # parsed fine a moment ago
+        issuers = [find_issuer(cert_id, self._generation_of) for cert_id in request.cert_ids]
+        for serial in self._missing(request, issuers):
+            await self._load_from_store(serial)
+        return self._answer(request_der, request, issuers)
+
+    def _missing(self, request: ParsedRequest, issuers: list[IssuerIdentity | None]) -> list[int]:
+        """Serials of ours that the index does not know (yet)."""
+        return [cert_id.serial_number
+                for cert_id, issuer in zip(request.cert_ids, issuers, strict=True)
+                if issuer is not None and cert_id.serial_number not in self._index]
+
+    def _answer(self, request_der: bytes, request: ParsedRequest,
+                issuers: list[IssuerIdentity | None]) -> OcspAnswer:
+        # Nothing here awaits, so a revocation cannot slip between lookup and signing.
         answers: list[Answer] = [
             (cert_id, issuer, self._status(cert_id.serial_number, issuer))
             for cert_id, issuer in zip(request.cert_ids, issuers, strict=True)
@@ -165,6 +186,7 @@ class OcspService:
             return OcspAnswer(der)
         for _, _, status in answers:
             self._count(status.status)
+        cacheable = request.nonce is None and len(request.cert_ids) == 1
         if not cacheable or answers[0][2].status == "unknown":
             # Unknown answers are not kept: the serial may be issued a moment later by the
             # officer CLI in another process, which this cache would not hear of.

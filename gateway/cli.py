@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from common.config import DEFAULT_CONFIG, ConfigError
+from common.eventloop import loop_factory
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from gateway.auth import Authenticator
@@ -283,17 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop for `serve` when installed (its TLS is about twice as fast as asyncio's)."""
-    if command != "serve":
-        return None
-    try:
-        import uvloop  # optional: `pip install uvloop`
-    except ImportError:
-        return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
-
-
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-gateway`."""
     args = build_parser().parse_args(argv)
@@ -301,7 +291,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         config = load_gateway_config(args.config)
         configure_logging(config.log_level if args.command == "serve" else "warning",
                           process="gateway")
-        with asyncio.Runner(loop_factory=_loop_factory(args.command)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(args.command)) as runner:
             return int(runner.run(args.handler(config, clock or SystemClock(), args)))
     except (GatewayError, ConfigError, CliError, ValueError, OSError) as exc:
         print(f"sekisho-gateway: error: {exc}", file=sys.stderr)

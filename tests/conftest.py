@@ -16,6 +16,7 @@ import pytest
 from ca import cli as ca_cli
 from ca.app import build_internal_app, build_public_app
 from ca.config import CaConfig, load_ca_config
+from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
 from policy.clock import FakeClock
 from tests.support.servers import LoopThread, free_port
@@ -139,7 +140,8 @@ def start_ca(config_path: Path, clock: FakeClock) -> CaHarness:
     loop = LoopThread()
     runtime = loop.run(CaRuntime.open(config, clock))
     token = read_api_token(config.api_token_file)
-    public_runner, _ = loop.start_app(build_public_app(runtime), config.public_listen.port)
+    public_runner = loop.run(PublicListener.start(build_public_app(runtime), "127.0.0.1",
+                                                  config.public_listen.port))
     internal_runner, _ = loop.start_app(build_internal_app(runtime, token),
                                         config.internal_listen.port)
     return CaHarness(

@@ -8,6 +8,7 @@ content type, a body over 64 KiB, a request line over 8 KiB) get a plain 4xx.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from email.utils import format_datetime
 
 from aiohttp import web
@@ -19,19 +20,22 @@ from ca.ocsp_service import OcspAnswer
 OCSP_RESPONSE = "application/ocsp-response"
 
 
+def answer_headers(answer: OcspAnswer, now: datetime, *, cacheable: bool) -> dict[str, str]:
+    """HTTP caching headers for an answer (RFC 5019 §6): a GET answer without a nonce may be
+    cached until its nextUpdate; everything else is not stored."""
+    if not cacheable or answer.this_update is None or answer.next_update is None:
+        return {"Cache-Control": "no-store"}
+    max_age = max(0, int((answer.next_update - now).total_seconds()))
+    return {
+        "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+        "Last-Modified": format_datetime(answer.this_update, usegmt=True),
+        "Expires": format_datetime(answer.next_update, usegmt=True),
+        "ETag": f'"{hashlib.sha256(answer.der).hexdigest()[:32]}"',
+    }
+
+
 def _render(request: web.Request, answer: OcspAnswer, *, cacheable: bool) -> web.Response:
-    headers = {}
-    if cacheable and answer.this_update is not None and answer.next_update is not None:
-        now = request.app[RUNTIME].clock.now()
-        max_age = max(0, int((answer.next_update - now).total_seconds()))
-        headers = {
-            "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
-            "Last-Modified": format_datetime(answer.this_update, usegmt=True),
-            "Expires": format_datetime(answer.next_update, usegmt=True),
-            "ETag": f'"{hashlib.sha256(answer.der).hexdigest()[:32]}"',
-        }
-    else:
-        headers = {"Cache-Control": "no-store"}
+    headers = answer_headers(answer, request.app[RUNTIME].clock.now(), cacheable=cacheable)
     return web.Response(body=answer.der, content_type=OCSP_RESPONSE, headers=headers)
 
 

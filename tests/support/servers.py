@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from common.eventloop import loop_factory
+
 T = TypeVar("T")
 
 
@@ -23,10 +25,10 @@ def free_port() -> int:
 
 
 class LoopThread:
-    """An event loop running in a daemon thread."""
+    """An event loop running in a daemon thread: the one the daemons' `serve` runs on."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory("serve") or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 

@@ -1,0 +1,347 @@
+"""The CA's public listener: a lean HTTP/1.1 path for OCSP, aiohttp for everything else.
+
+OCSP is the one endpoint of the CA that relying parties hit at volume, and most of its cost on
+aiohttp was the framework's per-connection and per-request machinery (a handler task, a
+request and a response object, the router, the middleware), not the answer: a cached answer is a
+dictionary lookup. So each connection starts with the small protocol below. It serves exactly
+two request shapes itself:
+
+- `POST /ocsp` (or `/ocsp/`) with a Content-Length of at most 32 KiB and the content type
+  `application/ocsp-request`;
+- `GET /ocsp/<base64>` without percent-escapes, query or body;
+
+in HTTP/1.0 or 1.1, with keep-alive and pipelining. Anything else — another path, a chunked
+body, `Expect`, an upgrade, a malformed or oversized head, a wrong content type, a 10 MB body —
+hands the connection, with every byte read so far, to aiohttp's own request handler, which
+serves the full public app: the same OCSP routes (so HTTP-level faults get their 4xx from one
+place), CRLs, issuer certificates, health and metrics. Both paths answer through
+`OcspService` and `answer_headers`, so an answer is the same whichever path serves it.
+
+Connections idle (or stalled mid-request) for `IDLE_TIMEOUT` are closed, so clients that
+connect and send nothing cannot pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import cast
+
+import structlog
+from aiohttp import web
+
+from ca.api.internal import RUNTIME
+from ca.api.ocsp import OCSP_RESPONSE, answer_headers
+from ca.ocsp import (
+    MAX_REQUEST_BYTES,
+    MalformedRequest,
+    internal_error_response,
+    malformed_response,
+    request_from_get_path,
+)
+from ca.ocsp_service import OcspAnswer, OcspService
+from policy.clock import Clock
+
+_log = structlog.get_logger("ca.public")
+
+MAX_HEAD_BYTES = 8190  # aiohttp's own limit on a request line (a 100 KB GET path is refused)
+IDLE_TIMEOUT = 30.0  # seconds without a byte from the client, between or inside requests
+_SWEEP_INTERVAL = 5.0
+_REQUEST_LINE = re.compile(rb"(POST|GET) (/ocsp(?:/[A-Za-z0-9+/=_-]*)?) HTTP/1\.([01])")
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+_DEFERRED_HEADERS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_GET_PREFIX = b"/ocsp/"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request the fast path serves: its method, target, body length and connection mode."""
+
+    method: bytes
+    target: bytes
+    content_length: int
+    keep_alive: bool
+
+
+def parse_head(head: bytes) -> RequestHead | None:
+    """The head (request line and headers, without the blank line) of a request the fast path
+    serves exactly, or None for anything it leaves to aiohttp."""
+    lines = head.split(b"\r\n")
+    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    if request_line is None:
+        return None
+    method, target, minor = request_line.groups()
+    keep_alive = minor == b"1"
+    content_length: int | None = None
+    content_type: bytes | None = None
+    has_host = False
+    for line in lines[1:]:
+        header = _HEADER_LINE.fullmatch(line)
+        if header is None:
+            return None
+        name, value = header.group(1).lower(), header.group(2)
+        if name == b"content-length":
+            if content_length is not None or not value.isdigit() or len(value) > 9:
+                return None
+            content_length = int(value)
+        elif name == b"content-type":
+            if content_type is not None:
+                return None
+            content_type = value.partition(b";")[0].strip().lower()
+        elif name == b"host":
+            has_host = True
+        elif name == b"connection":
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            if b"upgrade" in tokens:
+                return None
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+        elif name in _DEFERRED_HEADERS:
+            return None
+    if minor == b"1" and not has_host:
+        return None  # RFC 9112 §3.2: aiohttp answers 400
+    if method == b"POST":
+        if (target not in (b"/ocsp", b"/ocsp/") or content_length is None
+                or content_length > MAX_REQUEST_BYTES
+                or content_type != b"application/ocsp-request"):
+            return None
+    elif content_length or not target.startswith(_GET_PREFIX) or target == _GET_PREFIX:
+        return None
+    return RequestHead(method, target, content_length or 0, keep_alive)
+
+
+class PublicListener:
+    """The public listener: owns the socket, the fast-path connections and aiohttp's runner."""
+
+    def __init__(self, runner: web.AppRunner, ocsp: OcspService, clock: Clock,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self._runner = runner
+        self._idle_timeout = idle_timeout
+        self._ocsp = ocsp
+        self._clock = clock
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._date = (0, "")
+
+    @classmethod
+    async def start(cls, app: web.Application, host: str, port: int, *,
+                    idle_timeout: float = IDLE_TIMEOUT) -> PublicListener:
+        """Set up `app` (the public app) and listen on host:port."""
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        runtime = app[RUNTIME]
+        listener = cls(runner, runtime.ocsp, runtime.clock, idle_timeout)
+        loop = asyncio.get_running_loop()
+        listener._server = await loop.create_server(
+            lambda: _Connection(listener), host, port, reuse_address=True, backlog=1024)
+        listener._sweeper = asyncio.create_task(listener._sweep(), name="public-idle-sweep")
+        return listener
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started on port 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def cleanup(self) -> None:
+        """Stop listening, close fast-path connections, then shut aiohttp's side down."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for connection in list(self._connections):
+            connection.close()
+        await self._runner.cleanup()
+
+    # -- used by connections ----------------------------------------------------------------
+
+    def aiohttp_handler(self) -> asyncio.Protocol:
+        """A fresh aiohttp request handler for a connection the fast path gives up."""
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    def respond_now(self, head: RequestHead, body: bytes) -> bytes | None:
+        """The whole HTTP response, or None when the answer needs a store lookup first."""
+        der = self._request_der(head, body)
+        answer = OcspAnswer(malformed_response()) if der is None else self._ocsp.respond_now(der)
+        return None if answer is None else self._http_response(head, answer)
+
+    async def respond(self, head: RequestHead, body: bytes) -> bytes:
+        """The whole HTTP response, waiting for the store if need be."""
+        der = self._request_der(head, body)
+        assert der is not None  # respond_now answered malformed GETs itself
+        return self._http_response(head, await self._ocsp.respond(der))
+
+    def internal_error(self, head: RequestHead) -> bytes:
+        """OCSP internalError (RFC 6960 §2.3), for a fault of ours."""
+        return self._http_response(head, OcspAnswer(internal_error_response()))
+
+    @staticmethod
+    def _request_der(head: RequestHead, body: bytes) -> bytes | None:
+        if head.method == b"POST":
+            return body
+        try:
+            return request_from_get_path(head.target[len(_GET_PREFIX):].decode("ascii"))
+        except MalformedRequest:
+            return None
+
+    def _http_response(self, head: RequestHead, answer: OcspAnswer) -> bytes:
+        headers = answer_headers(answer, self._clock.now(), cacheable=head.method == b"GET")
+        lines = [
+            "HTTP/1.1 200 OK",
+            f"Content-Type: {OCSP_RESPONSE}",
+            f"Content-Length: {len(answer.der)}",
+            f"Date: {self._http_date()}",
+            "Connection: keep-alive" if head.keep_alive else "Connection: close",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + answer.der
+
+    def _http_date(self) -> str:
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, formatdate(second, usegmt=True))
+        return self._date[1]
+
+    def opened(self, connection: _Connection) -> None:
+        """A new connection starts on the fast path."""
+        self._connections.add(connection)
+
+    def released(self, connection: _Connection) -> None:
+        """A connection closed or went to aiohttp."""
+        self._connections.discard(connection)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(_SWEEP_INTERVAL, self._idle_timeout / 2))
+            deadline = time.monotonic() - self._idle_timeout
+            for connection in list(self._connections):
+                if connection.last_active < deadline:
+                    connection.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection while it is on the fast path."""
+
+    def __init__(self, listener: PublicListener) -> None:
+        self._listener = listener
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._waiting = False  # an answer needs the store; later requests wait their turn
+        self._write_paused = False
+        self.last_active = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._listener.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        self._buffer = self._buffer + data if self._buffer else data
+        self._serve()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done sending: close once what is written is flushed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._listener.released(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+        self._serve()
+
+    def close(self) -> None:
+        """Close the connection (idle, or the listener is stopping)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def _update_reading(self) -> None:
+        assert self._transport is not None
+        if self._waiting or self._write_paused:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+
+    def _serve(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        while self._buffer and not (self._waiting or self._write_paused):
+            if transport.is_closing():
+                return
+            end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+            if end < 0:
+                # Too long, or bare-LF line ends this strict reader leaves to aiohttp's parser.
+                if len(self._buffer) > MAX_HEAD_BYTES or b"\n\n" in self._buffer:
+                    self._hand_off()
+                return
+            head = parse_head(self._buffer[:end])
+            if head is None:
+                self._hand_off()
+                return
+            stop = end + 4 + head.content_length
+            if len(self._buffer) < stop:
+                return
+            body, self._buffer = self._buffer[end + 4:stop], self._buffer[stop:]
+            try:
+                response = self._listener.respond_now(head, body)
+            except Exception:
+                _log.exception("ocsp_fast_path_failed")
+                response = self._listener.internal_error(head)
+            if response is None:
+                self._waiting = True
+                self._update_reading()
+                asyncio.get_running_loop().create_task(self._respond_later(head, body))
+                return
+            self._send(head, response)
+
+    def _send(self, head: RequestHead, response: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(response)
+        if not head.keep_alive:
+            self._transport.close()
+
+    async def _respond_later(self, head: RequestHead, body: bytes) -> None:
+        try:
+            response = await self._listener.respond(head, body)
+        except Exception:
+            _log.exception("ocsp_fast_path_failed")
+            response = self._listener.internal_error(head)
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return
+        self._send(head, response)
+        self._waiting = False
+        if not self._transport.is_closing():
+            self._update_reading()
+            self._serve()
+
+    def _hand_off(self) -> None:
+        """Give the connection, and what it sent so far, to aiohttp."""
+        transport = self._transport
+        assert transport is not None
+        self._listener.released(self)
+        self._transport = None
+        handler = self._listener.aiohttp_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._buffer:
+            handler.data_received(self._buffer)
+        if self._write_paused:
+            handler.pause_writing()
+        transport.resume_reading()
