@@ -21,9 +21,9 @@ from multidict import MultiDictProxy
 
 from gateway import messages
 from gateway.errors import BadRequest, CsrfFailed, MustChangePassword
-from gateway.sessions import Session
+from gateway.sessions import Session, SessionStore
 from gateway.state import CLOCK, CONFIG, SESSIONS, VERIFIER
-from gateway.verify import ClientCertificate
+from gateway.verify import CertificateVerifier, ClientCertificate
 
 SESSION_COOKIE = "__Host-sekisho-session"
 FORM_COOKIE = "__Host-sekisho-form"
@@ -133,14 +133,20 @@ def check_session_token(session: Session, form: MultiDictProxy[str | Any]) -> No
 
 async def logged_in(request: web.Request, *, allow_must_change: bool = False,
                     touch: bool = True) -> tuple[ClientCertificate, Session]:
-    """The gate for every page after login (R-GW-1..4, R-SES-1, R-PW-2).
-
-    Certificate of this connection verified (revocation included), session active and bound
-    to that certificate; a session that must change its password only reaches that page.
-    """
+    """The gate for every page after login (R-GW-1..4, R-SES-1, R-PW-2): `check_access`
+    with the app's verifier and sessions."""
     app = request.app
-    certificate = await app[VERIFIER].required(request)
-    session = app[SESSIONS].use(session_token(request), certificate.fingerprint, touch=touch)
+    return await check_access(app[VERIFIER], app[SESSIONS], request,
+                              allow_must_change=allow_must_change, touch=touch)
+
+
+async def check_access(verifier: CertificateVerifier, sessions: SessionStore,
+                       request: web.Request, *, allow_must_change: bool = False,
+                       touch: bool = True) -> tuple[ClientCertificate, Session]:
+    """Certificate of this connection verified (revocation included), session active and bound
+    to that certificate; a session that must change its password only reaches that page."""
+    certificate = await verifier.required(request)
+    session = sessions.use(session_token(request), certificate.fingerprint, touch=touch)
     if session.must_change and not allow_must_change:
         raise MustChangePassword("change the password first")
     return certificate, session

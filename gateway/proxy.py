@@ -359,10 +359,6 @@ class _Upstream:
             self._watchdog.cancel()
 
 
-class _Retry(Exception):
-    """A reused connection failed before any answer: send the request again once."""
-
-
 class Proxy:
     """Relays requests to the backend over pooled keep-alive connections."""
 
@@ -462,91 +458,88 @@ class Proxy:
         head = request_head(request, identity, upstream.host_header, framing)
         if body:
             head.append(body)
+        # A reused connection that fails before any answer was closed by the backend while
+        # idle: an idempotent request without a streamed body is sent again, once. (One
+        # coroutine for the whole relay: every extra frame is walked at each suspension.)
         retry = stream is None and request.method in _IDEMPOTENT
-        try:
-            return await self._exchange(request, upstream, head, stream, length, retry)
-        except _Retry:
-            return await self._exchange(request, upstream, head, stream, length, False)
-
-    async def _exchange(self, request: web.Request, upstream: _Upstream, head: list[bytes],
-                        stream: StreamReader | None, length: int | None,
-                        retry: bool) -> web.StreamResponse:
-        try:
-            protocol, reused = await upstream.acquire()
-        except TimeoutError:
-            raise BackendTimeout("the trading backend did not answer") from None
-        except OSError as exc:
-            _log.warning("backend_unavailable", error=type(exc).__name__)
-            raise BackendUnavailable("the trading backend cannot be reached") from None
-        done = False
-        try:
-            is_head = request.method == "HEAD"
-            if protocol.parser_for_head is not is_head:
-                # A connection only comes back after an answer read to its end, so its
-                # llhttp parser stands between messages: kept unless the kind changes.
-                protocol.set_response_params(skip_payload=is_head, read_until_eof=True,
-                                             auto_decompress=False,
-                                             read_timeout=upstream.read_timeout)
-                protocol.parser_for_head = is_head
-            transport = protocol.transport
-            assert transport is not None
-            transport.write(b"".join(head))
-            sender = None
-            if stream is None:
-                protocol.start_timeout()
-            else:
-                sender = asyncio.create_task(_send_body(protocol, stream, length is None))
+        while True:
             try:
-                message, payload = await protocol.read()
-                while 100 <= message.code < 200 and message.code != 101:
-                    message, payload = await protocol.read()  # interim answers (100 Continue)
+                protocol, reused = await upstream.acquire()
             except TimeoutError:
                 raise BackendTimeout("the trading backend did not answer") from None
-            except (HttpProcessingError, aiohttp.ClientError, OSError) as exc:
-                if retry and reused and isinstance(exc, ServerDisconnectedError | OSError):
-                    raise _Retry from None  # the backend closed an idle connection
+            except OSError as exc:
                 _log.warning("backend_unavailable", error=type(exc).__name__)
                 raise BackendUnavailable("the trading backend cannot be reached") from None
-            finally:
-                if sender is not None and not sender.done():
-                    # Answered before the whole body went out: the connection is spoilt.
-                    sender.cancel()
-                    protocol.force_close()
-            if message.code == 101:
-                raise BackendUnavailable("the trading backend switched protocols unasked")
-            out_headers = _response_headers(message.headers)
-            content_length = _content_length(message.headers)
-            if not is_head and content_length is not None and content_length <= SMALL_BODY:
+            done = False
+            try:
+                is_head = request.method == "HEAD"
+                if protocol.parser_for_head is not is_head:
+                    # A connection only comes back after an answer read to its end, so its
+                    # llhttp parser stands between messages: kept unless the kind changes.
+                    protocol.set_response_params(skip_payload=is_head, read_until_eof=True,
+                                                 auto_decompress=False,
+                                                 read_timeout=upstream.read_timeout)
+                    protocol.parser_for_head = is_head
+                transport = protocol.transport
+                assert transport is not None
+                transport.write(b"".join(head))
+                sender = None
+                if stream is None:
+                    protocol.start_timeout()
+                else:
+                    sender = asyncio.create_task(_send_body(protocol, stream, length is None))
                 try:
-                    # Usually the whole answer came in one piece: no need to wait.
-                    body = payload.read_nowait() if payload.is_eof() else await payload.read()
+                    message, payload = await protocol.read()
+                    while 100 <= message.code < 200 and message.code != 101:
+                        message, payload = await protocol.read()  # interim answers (100 Continue)
                 except TimeoutError:
                     raise BackendTimeout("the trading backend did not answer") from None
-                except (ClientPayloadError, aiohttp.ClientError, OSError):
-                    raise BackendUnavailable("the trading backend broke the answer") from None
+                except (HttpProcessingError, aiohttp.ClientError, OSError) as exc:
+                    if retry and reused and isinstance(exc, ServerDisconnectedError | OSError):
+                        retry = False  # the backend closed an idle connection:
+                        continue  # send the request again, once
+                    _log.warning("backend_unavailable", error=type(exc).__name__)
+                    raise BackendUnavailable("the trading backend cannot be reached") from None
+                finally:
+                    if sender is not None and not sender.done():
+                        # Answered before the whole body went out: the connection is spoilt.
+                        sender.cancel()
+                        protocol.force_close()
+                if message.code == 101:
+                    raise BackendUnavailable("the trading backend switched protocols unasked")
+                out_headers = _response_headers(message.headers)
+                content_length = _content_length(message.headers)
+                if not is_head and content_length is not None and content_length <= SMALL_BODY:
+                    try:
+                        # Usually the whole answer came in one piece: no need to wait.
+                        body = payload.read_nowait() if payload.is_eof() else await payload.read()
+                    except TimeoutError:
+                        raise BackendTimeout("the trading backend did not answer") from None
+                    except (ClientPayloadError, aiohttp.ClientError, OSError):
+                        raise BackendUnavailable("the trading backend broke the answer") from None
+                    done = True
+                    return web.Response(status=message.code, reason=message.reason,
+                                        headers=out_headers, body=body)
+                response = web.StreamResponse(status=message.code, reason=message.reason,
+                                              headers=out_headers)
+                if content_length is not None:
+                    response.content_length = content_length
+                await response.prepare(request)
+                if not is_head:
+                    try:
+                        async for chunk in payload.iter_chunked(CHUNK):
+                            await response.write(chunk)
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        # Headers are gone already: all we can do is cut the connection.
+                        _log.warning("backend_stream_broken", error=type(exc).__name__)
+                        if request.transport is not None:
+                            request.transport.close()
+                        return response
                 done = True
-                return web.Response(status=message.code, reason=message.reason,
-                                    headers=out_headers, body=body)
-            response = web.StreamResponse(status=message.code, reason=message.reason,
-                                          headers=out_headers)
-            if content_length is not None:
-                response.content_length = content_length
-            await response.prepare(request)
-            if not is_head:
-                try:
-                    async for chunk in payload.iter_chunked(CHUNK):
-                        await response.write(chunk)
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    # Headers are gone already: all we can do is cut the connection.
-                    _log.warning("backend_stream_broken", error=type(exc).__name__)
-                    if request.transport is not None:
-                        request.transport.close()
-                    return response
-            done = True
-            await response.write_eof()
-            return response
-        finally:
-            upstream.release(protocol, reusable=done)
+                await response.write_eof()
+                return response
+            finally:
+                upstream.release(protocol, reusable=done)
 
     async def websocket(self, request: web.Request, identity: Identity,
                         relays: set[asyncio.Task[None]], touch: Callable[[], None],

@@ -27,7 +27,7 @@ from ca.config import load_ca_config
 from common.config import load_raw
 from common.passwords import PasswordHasher
 from demo.backend import build_app as build_backend
-from gateway.app import build_app
+from gateway.app import build_app, serve_proxied_directly
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient
 from gateway.cli import load_trust_bundle
@@ -348,7 +348,8 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
         return users, app, server_context(config.tls_cert, config.tls_key, bundle)
 
     users, app, context = gateway_loop.run(open_gateway())
-    gateway_runner, _ = gateway_loop.start_app(app, port, ssl_context=context)
+    gateway_runner, _ = gateway_loop.start_app(app, port, ssl_context=context,
+                                               prepare=serve_proxied_directly)
     runners.append((gateway_loop, gateway_runner))
     harness = GatewayHarness(
         ca=ca, config=config, app=app, url=f"https://127.0.0.1:{port}",

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -37,13 +37,17 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start_app(
-        self, app: web.Application, port: int = 0, ssl_context: ssl.SSLContext | None = None
+        self, app: web.Application, port: int = 0, ssl_context: ssl.SSLContext | None = None,
+        prepare: Callable[[web.AppRunner], None] | None = None,
     ) -> tuple[web.AppRunner, int]:
-        """Serve `app` on 127.0.0.1 and return the runner and the bound port."""
+        """Serve `app` on 127.0.0.1 and return the runner and the bound port; `prepare` runs
+        between the runner's set-up and the site's start, as in the daemons."""
 
         async def start() -> tuple[web.AppRunner, int]:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
             await runner.setup()
+            if prepare is not None:
+                prepare(runner)
             site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
             await site.start()
             server = site._server
