@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import aiohttp
 import pytest
@@ -169,3 +170,52 @@ async def _json(page) -> dict:  # type: ignore[no-untyped-def]
 
     assert page.status == 200, (page.status, page.text[:300])
     return dict(json.loads(page.text))
+
+
+class TestDirectPath:
+    """Plain proxied requests skip the router and middleware (gateway.app.serve_proxied_directly)
+    and behave exactly as on the full path."""
+
+    async def test_plain_proxied_request_skips_the_router_R_PX_1(
+            self, gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+        """/api/echo is relayed without resolving a route; /auth/ pages still resolve."""
+        resolved: list[str] = []
+        router = gw.app.router
+        original = router.resolve
+
+        async def counting(request: Any) -> Any:
+            resolved.append(request.path)
+            return await original(request)
+
+        monkeypatch.setattr(router, "resolve", counting)
+        user = gw.enroll("500040")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            resolved.clear()
+            assert (await browser.get("/api/echo")).status == 200
+            assert resolved == []
+            assert (await browser.get("/auth/password")).status == 200
+            assert resolved == ["/auth/password"]
+
+    async def test_refusal_on_direct_path_speaks_the_users_language_R_PX_2(
+            self, gw: GatewayHarness) -> None:
+        """An error met on the direct path is rendered by the full app: same page, same
+        language as chosen on the gateway's pages."""
+        user = gw.enroll("500041", role="contractor")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.get("/admin/restrictions")
+            assert page.status == 403 and page.error == "role_forbidden"
+            assert "管理者権限ユーザのみ" in page.text
+            await browser.get("/auth/password?lang=en")
+            page = await browser.get("/admin/restrictions")
+            assert page.status == 403 and "administrators only" in page.text
+
+    async def test_lang_query_on_a_proxied_path_sets_the_cookie_R_PX_1(
+            self, gw: GatewayHarness) -> None:
+        """`?lang=` still reaches the language middleware on proxied paths."""
+        user = gw.enroll("500042")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            assert (await browser.get("/api/echo?lang=en")).status == 200
+            assert browser.cookie("lang") == "en"
