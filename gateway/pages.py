@@ -196,6 +196,7 @@ ERROR_PAGES: dict[str, ErrorPage] = {
     "cert_refused": _CERT_REFUSED,
     "cert_not_yet_valid": _CERT_REFUSED,
     "cert_untrusted": _CERT_REFUSED,
+    "cert_issuer_invalid": _CERT_REFUSED,
     "cert_wrong_usage": _CERT_REFUSED,
     "cert_unknown": _CERT_REFUSED,
     "cert_malformed": _CERT_REFUSED,

@@ -5,10 +5,12 @@
   certificate acquisition work without one; routes that need one refuse without it.
 * When a client does present a certificate, OpenSSL verifies it at the handshake: chain to one
   of the CA's issuing generations (the trust bundle fetched from the CA's public
-  `/certs/bundle.pem`), validity against the real time, and the `sslclient` purpose (a
-  certificate whose EKU lacks clientAuth fails). A failing certificate ends the handshake.
-  The application repeats EKU and validity against the injected clock and adds revocation
-  (`gateway.verify`).
+  `/certs/bundle.pem`) and the `sslclient` purpose (a certificate whose EKU lacks clientAuth
+  fails). A failing certificate ends the handshake. Dates are NOT checked at the handshake
+  (`X509_V_FLAG_NO_CHECK_TIME`): an expired certificate of ours must reach the page that tells
+  its owner to get a new one, instead of a browser's TLS error. The application checks the
+  leaf's and the chain's validity against the injected clock on every request that needs a
+  certificate, with EKU and revocation (`gateway.verify`).
 * The demo server certificate is a self-signed P-256 certificate made on first run (key 0600).
   Production uses a real server certificate from the bank's public CA: point `tls_cert` and
   `tls_key` at it.
@@ -20,7 +22,7 @@ import ipaddress
 import os
 import ssl
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -33,6 +35,8 @@ from policy.clock import Clock
 
 # Forward-secret AEAD suites only for TLS 1.2 (TLS 1.3 suites are fixed by OpenSSL).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+), which Python's ssl does not name.
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,21 @@ class TrustBundle:
         if not certificates:
             raise ValueError("the trust bundle holds no certificate")
         return cls(pem=pem, certificates=certificates)
+
+    def chain_validity(self, issuer: x509.Certificate) -> tuple[datetime, datetime]:
+        """When `issuer` and every bundle certificate above it are all valid: (from, until)."""
+        not_before, not_after = issuer.not_valid_before_utc, issuer.not_valid_after_utc
+        current = issuer
+        for _ in range(len(self.certificates)):
+            if current.issuer == current.subject:
+                break
+            parent = self.issuer_of(current)
+            if parent is None:
+                break
+            not_before = max(not_before, parent.not_valid_before_utc)
+            not_after = min(not_after, parent.not_valid_after_utc)
+            current = parent
+        return not_before, not_after
 
     def issuer_of(self, certificate: x509.Certificate) -> x509.Certificate | None:
         """The bundle's certificate that signed `certificate`, or None."""
@@ -74,6 +93,7 @@ def server_context(cert_file: Path, key_file: Path, bundle: TrustBundle) -> ssl.
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(cert_file, key_file)
     context.verify_mode = ssl.CERT_OPTIONAL
+    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME  # dates: gateway.verify, every request
     context.load_verify_locations(cadata=bundle.pem.decode("ascii"))
     # Python's ssl cannot set the CertificateRequest's CA list (SSL_CTX_set_client_CA_list):
     # browsers offer every client certificate they hold; the user picks CN = user ID (§2.2(2)).

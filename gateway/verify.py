@@ -54,6 +54,8 @@ class ClientCertificate:
     certificate: x509.Certificate = field(repr=False)
     issuer: x509.Certificate | None = field(repr=False)
     client_auth: bool
+    # When the issuing CA and the certificates above it are all valid (None without issuer).
+    chain_validity: tuple[datetime, datetime] | None = None
 
 
 def peer_certificate_der(request: web.Request) -> bytes | None:
@@ -86,6 +88,7 @@ def parse_client_certificate(der: bytes, bundle: TrustBundle) -> ClientCertifica
         serial=format(certificate.serial_number, "x"), user_id=user_id,
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
         certificate=certificate, issuer=issuer, client_auth=client_auth,
+        chain_validity=bundle.chain_validity(issuer) if issuer is not None else None,
     )
 
 
@@ -159,6 +162,10 @@ class CertificateVerifier:
             raise CertificateRefused("the certificate is not valid yet", code="cert_not_yet_valid")
         if now > cert.not_after:
             raise CertificateRefused("the certificate has expired", code="cert_expired")
+        if cert.chain_validity is not None and not (
+                cert.chain_validity[0] <= now <= cert.chain_validity[1]):
+            raise CertificateRefused("the issuing CA's certificate is not valid now",
+                                     code="cert_issuer_invalid")
         if not cert.user_id:
             raise CertificateRefused("the certificate names no user", code="cert_malformed")
         if self._cutovers:

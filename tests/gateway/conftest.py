@@ -378,7 +378,7 @@ def forge(gw: GatewayHarness, user_id: str, *, days: tuple[int, int] = (-1, 365)
           foreign: bool = False, suffix: str = "-forged") -> Enrolled:
     """A client certificate the CA never recorded: signed by g1's key, or by a foreign CA.
 
-    `days` are notBefore/notAfter offsets from the real time (OpenSSL checks the real time).
+    `days` are notBefore/notAfter offsets from the real time.
     """
     now = datetime.now(UTC).replace(microsecond=0)
     if foreign:

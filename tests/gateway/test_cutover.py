@@ -14,13 +14,15 @@ import pytest
 from policy.clock import FakeClock
 from tests.gateway.conftest import GatewayHarness, start_gateway
 
-# OpenSSL checks certificates against the real time, so the timeline is laid out around it:
-# the old certificate is issued 20 days ago, the boundary is 10 days ago, the cutover day was
-# yesterday, and "today" is the real now.
-TODAY = datetime.now(UTC).replace(microsecond=0)
-ISSUED_OLD = TODAY - timedelta(days=20)
-BOUNDARY = TODAY - timedelta(days=10)
-CUTOVER_DAY = TODAY - timedelta(days=1)
+# The gateway checks dates against the injected clock only (never at the TLS handshake), so
+# the timeline runs forward from the CA's creation (the fake clock starts at the real now):
+# the old certificate is issued a day later, the boundary follows 9 days after that, the
+# cutover day 9 days later, and "today" is the day after the cutover.
+START = datetime.now(UTC).replace(microsecond=0)
+ISSUED_OLD = START + timedelta(days=1)
+BOUNDARY = START + timedelta(days=10)
+CUTOVER_DAY = START + timedelta(days=19)
+TODAY = START + timedelta(days=20)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -53,8 +54,6 @@ class TestRefusedCertificates:
 
     @pytest.mark.parametrize(("kind", "kwargs"), [
         ("foreign", {"foreign": True}),
-        ("expired", {"days": (-400, -1)}),
-        ("not_yet_valid", {"days": (2, 30)}),
         ("server_auth_only", {"usages": (ExtendedKeyUsageOID.SERVER_AUTH,)}),
     ])
     def test_bad_certificate_refused_at_handshake_R_GW_1(self, gw: GatewayHarness, kind: str,
@@ -65,6 +64,37 @@ class TestRefusedCertificates:
         result = gw.curl("/auth/login", bad)
         assert result.stdout.endswith("\n000"), (kind, result.stdout[-200:])
         assert result.returncode != 0
+
+    @pytest.mark.parametrize(("kind", "kwargs", "code", "advice"), [
+        ("expired", {"days": (-400, -1)}, "cert_expired", "/auth/acquire"),
+        ("not_yet_valid", {"days": (2, 30)}, "cert_not_yet_valid", None),
+    ])
+    @pytest.mark.parametrize("path", ["/auth/login", "/trade/forward"])
+    def test_out_of_date_certificate_gets_a_page_R_GW_1(
+            self, gw: GatewayHarness, kind: str, kwargs: dict, code: str, advice: str | None,
+            path: str) -> None:
+        """Dates are checked by the gateway, not the handshake: an expired certificate of ours
+        gets the page that says what to do (get a new one), never the login or the backend."""
+        gw.add_user("200004")
+        dated = forge(gw, "200004", suffix=f"-{kind}", **kwargs)
+        result = gw.curl(path, dated)
+        body, status = result.stdout.rsplit("\n", 1)
+        assert status == "403", (kind, path, body[-300:])
+        assert f'data-code="{code}"' in body
+        assert advice is None or advice in body
+        assert 'name="password"' not in body
+
+    def test_certificate_outliving_its_issuer_refused_R_GW_1(self, gw: GatewayHarness) -> None:
+        """The chain's dates count too: past the issuing CA's notAfter (fake clock), a leaf
+        that claims to be valid still is not."""
+        gw.add_user("200005")
+        issuer = gw.ca.runtime.issuers.generations["g1"].certificate
+        ca_days = (issuer.not_valid_after_utc - gw.clock.now()).days
+        outliving = forge(gw, "200005", suffix="-outliving", days=(-1, ca_days + 30))
+        gw.clock.advance(timedelta(days=ca_days + 2))
+        body, status = gw.curl("/auth/login", outliving).stdout.rsplit("\n", 1)
+        assert status == "403"
+        assert 'data-code="cert_issuer_invalid"' in body
 
     def test_unrecorded_certificate_refused_R_GW_1(self, gw: GatewayHarness) -> None:
         """A certificate signed with the CA's key but never recorded: OCSP unknown -> 403."""
