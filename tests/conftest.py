@@ -94,6 +94,16 @@ class CaHarness:
         self.loop.run(self.runtime.feed.catch_up())
         self.loop.run(self.runtime.crls.settle())
 
+    def time_passed(self) -> None:
+        """What the daemon's schedules do while the (fake) clock moves on: renew the OCSP
+        responder certificates that are due, and re-sign the CRLs that are due."""
+
+        async def maintenance() -> None:
+            self.runtime.ocsp.renew_responders()
+            await self.runtime.crls.tick()
+
+        self.loop.run(maintenance())
+
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the CA's loop (e.g. runtime.authority methods)."""
         return self.loop.run(coro)

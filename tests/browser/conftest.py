@@ -92,12 +92,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
 
 @pytest.fixture(scope="module")
 def site_in_the_past(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
-    """The same, with the clock starting 345 days ago.
-
-    OpenSSL checks client certificates against the real time at the handshake; a certificate
-    issued 345 days ago expires in 20 days of real time, so moving the clock to "20 days
-    before expiry" brings it back to now, and the renewed certificate is valid in real time.
-    """
+    """The same, with the clock starting 345 days ago: a certificate issued at the start is
+    20 days from expiry at the real now, so the renewal screens show today's dates."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=345)
     yield from start_site(tmp_path_factory.mktemp("browser-past"), start)
 

@@ -34,19 +34,20 @@ expect = sync_api.expect
 expect.set_options(timeout=TIMEOUT_MS)
 
 NEW_PASSWORD = "Hq7vT2mXk9"
-# The campaign's timeline around the real time (OpenSSL checks certificates against it):
-# the old certificate was issued 20 days ago, the boundary was 10 days ago, the cutover
-# day was yesterday.
-TODAY = datetime.now(UTC).replace(microsecond=0)
-ISSUED_OLD = TODAY - timedelta(days=20)
-BOUNDARY = TODAY - timedelta(days=10)
-CUTOVER_DAY = TODAY - timedelta(days=1)
+# The campaign's timeline runs forward from the CA's creation (the gateway checks dates
+# against the injected clock only): the old certificate is issued a day later, the boundary
+# follows, then the cutover day, and "today" is the day after it.
+START = datetime.now(UTC).replace(microsecond=0)
+ISSUED_OLD = START + timedelta(days=1)
+BOUNDARY = START + timedelta(days=10)
+CUTOVER_DAY = START + timedelta(days=19)
+TODAY = START + timedelta(days=20)
 
 
 @pytest.fixture(scope="module")
 def campaign_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
     """A site whose CA and gateway carry a dated cutover."""
-    yield from start_site(tmp_path_factory.mktemp("browser-campaign"), TODAY, tables=f"""
+    yield from start_site(tmp_path_factory.mktemp("browser-campaign"), START, tables=f"""
 [[cutover]]
 name = "migration"
 issued_before = {BOUNDARY.isoformat()}
@@ -528,4 +529,51 @@ def test_8_certificate_cut_over_by_the_migration_R_CUT_1(
     page = context.new_page()
     log_in(page, site, password)
     expect_first_screen(page, site, "910008")
+    context.close()
+
+
+def test_9_expired_certificate_says_get_a_new_one_R_GW_1_R_CERT_6(
+        chromium: Any, site_in_the_past: GatewayHarness, shots: Shots) -> None:
+    """§2.10.1: an expired certificate cannot be renewed. The browser presents it and gets the
+    page that says so (not a TLS error), whose button leads to 電子証明書取得, where the user
+    ID, login password and original acquisition password get a new one that logs in."""
+    site = site_in_the_past
+    password = site.add_user("910009", customer="株式会社ABC商事")
+    acquisition = site.acquisition_password("910009")
+    status, body = site.ca.api("POST", "/v1/acquire", json={
+        "user_id": "910009", "acquisition_password": acquisition})
+    assert status == 201, body
+    old = site.write_pkcs12("910009", password, base64.b64decode(body["pkcs12"]),
+                            acquisition=acquisition)
+    site.clock.set(old.not_after + timedelta(days=1))
+    site.ca.time_passed()  # a year of responder renewals and CRL re-signs
+    # The user changes the password every 90 days, as R-PW-2 makes them.
+    result = site.run(site.auth.change_password("910009", password, NEW_PASSWORD))
+    assert result.status.value == "changed"
+
+    context = open_context(chromium, site, who=old)
+    page = context.new_page()
+    page.goto(site.url + "/auth/")
+    page.click("#cert-login")
+    expect(page.locator("#error")).to_have_attribute("data-code", "cert_expired")
+    expect(page.locator("main")).to_contain_text("有効期限が切れた電子証明書は更新できません")
+    expect(page.locator("#password")).to_have_count(0)
+    shots(page, "certificate-expired")
+    page.click("#error-action")  # 電子証明書取得
+    expect(page).to_have_url(site.url + "/auth/acquire")
+    page.get_by_label("ユーザID").fill("910009")
+    page.get_by_label("パスワード", exact=True).fill(NEW_PASSWORD)
+    page.get_by_label("証明書パスワード").fill(acquisition)
+    show_issuing_screen(page, shots)
+    expect(page).to_have_url(site.url + "/auth/download")
+    with page.expect_download() as info:
+        page.click("#download")
+    fresh = site.directory / "after-expiry.p12"
+    info.value.save_as(fresh)
+    context.close()
+
+    context = open_context(chromium, site, pfx=fresh, passphrase=acquisition)
+    page = context.new_page()
+    log_in(page, site, NEW_PASSWORD)
+    expect_first_screen(page, site, "910009")
     context.close()
