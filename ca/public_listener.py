@@ -237,7 +237,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, listener: PublicListener) -> None:
         self._listener = listener
         self._transport: asyncio.Transport | None = None
-        self._buffer = b""
+        self._buffer = bytearray()  # appended in place: a byte-a-time client costs linear time
+        self._scanned = 0  # how far the buffer holds no blank line (no rescans)
+        self._head: tuple[int, RequestHead] | None = None  # parsed, waiting for its body
         self._waiting = False  # an answer needs the store; later requests wait their turn
         self._write_paused = False
         self.last_active = time.monotonic()
@@ -248,7 +250,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        self._buffer = self._buffer + data if self._buffer else data
+        self._buffer += data
         self._serve()
 
     def eof_received(self) -> bool:
@@ -284,20 +286,28 @@ class _Connection(asyncio.Protocol):
         while self._buffer and not (self._waiting or self._write_paused):
             if transport.is_closing():
                 return
-            end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
-            if end < 0:
-                # Too long, or bare-LF line ends this strict reader leaves to aiohttp's parser.
-                if len(self._buffer) > MAX_HEAD_BYTES or b"\n\n" in self._buffer:
+            if self._head is None:
+                end = self._buffer.find(b"\r\n\r\n", self._scanned, MAX_HEAD_BYTES + 4)
+                if end < 0:
+                    # Too long, or bare-LF line ends this strict reader leaves to aiohttp.
+                    if (len(self._buffer) > MAX_HEAD_BYTES
+                            or self._buffer.find(b"\n\n", self._scanned) >= 0):
+                        self._hand_off()
+                    else:
+                        self._scanned = max(0, len(self._buffer) - 3)
+                    return
+                head = parse_head(bytes(self._buffer[:end]))
+                if head is None:
                     self._hand_off()
-                return
-            head = parse_head(self._buffer[:end])
-            if head is None:
-                self._hand_off()
-                return
+                    return
+                self._head = (end, head)
+            end, head = self._head
             stop = end + 4 + head.content_length
             if len(self._buffer) < stop:
                 return
-            body, self._buffer = self._buffer[end + 4:stop], self._buffer[stop:]
+            body = bytes(self._buffer[end + 4:stop])
+            del self._buffer[:stop]
+            self._head, self._scanned = None, 0
             try:
                 response = self._listener.respond_now(head, body)
             except Exception:
@@ -341,7 +351,7 @@ class _Connection(asyncio.Protocol):
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._buffer:
-            handler.data_received(self._buffer)
+            handler.data_received(bytes(self._buffer))
         if self._write_paused:
             handler.pause_writing()
         transport.resume_reading()
