@@ -241,6 +241,7 @@ class _Connection(asyncio.Protocol):
         self._scanned = 0  # how far the buffer holds no blank line (no rescans)
         self._head: tuple[int, RequestHead] | None = None  # parsed, waiting for its body
         self._waiting = False  # an answer needs the store; later requests wait their turn
+        self._lookup: asyncio.Task[None] | None = None
         self._write_paused = False
         self.last_active = time.monotonic()
 
@@ -258,6 +259,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._listener.released(self)
+        if self._lookup is not None:
+            self._lookup.cancel()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -316,7 +319,8 @@ class _Connection(asyncio.Protocol):
             if response is None:
                 self._waiting = True
                 self._update_reading()
-                asyncio.get_running_loop().create_task(self._respond_later(head, body))
+                self._lookup = asyncio.get_running_loop().create_task(
+                    self._respond_later(head, body))
                 return
             self._send(head, response)
 
@@ -332,6 +336,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             _log.exception("ocsp_fast_path_failed")
             response = self._listener.internal_error(head)
+        self._lookup = None
         assert self._transport is not None
         if self._transport.is_closing():
             return
