@@ -475,6 +475,30 @@ def test_7_language_switch_and_phone_layout_R_UI_3(
     context.close()
 
 
+def reacquire_and_log_in(chromium: Any, site: GatewayHarness, page: Any, user_id: str,
+                         password: str, acquisition: str, shots: Shots) -> None:
+    """From an error page whose button is 電子証明書取得: get a new certificate with the user
+    ID, login password and original acquisition password, then log in with the new file."""
+    page.click("#error-action")  # 電子証明書取得
+    expect(page).to_have_url(site.url + "/auth/acquire")
+    page.get_by_label("ユーザID").fill(user_id)
+    page.get_by_label("パスワード", exact=True).fill(password)
+    page.get_by_label("証明書パスワード").fill(acquisition)
+    show_issuing_screen(page, shots)
+    expect(page).to_have_url(site.url + "/auth/download")
+    with page.expect_download() as info:
+        page.click("#download")
+    fresh = site.directory / f"{user_id}-reacquired.p12"
+    info.value.save_as(fresh)
+    page.context.close()
+
+    context = open_context(chromium, site, pfx=fresh, passphrase=acquisition)
+    page = context.new_page()
+    log_in(page, site, password)
+    expect_first_screen(page, site, user_id)
+    context.close()
+
+
 def test_8_certificate_cut_over_by_the_migration_R_CUT_1(
         chromium: Any, campaign_site: GatewayHarness, shots: Shots) -> None:
     """The notice's timeline: before the day re-acquisition says when it opens; from the day
@@ -512,24 +536,7 @@ def test_8_certificate_cut_over_by_the_migration_R_CUT_1(
     expect(page.locator("#error")).to_contain_text("移行")
     expect(page.locator("main")).to_contain_text("電子証明書取得用パスワード")
     shots(page, "cut-over")
-    page.click("#error-action")  # 電子証明書取得
-    expect(page).to_have_url(site.url + "/auth/acquire")
-    page.get_by_label("ユーザID").fill("910008")
-    page.get_by_label("パスワード", exact=True).fill(password)
-    page.get_by_label("証明書パスワード").fill(original)
-    page.click("#acquire")
-    expect(page).to_have_url(site.url + "/auth/download")
-    with page.expect_download() as info:
-        page.click("#download")
-    renewed = site.directory / "reacquired.p12"
-    info.value.save_as(renewed)
-    context.close()
-
-    context = open_context(chromium, site, pfx=renewed, passphrase=original)
-    page = context.new_page()
-    log_in(page, site, password)
-    expect_first_screen(page, site, "910008")
-    context.close()
+    reacquire_and_log_in(chromium, site, page, "910008", password, original, shots)
 
 
 def test_9_expired_certificate_says_get_a_new_one_R_GW_1_R_CERT_6(
@@ -559,21 +566,4 @@ def test_9_expired_certificate_says_get_a_new_one_R_GW_1_R_CERT_6(
     expect(page.locator("main")).to_contain_text("有効期限が切れた電子証明書は更新できません")
     expect(page.locator("#password")).to_have_count(0)
     shots(page, "certificate-expired")
-    page.click("#error-action")  # 電子証明書取得
-    expect(page).to_have_url(site.url + "/auth/acquire")
-    page.get_by_label("ユーザID").fill("910009")
-    page.get_by_label("パスワード", exact=True).fill(NEW_PASSWORD)
-    page.get_by_label("証明書パスワード").fill(acquisition)
-    show_issuing_screen(page, shots)
-    expect(page).to_have_url(site.url + "/auth/download")
-    with page.expect_download() as info:
-        page.click("#download")
-    fresh = site.directory / "after-expiry.p12"
-    info.value.save_as(fresh)
-    context.close()
-
-    context = open_context(chromium, site, pfx=fresh, passphrase=acquisition)
-    page = context.new_page()
-    log_in(page, site, NEW_PASSWORD)
-    expect_first_screen(page, site, "910009")
-    context.close()
+    reacquire_and_log_in(chromium, site, page, "910009", NEW_PASSWORD, acquisition, shots)
