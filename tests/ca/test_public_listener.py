@@ -6,6 +6,7 @@ arrive a byte at a time, and connections that change hands mid-way.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import time
@@ -189,6 +190,30 @@ class TestFastPath:
         client.send(_post(der) + _post(der))  # the second waits behind the lookup
         assert _cert_status(client.response()[2]) == ocsp.OCSPCertStatus.GOOD
         assert _cert_status(client.response()[2]) == ocsp.OCSPCertStatus.GOOD
+        client.close()
+
+    def test_client_done_sending_still_gets_a_looked_up_answer(
+            self, ca: CaHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A client that half-closes after its request gets the answer even when it needs a
+        store lookup; then the connection closes."""
+        leaf, der = _request_der(ca, tmp_path, "600003")
+        service = ca.runtime.ocsp
+        service._index.pop(leaf.serial_number, None)
+        lookup = service._load_from_store
+        looked_up: list[int] = []
+
+        async def slow_lookup(serial: int) -> None:
+            looked_up.append(serial)
+            await asyncio.sleep(0.2)  # the client's FIN arrives meanwhile
+            await lookup(serial)
+
+        monkeypatch.setattr(service, "_load_from_store", slow_lookup)
+        client = _Client(ca.config.public_listen.port)
+        client.send(_post(der))
+        client.sock.shutdown(socket.SHUT_WR)
+        assert _cert_status(client.response()[2]) == ocsp.OCSPCertStatus.GOOD
+        assert looked_up == [leaf.serial_number]
+        assert client.closed_by_server()
         client.close()
 
     def test_fault_of_ours_is_internal_error(self, ca: CaHarness, client: _Client,
