@@ -34,6 +34,9 @@ class CaConfig:
     public_url: str
     public_listen: Address
     internal_listen: Address
+    internal_tls: bool
+    internal_tls_cert: Path
+    internal_tls_key: Path
     database: Path
     api_token_file: Path
     max_body_bytes: int
@@ -97,6 +100,9 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         public_url=public_url,
         public_listen=ca.address("public_listen", "127.0.0.1:8080"),
         internal_listen=ca.address("internal_listen", "127.0.0.1:8081"),
+        internal_tls=ca.bool("internal_tls", False),
+        internal_tls_cert=ca.path("internal_tls_cert", "var/ca/internal-tls.crt.pem"),
+        internal_tls_key=ca.path("internal_tls_key", "var/secrets/ca-internal-tls.key.pem"),
         database=ca.path("database", "var/ca/ca.sqlite3"),
         api_token_file=ca.path("api_token_file", "var/secrets/ca-api-token"),
         max_body_bytes=ca.int("max_body_bytes", 65536, minimum=4096),

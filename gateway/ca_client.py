@@ -8,6 +8,7 @@ CA that cannot be reached (or answers 5xx) becomes `CaUnavailable`.
 from __future__ import annotations
 
 import base64
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +60,10 @@ class CaClient:
     """Calls the CA; one pooled aiohttp session, closed by `close()`."""
 
     def __init__(self, internal_url: str, public_url: str, token: str, *,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, internal_ssl: ssl.SSLContext | None = None) -> None:
         self.internal_url = internal_url.rstrip("/")
+        # https: this context (a pinned certificate) or, without one, the system's CAs.
+        self._internal_ssl: ssl.SSLContext | bool = internal_ssl or True
         self.public_url = public_url.rstrip("/")
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
@@ -84,7 +87,7 @@ class CaClient:
         try:
             async with self._http().request(
                 method, self.internal_url + path, json=json, headers=headers,
-                timeout=client_timeout or self._timeout,
+                timeout=client_timeout or self._timeout, ssl=self._internal_ssl,
             ) as response:
                 try:
                     body = await response.json(content_type=None)

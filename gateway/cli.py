@@ -31,11 +31,12 @@ from common.config import DEFAULT_CONFIG, ConfigError
 from common.eventloop import loop_factory
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
+from common.tlsfiles import ensure_server_certificate, tls_client_context
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, CaRefused, CaUnavailable
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import GatewayError
-from gateway.tls import TrustBundle, ensure_server_certificate, server_context
+from gateway.tls import TrustBundle, server_context
 from gateway.users import User, UserStore
 from policy.clock import Clock, SystemClock
 
@@ -63,8 +64,10 @@ def read_api_token(path: Path) -> str:
 
 def ca_client_for(config: GatewayConfig) -> CaClient:
     """A CA client with the token from config."""
+    internal_ssl = (tls_client_context(config.ca_internal_trust)
+                    if config.ca_internal_url.startswith("https://") else None)
     return CaClient(config.ca_internal_url, config.ca_public_url,
-                    read_api_token(config.ca_api_token_file))
+                    read_api_token(config.ca_api_token_file), internal_ssl=internal_ssl)
 
 
 async def load_trust_bundle(ca: CaClient, cache: Path, *, attempts: int = 20) -> TrustBundle:

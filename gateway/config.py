@@ -41,6 +41,7 @@ class GatewayConfig:
     backend_url: str
     ca_public_url: str
     ca_internal_url: str
+    ca_internal_trust: Path | None  # pinned certificate of the CA's internal listener (https)
     ca_api_token_file: Path
     tls_cert: Path
     tls_key: Path
@@ -112,6 +113,8 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         ca_public_url=_url(gw.str("ca_public_url", "http://127.0.0.1:8080"), "ca_public_url"),
         ca_internal_url=_url(gw.str("ca_internal_url", "http://127.0.0.1:8081"),
                              "ca_internal_url"),
+        ca_internal_trust=(gw.path("ca_internal_trust") if "ca_internal_trust" in gw.values
+                           else None),
         ca_api_token_file=gw.path("ca_api_token_file", "var/secrets/ca-api-token"),
         tls_cert=gw.path("tls_cert", "var/gateway/tls/server.crt.pem"),
         tls_key=gw.path("tls_key", "var/gateway/tls/server.key.pem"),

@@ -16,8 +16,10 @@ import pytest
 from ca import cli as ca_cli
 from ca.app import build_internal_app, build_public_app
 from ca.config import CaConfig, load_ca_config
+from ca.daemon import internal_tls_context
 from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
+from common.tlsfiles import tls_client_context
 from policy.clock import FakeClock
 from tests.support.servers import LoopThread, free_port
 
@@ -33,7 +35,7 @@ def clock() -> FakeClock:
 
 
 def write_config(directory: Path, *, public_port: int, internal_port: int,
-                 extra: str = "", kdf_rounds: int = 2048) -> Path:
+                 extra: str = "", kdf_rounds: int = 2048, internal_tls: bool = False) -> Path:
     """A config.toml for a test CA under `directory` (cheap PKCS#12 rounds unless asked)."""
     path = directory / "config.toml"
     path.write_text(textwrap.dedent(f"""
@@ -48,6 +50,7 @@ def write_config(directory: Path, *, public_port: int, internal_port: int,
         internal_listen = "127.0.0.1:{internal_port}"
         database = "var/ca/ca.sqlite3"
         api_token_file = "var/secrets/ca-api-token"
+        internal_tls = {"true" if internal_tls else "false"}
         [keys]
         directory = "var/keys"
         passphrase_file = "var/secrets/ca-passphrase"
@@ -115,6 +118,9 @@ class CaHarness:
         if token is not None:
             headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
 
+        if self.config.internal_tls:
+            kwargs.setdefault("ssl", tls_client_context(self.config.internal_tls_cert))
+
         async def call() -> tuple[int, Any]:
             async with aiohttp.ClientSession() as session, session.request(
                 method, self.internal_url + path, json=json, headers=headers, **kwargs
@@ -153,11 +159,13 @@ def start_ca(config_path: Path, clock: FakeClock) -> CaHarness:
     public_runner = loop.run(PublicListener.start(build_public_app(runtime), "127.0.0.1",
                                                   config.public_listen.port))
     internal_runner, _ = loop.start_app(build_internal_app(runtime, token),
-                                        config.internal_listen.port)
+                                        config.internal_listen.port,
+                                        ssl_context=internal_tls_context(config, clock))
+    scheme = "https" if config.internal_tls else "http"
     return CaHarness(
         config_path=config_path, config=config, runtime=runtime, loop=loop,
         public_url=f"http://127.0.0.1:{config.public_listen.port}",
-        internal_url=f"http://127.0.0.1:{config.internal_listen.port}",
+        internal_url=f"{scheme}://127.0.0.1:{config.internal_listen.port}",
         token=token, clock=clock, directory=config_path.parent,
         runners=[public_runner, internal_runner],
     )

@@ -26,14 +26,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ca.config import load_ca_config
 from common.config import load_raw
 from common.passwords import PasswordHasher
+from common.tlsfiles import ensure_server_certificate
 from demo.backend import build_app as build_backend
 from gateway.app import build_app, serve_proxied_directly
 from gateway.auth import Authenticator
-from gateway.ca_client import CaClient
-from gateway.cli import load_trust_bundle
+from gateway.cli import ca_client_for, load_trust_bundle
 from gateway.config import GatewayConfig, gateway_config_from
 from gateway.state import AUTH, REVOCATION
-from gateway.tls import ensure_server_certificate, server_context
+from gateway.tls import server_context
 from gateway.users import UserStore
 from policy.clock import FakeClock
 from policy.password import PasswordPolicy
@@ -320,15 +320,19 @@ def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
 
 
 def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
-                  tables: str = "") -> GatewayHarness:
-    """Start CA, demo backend and gateway on loopback; the gateway's CA URLs point at the CA."""
+                  tables: str = "", internal_tls: bool = False) -> GatewayHarness:
+    """Start CA, demo backend and gateway on loopback; the gateway's CA URLs point at the CA
+    (its internal API over TLS, pinning the CA's self-signed certificate, with `internal_tls`)."""
     port, backend_port = free_port(), free_port()
-    config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra))
+    config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra),
+                          internal_tls=internal_tls)
     ca_config = load_ca_config(config_path)
     public, internal = ca_config.public_listen.port, ca_config.internal_listen.port
+    internal_url = (f'ca_internal_url = "https://127.0.0.1:{internal}"\n'
+                    f'ca_internal_trust = "{ca_config.internal_tls_cert}"' if internal_tls
+                    else f'ca_internal_url = "http://127.0.0.1:{internal}"')
     text = config_path.read_text().replace(
-        "#CA-URLS#", f'ca_public_url = "http://127.0.0.1:{public}"\n'
-                     f'ca_internal_url = "http://127.0.0.1:{internal}"')
+        "#CA-URLS#", f'ca_public_url = "http://127.0.0.1:{public}"\n' + internal_url)
     config_path.write_text(text + tables)  # further tables, e.g. [[cutover]], after [gateway]
     ca = start_ca(config_path, clock)
     config = gateway_config_from(load_raw(config_path))
@@ -340,7 +344,7 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
     hasher = PasswordHasher(time_cost=1, memory_cost_kib=1024)
 
     async def open_gateway() -> tuple[UserStore, web.Application, ssl.SSLContext]:
-        ca_client = CaClient(config.ca_internal_url, config.ca_public_url, ca.token)
+        ca_client = ca_client_for(config)
         bundle = await load_trust_bundle(ca_client, config.trust_bundle_cache)
         users = await UserStore.open(config.database, clock)
         app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca_client,
