@@ -64,8 +64,14 @@ def read_api_token(path: Path) -> str:
 
 def ca_client_for(config: GatewayConfig) -> CaClient:
     """A CA client with the token from config."""
-    internal_ssl = (tls_client_context(config.ca_internal_trust)
-                    if config.ca_internal_url.startswith("https://") else None)
+    internal_ssl = None
+    if config.ca_internal_url.startswith("https://"):
+        trust = config.ca_internal_trust
+        if trust is not None and not trust.is_file():
+            raise ConfigError(f"gateway.ca_internal_trust: {trust} does not exist; the CA makes "
+                              "it on its first `serve` with ca.internal_tls (start the CA "
+                              "first), or point it at the CA's internal certificate")
+        internal_ssl = tls_client_context(trust)
     return CaClient(config.ca_internal_url, config.ca_public_url,
                     read_api_token(config.ca_api_token_file), internal_ssl=internal_ssl)
 

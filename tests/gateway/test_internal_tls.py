@@ -75,3 +75,25 @@ def test_tls_1_1_refused(tls_gw: GatewayHarness) -> None:
     ok = openssl("s_client", "-connect", host, "-tls1_2", "-CAfile",
                  str(tls_gw.ca.config.internal_tls_cert), input_bytes=b"", check=False)
     assert "Verify return code: 0 (ok)" in ok.stdout
+
+
+def test_missing_pinned_certificate_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the CA has made its certificate, the helpdesk CLI says what to do."""
+    from gateway import cli as gateway_cli
+
+    config = tmp_path / "config.toml"
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    config.write_text(f"""
+[gateway]
+database = "{tmp_path / 'gw.sqlite3'}"
+ca_internal_url = "https://127.0.0.1:9"
+ca_internal_trust = "{tmp_path / 'missing.crt.pem'}"
+ca_api_token_file = "{token}"
+""")
+    assert gateway_cli.main(["--config", str(config), "users", "add", "610002", "--name", "n",
+                             "--customer", "c", "--role", "admin"]) == 1
+    assert "ca_internal_trust" in capsys.readouterr().err
+    assert gateway_cli.main(["--config", str(config), "users", "show", "610002"]) == 1
