@@ -6,6 +6,7 @@ import asyncio
 import gc
 import signal
 import ssl
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,12 @@ from policy.clock import Clock
 _log = structlog.get_logger("ca.daemon")
 
 
+# The gateway pins the internal certificate itself (no CA vouches for it), so it lives as long
+# as an issuing generation rather than a browser-facing certificate; replacing it means the
+# gateway must be restarted to pin the new one.
+INTERNAL_TLS_VALIDITY = timedelta(days=3650)
+
+
 def internal_tls_context(config: CaConfig, clock: Clock) -> ssl.SSLContext | None:
     """The internal listener's TLS context when `ca.internal_tls` is on (else None); a
     self-signed certificate is made on first use for the gateway to pin."""
@@ -28,7 +35,8 @@ def internal_tls_context(config: CaConfig, clock: Clock) -> ssl.SSLContext | Non
     internal = config.internal_listen
     if ensure_server_certificate(config.internal_tls_cert, config.internal_tls_key,
                                  f"https://{internal.host}:{internal.port}", clock,
-                                 organization=f"{config.organization} CA internal API"):
+                                 organization=f"{config.organization} CA internal API",
+                                 validity=INTERNAL_TLS_VALIDITY):
         _log.info("internal_tls_certificate_created", path=str(config.internal_tls_cert))
     return tls_server_context(config.internal_tls_cert, config.internal_tls_key)
 

@@ -43,10 +43,12 @@ def tls_client_context(trust_file: Path | None) -> ssl.SSLContext:
 
 
 def ensure_server_certificate(cert_file: Path, key_file: Path, url: str, clock: Clock, *,
-                              organization: str = "Sekisho demo gateway") -> bool:
+                              organization: str = "Sekisho demo gateway",
+                              validity: timedelta = timedelta(days=397)) -> bool:
     """Create a self-signed server certificate when none exists; True when created.
 
-    The subject alternative names cover the host of `url`, localhost and 127.0.0.1.
+    The subject alternative names cover the host of `url`, localhost and 127.0.0.1. 397 days
+    is the most browsers accept for a server certificate; a pinned one may live longer.
     """
     if cert_file.exists() and key_file.exists():
         return False
@@ -70,7 +72,7 @@ def ensure_server_certificate(cert_file: Path, key_file: Path, url: str, clock: 
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=397))
+        .not_valid_after(now + validity)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,

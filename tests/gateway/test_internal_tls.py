@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -44,9 +45,11 @@ async def test_gateway_acquires_through_the_tls_api(tls_gw: GatewayHarness) -> N
 
 
 def test_certificate_made_on_first_serve(tls_gw: GatewayHarness) -> None:
-    """A self-signed serverAuth certificate naming 127.0.0.1; its key is 0600."""
+    """A self-signed serverAuth certificate naming 127.0.0.1, long-lived since it is pinned;
+    its key is 0600."""
     config = tls_gw.ca.config
     cert = x509.load_pem_x509_certificate(config.internal_tls_cert.read_bytes())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc > timedelta(days=3000)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "127.0.0.1" in [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
     assert stat.S_IMODE(config.internal_tls_key.stat().st_mode) == 0o600
