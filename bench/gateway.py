@@ -10,8 +10,10 @@ logged in, keep-alive on both hops (client -> proxy, proxy -> backend):
 4. revocation propagation: `sekisho-ca revoke` returns -> the live session is refused.
 
 How each side is pinned and configured is printed first (read back from /proc, not assumed),
-and for every keep-alive run the number of keep-alive requests `ab` saw and the number of new
-TCP connections to the backend during the run (0: the proxy reused its upstream connections).
+and for every keep-alive run the CPU microseconds per request of the proxy and of the backend
+(from /proc: what each side costs, apart from scheduling), the number of keep-alive requests
+`ab` saw and the number of new TCP connections to the backend during the run (0: the proxy
+reused its upstream connections).
 
     .venv/bin/python bench/gateway.py [--requests 20000] [--concurrency 16]
 
@@ -276,6 +278,19 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (from /proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS
+
+
 def _client_ports_to(port: int) -> set[int]:
     """Local ports of every TCP socket (any state, TIME_WAIT included) talking to `port`."""
     ports = set()
@@ -413,18 +428,26 @@ class Stack:
     def run(self, side: str, requests: int, concurrency: int, *, keepalive: bool = True,
             gateway: Gateway | None = None) -> dict[str, float | str]:
         """One bounded ab run against "ours" (`gateway` or the first), "nginx" or "direct";
-        adds `upstream_new`: new TCP connections to the backend during the run."""
+        adds `upstream_new` (new TCP connections to the backend during the run) and the CPU
+        microseconds per request of the proxy (`proxy_us`: our gateway or nginx's workers)
+        and of the backend (`backend_us`), from /proc."""
+        proxy_pids: list[int] = []
         if side == "ours":
             chosen = gateway or self.gateways[0]
             url, cert, headers = chosen.url, self.bench_cert, chosen.cookie
+            proxy_pids = [chosen.process.pid]
         elif side == "nginx":
             url, cert, headers = f"https://127.0.0.1:{self.nginx_port}", self.bench_cert, {}
+            proxy_pids = _children(self.nginx.pid) if self.nginx is not None else []
         else:
             url, cert = f"http://127.0.0.1:{self.backend_port}", None
             headers = DIRECT_HEADERS
         before = _client_ports_to(self.backend_port)
+        proxy_cpu, backend_cpu = _cpu_seconds(proxy_pids), _cpu_seconds([self.backend.pid])
         result = ab(url + "/bench", requests=requests, concurrency=concurrency,
                     keepalive=keepalive, cert=cert, headers=headers)
+        result["proxy_us"] = (_cpu_seconds(proxy_pids) - proxy_cpu) / requests * 1e6
+        result["backend_us"] = (_cpu_seconds([self.backend.pid]) - backend_cpu) / requests * 1e6
         result["upstream_new"] = float(len(_client_ports_to(self.backend_port) - before))
         return result
 
@@ -486,6 +509,7 @@ def proxied_request_cost(cutover_config: str, *, requests: int = 20000, concurre
 
 def _line(name: str, r: dict[str, float | str], n: int) -> str:
     return (f"{name:7} {r['rps']:9.0f} req/s   p50 {r['p50']:.0f} ms  p99 {r['p99']:.0f} ms"
+            f"   CPU/request: proxy {r['proxy_us']:.0f} us, backend {r['backend_us']:.0f} us"
             f"   non-2xx {r['non2xx']:.0f}   keep-alive {r['keepalive']:.0f}/{n}"
             f"   new backend connections {r['upstream_new']:.0f}   {r['tls']}")
 
