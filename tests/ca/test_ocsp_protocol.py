@@ -93,6 +93,15 @@ def statuses_for(
     ]
 
 
+def answer(request: bytes, issuers: list[IssuerIdentity], responder: Responder,
+           table: dict[int, CertStatus], this_update: datetime) -> bytes:
+    """What the daemon does with one request: parse it, look each serial up in `table`, and
+    sign one response valid for an hour."""
+    parsed = parse_request(request)
+    return build_response(statuses_for(parsed, issuers, table), [responder], this_update,
+                          this_update + HOUR, parsed.nonce)
+
+
 def openssl_check(
     openssl_cli: Openssl, files: dict[str, Path], tmp_path: Path, response: bytes,
     request: bytes | None, *leaves: str, trust: tuple[str, ...] = ("-CAfile", "chain"),
@@ -216,11 +225,8 @@ class TestResponsesWithOpenssl:
     ) -> None:
         """R-REV-2: a good leaf is reported good, the signature and the nonce check pass."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der", "leaf_alice")
-        parsed = parse_request(request)
-        answers = statuses_for(parsed, issuers,
-                               {protocol_pki.leaves["alice"].serial: CertStatus.good()})
-        now = protocol_pki.now
-        response = build_response(answers, [responder], now, now + HOUR, parsed.nonce)
+        alice = {protocol_pki.leaves["alice"].serial: CertStatus.good()}
+        response = answer(request, issuers, responder, alice, protocol_pki.now)
         output = openssl_check(openssl_cli, pki_files, tmp_path, response, request, "leaf_alice",
                                trust=trust)
         assert output.count("Response verify OK") == 2
@@ -234,13 +240,9 @@ class TestResponsesWithOpenssl:
     ) -> None:
         """R-REV-2: a revoked leaf is reported revoked with its time and keyCompromise."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der", "leaf_bob")
-        parsed = parse_request(request)
         revoked_at = protocol_pki.now - HOUR
-        answers = statuses_for(parsed, issuers, {
-            protocol_pki.leaves["bob"].serial: CertStatus.revoked(revoked_at, "keyCompromise"),
-        })
-        now = protocol_pki.now
-        response = build_response(answers, [responder], now, now + HOUR, parsed.nonce)
+        bob = {protocol_pki.leaves["bob"].serial: CertStatus.revoked(revoked_at, "keyCompromise")}
+        response = answer(request, issuers, responder, bob, protocol_pki.now)
         output = openssl_check(openssl_cli, pki_files, tmp_path, response, request, "leaf_bob")
         assert output.count("Response verify OK") == 2
         assert f"{pki_files['leaf_bob']}: revoked" in output
@@ -254,10 +256,7 @@ class TestResponsesWithOpenssl:
     ) -> None:
         """R-REV-2: a serial our issuer never issued (per the store) is reported unknown."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der", "leaf_carol")
-        parsed = parse_request(request)
-        answers = statuses_for(parsed, issuers, {})
-        now = protocol_pki.now
-        response = build_response(answers, [responder], now, now + HOUR, parsed.nonce)
+        response = answer(request, issuers, responder, {}, protocol_pki.now)
         output = openssl_check(openssl_cli, pki_files, tmp_path, response, request, "leaf_carol")
         assert output.count("Response verify OK") == 2
         assert f"{pki_files['leaf_carol']}: unknown" in output
@@ -269,14 +268,11 @@ class TestResponsesWithOpenssl:
         """R-REV-2: two CertIDs get two SingleResponses, each with its own status."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der",
                                   "leaf_alice", "leaf_bob")
-        parsed = parse_request(request)
-        answers = statuses_for(parsed, issuers, {
+        response = answer(request, issuers, responder, {
             protocol_pki.leaves["alice"].serial: CertStatus.good(),
             protocol_pki.leaves["bob"].serial: CertStatus.revoked(protocol_pki.now,
                                                                   "superseded"),
-        })
-        now = protocol_pki.now
-        response = build_response(answers, [responder], now, now + HOUR, parsed.nonce)
+        }, protocol_pki.now)
         output = openssl_check(openssl_cli, pki_files, tmp_path, response, request,
                                "leaf_alice", "leaf_bob")
         assert output.count("Response verify OK") == 2
@@ -291,11 +287,8 @@ class TestResponsesWithOpenssl:
         """R-REV-2: a SHA-256 CertID is answered with the same SHA-256 CertID."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der", "leaf_alice",
                                   sha256=True)
-        parsed = parse_request(request)
-        answers = statuses_for(parsed, issuers,
-                               {protocol_pki.leaves["alice"].serial: CertStatus.good()})
-        now = protocol_pki.now
-        response = build_response(answers, [responder], now, now + HOUR, parsed.nonce)
+        alice = {protocol_pki.leaves["alice"].serial: CertStatus.good()}
+        response = answer(request, issuers, responder, alice, protocol_pki.now)
         output = openssl_check(openssl_cli, pki_files, tmp_path, response, request, "leaf_alice",
                                sha256=True)
         assert output.count("Response verify OK") == 2
@@ -325,11 +318,8 @@ class TestResponsesWithOpenssl:
     ) -> None:
         """R-REV-2: twin — trusting another CA, openssl refuses the response we signed."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der", "leaf_alice")
-        parsed = parse_request(request)
-        answers = statuses_for(parsed, issuers,
-                               {protocol_pki.leaves["alice"].serial: CertStatus.good()})
-        now = protocol_pki.now
-        response = build_response(answers, [responder], now, now + HOUR, parsed.nonce)
+        alice = {protocol_pki.leaves["alice"].serial: CertStatus.good()}
+        response = answer(request, issuers, responder, alice, protocol_pki.now)
         output = openssl_check(openssl_cli, pki_files, tmp_path, response, request,
                                trust=("-CAfile", "foreign_issuer"))
         assert "Response Verify Failure" in output
@@ -371,14 +361,10 @@ class TestResponsesWithCryptography:
     ) -> None:
         """R-REV-2: byKey responder ID, producedAt, status, reason, times, nonce and certs."""
         request = openssl_request(openssl_cli, pki_files, tmp_path / "req.der", "leaf_bob")
-        parsed = parse_request(request)
         revoked_at = protocol_pki.now - HOUR
-        answers = statuses_for(parsed, issuers, {
-            protocol_pki.leaves["bob"].serial: CertStatus.revoked(revoked_at, "keyCompromise"),
-        })
+        bob = {protocol_pki.leaves["bob"].serial: CertStatus.revoked(revoked_at, "keyCompromise")}
         now = protocol_pki.now
-        response = build_response(answers, [responder], now + timedelta(microseconds=7),
-                                  now + HOUR, parsed.nonce)
+        response = answer(request, issuers, responder, bob, now + timedelta(microseconds=7))
         loaded = ocsp.load_der_ocsp_response(response)
         assert loaded.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
         assert loaded.responder_name is None
@@ -396,7 +382,7 @@ class TestResponsesWithCryptography:
         assert loaded.issuer_key_hash == issuers[0].sha1_key_hash
         assert loaded.issuer_name_hash == issuers[0].sha1_name_hash
         nonce = loaded.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
-        assert nonce == parsed.nonce
+        assert nonce == parse_request(request).nonce
         assert loaded.certificates == [protocol_pki.responder.cert]
         assert isinstance(loaded.signature_hash_algorithm, hashes.SHA256)
         protocol_pki.responder.key.public_key().verify(
