@@ -126,7 +126,7 @@ _SLICE = 16_384
 _TWO_DIGITS = [b"%02d" % value for value in range(100)]
 
 # Reason codes of RFC 5280 §5.3.1 for the reasons in REASONS.
-_REASON_CODES = {
+REASON_CODES = {
     "unspecified": 0,
     "keyCompromise": 1,
     "affiliationChanged": 3,
@@ -176,7 +176,7 @@ def _extension(oid: bytes, value: bytes) -> bytes:
 _ENTRY_EXTENSIONS = {
     name: b"" if code == 0
     else der(0x30, _extension(_OID_CRL_REASON, bytes((0x0A, 0x01, code))))
-    for name, code in _REASON_CODES.items()
+    for name, code in REASON_CODES.items()
 }
 
 

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ca.crl import REASONS
+from ca.crl import REASON_CODES, REASONS
 from ca.der import der
 
 # Bounds on what a request may carry. A request with one CertID and a nonce is ~100 bytes; a
@@ -54,15 +54,6 @@ MAX_NONCE_BYTES = 128
 
 HashName = Literal["sha1", "sha256"]
 _DIGEST_SIZES = {"sha1": 20, "sha256": 32}
-# CRLReason ENUMERATED values (RFC 5280 §5.3.1) of the reasons we use.
-_REASON_CODES = {
-    "unspecified": 0,
-    "keyCompromise": 1,
-    "affiliationChanged": 3,
-    "superseded": 4,
-    "cessationOfOperation": 5,
-    "privilegeWithdrawn": 9,
-}
 
 
 class MalformedRequest(Exception):
@@ -405,7 +396,7 @@ def _cert_status(status: CertStatus) -> bytes:
         info = _generalized_time(status.revoked_at)
         # Omitted for unspecified, as in the CRL (RFC 5280 §5.3.1).
         if status.reason != "unspecified":
-            info += der(0xA0, bytes((0x0A, 0x01, _REASON_CODES[status.reason])))
+            info += der(0xA0, bytes((0x0A, 0x01, REASON_CODES[status.reason])))
         return der(0xA1, info)  # [1] IMPLICIT RevokedInfo
     return _UNKNOWN
 
