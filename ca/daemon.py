@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import signal
 import ssl
 from datetime import timedelta
 
@@ -15,6 +13,7 @@ from ca.app import build_internal_app, build_public_app
 from ca.config import CaConfig
 from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
+from common.eventloop import until_stopped
 from common.tlsfiles import ensure_server_certificate, tls_server_context
 from policy.clock import Clock
 
@@ -62,11 +61,7 @@ async def serve(config: CaConfig, clock: Clock) -> None:
         gc.freeze()
         _log.info("ca_listening", public=f"{public.host}:{public.port}",
                   internal=f"{internal.host}:{internal.port}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

@@ -1,8 +1,9 @@
-"""The event loop the daemons run on."""
+"""The event loop the daemons run on, and how they wait to be stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 
 
@@ -20,3 +21,12 @@ def loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None
     except ImportError:
         return None
     return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+async def until_stopped() -> None:
+    """Return once the process gets SIGINT or SIGTERM (a daemon's `serve` then cleans up)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

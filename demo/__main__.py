@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import signal
 import sys
 
 from aiohttp import web
 
+from common.eventloop import until_stopped
 from demo.backend import build_app
 
 
@@ -42,11 +42,7 @@ async def serve(host: str, port: int) -> None:
     try:
         await web.TCPSite(runner, host, port).start()
         print(f"demo backend listening on http://{host}:{port}/", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
 

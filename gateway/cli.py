@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import signal
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from common.config import DEFAULT_CONFIG, ConfigError
-from common.eventloop import loop_factory
+from common.eventloop import loop_factory, until_stopped
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate, tls_client_context
@@ -126,10 +125,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
         gc.freeze()
         print(f"gateway listening on {config.public_url}/ (backend {config.backend_url}, "
               f"event loop {type(loop).__module__.split('.')[0]})", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
         await users.close()

@@ -252,29 +252,29 @@ class UserStore(SqliteStore):
         one, so a helpdesk reset between the check of the current password and this call wins.
         """
         async with self.transaction() as db:
-            row = await self._one(
-                db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
-                (user_id,),
-            )
-            if row is None:
-                raise NotFound(f"no user {user_id}", code="unknown_user")
+            row = await self._password_row(db, user_id)
             if expected_hash is not None and row[1] != expected_hash:
                 return False
             await self._replace_password(db, row, password_hash, keep_previous, temporary=False)
             await self._audit(db, "password.changed", user_id, actor)
         return True
 
+    async def _password_row(self, db: aiosqlite.Connection, user_id: str) -> Any:
+        """(user_id, password_hash, password_set_at) of a user; NotFound when there is none."""
+        row = await self._one(
+            db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
+            (user_id,),
+        )
+        if row is None:
+            raise NotFound(f"no user {user_id}", code="unknown_user")
+        return row
+
     async def reset_password(
         self, user_id: str, password_hash: str, *, keep_previous: int, actor: str
     ) -> None:
         """Helpdesk reset (§2.6): a new temporary password, must_change set, lock cleared."""
         async with self.transaction() as db:
-            row = await self._one(
-                db, "SELECT user_id, password_hash, password_set_at FROM users WHERE user_id = ?",
-                (user_id,),
-            )
-            if row is None:
-                raise NotFound(f"no user {user_id}", code="unknown_user")
+            row = await self._password_row(db, user_id)
             await self._replace_password(db, row, password_hash, keep_previous, temporary=True)
             await self._audit(db, "password.reset", user_id, actor)
 
