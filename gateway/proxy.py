@@ -50,9 +50,9 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
-_WS_HANDSHAKE = frozenset({
-    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "sec-websocket-accept",
+_WS_HANDSHAKE_RAW = frozenset({
+    b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
+    b"sec-websocket-protocol", b"sec-websocket-accept",
 })
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "x-forwarded-for", "x-forwarded-proto",
                               "x-forwarded-host", "forwarded"}
@@ -121,11 +121,6 @@ def _named_raw(connection: str) -> frozenset[bytes]:
                      for token in connection.split(","))
 
 
-def _strip_own_cookies(value: str) -> str:
-    parts = [p for p in value.split(";") if not p.strip().startswith(OWN_COOKIE_PREFIX)]
-    return ";".join(parts).strip()
-
-
 def _strip_own_cookies_raw(value: bytes) -> bytes:
     if _OWN_COOKIE_PREFIX_RAW not in value:
         return value
@@ -133,24 +128,35 @@ def _strip_own_cookies_raw(value: bytes) -> bytes:
     return b";".join(parts).strip()
 
 
+def _client_headers(request: web.Request, *, websocket: bool = False,
+                    ) -> list[tuple[bytes, bytes]]:
+    """The client's headers the backend may see, as raw bytes (already checked by aiohttp's
+    parser: no CR, LF or NUL): minus hop-by-hop ones and those its Connection header names,
+    every X-Sekisho-* header, our own cookies and, for a WebSocket, the handshake headers."""
+    connections = request.headers.getall("Connection", ())
+    named = _named_raw(",".join(connections)) if connections else frozenset()
+    kept = []
+    for name, value in request.raw_headers:
+        lower = name.lower()
+        if (lower in _DROP_REQUEST_RAW or lower in named or lower.startswith(_IDENTITY_PREFIX_RAW)
+                or (websocket and lower in _WS_HANDSHAKE_RAW)):
+            continue
+        if lower == b"cookie":
+            value = _strip_own_cookies_raw(value)
+            if not value:
+                continue
+        kept.append((name, value))
+    return kept
+
+
 def forward_request_headers(request: web.Request, identity: Identity, *,
                             websocket: bool = False) -> CIMultiDict[str]:
     """The headers sent to the backend: client's minus hop-by-hop and X-Sekisho-*, plus ours."""
-    named = _connection_tokens(request.headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        lower = name.lower()
-        if (lower in _DROP_REQUEST or lower in named or lower.startswith(IDENTITY_PREFIX)
-                or (websocket and lower in _WS_HANDSHAKE)):
-            continue
-        if lower == "cookie":
-            value = _strip_own_cookies(value)
-            if not value:
-                continue
-        out.add(name, value)
+    out: CIMultiDict[str] = CIMultiDict(
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in _client_headers(request, websocket=websocket))
     out.update(identity.headers())
-    peer = request.remote or ""
-    out["X-Forwarded-For"] = peer
+    out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = "https"
     out["X-Forwarded-Host"] = request.host
     return out
@@ -158,27 +164,15 @@ def forward_request_headers(request: web.Request, identity: Identity, *,
 
 def request_head(request: web.Request, identity: Identity, backend_host: bytes,
                  framing: bytes) -> list[bytes]:
-    """The request head for the backend, as the pieces of one write.
-
-    The same rules as `forward_request_headers`, applied to the client's raw header bytes
-    (already checked by aiohttp's parser: no CR, LF or NUL in names or values). `framing` is
-    the Content-Length or Transfer-Encoding line chosen for the body.
-    """
+    """The request head for the backend, as the pieces of one write: the rules of
+    `forward_request_headers`; `framing` is the Content-Length or Transfer-Encoding line
+    chosen for the body."""
     raw_path = request.raw_path
     if not raw_path.startswith("/"):  # absolute-form or asterisk-form targets are not relayed
         raise BadRequest("the request target must be a path")
-    connection = request.headers.get("Connection")
-    named = _named_raw(connection) if connection is not None else frozenset()
     parts = [f"{request.method} {raw_path} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
              b"Host: ", backend_host, b"\r\n"]
-    for name, value in request.raw_headers:
-        lower = name.lower()
-        if lower in _DROP_REQUEST_RAW or lower in named or lower.startswith(_IDENTITY_PREFIX_RAW):
-            continue
-        if lower == b"cookie":
-            value = _strip_own_cookies_raw(value)
-            if not value:
-                continue
+    for name, value in _client_headers(request):
         parts += (name, b": ", value, b"\r\n")
     parts += (identity_block(identity),
               b"X-Forwarded-For: ", (request.remote or "").encode(),
