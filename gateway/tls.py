@@ -38,6 +38,10 @@ class TrustBundle:
 
     pem: bytes
     certificates: tuple[x509.Certificate, ...] = field(repr=False)
+    # issuer -> its chain's validity window: fixed for a bundle, so walked (with its signature
+    # checks) once per issuer, not once per client certificate.
+    _windows: dict[x509.Certificate, tuple[datetime, datetime]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_pem(cls, pem: bytes) -> TrustBundle:
@@ -49,6 +53,12 @@ class TrustBundle:
 
     def chain_validity(self, issuer: x509.Certificate) -> tuple[datetime, datetime]:
         """When `issuer` and every bundle certificate above it are all valid: (from, until)."""
+        window = self._windows.get(issuer)
+        if window is None:
+            window = self._windows[issuer] = self._walk_validity(issuer)
+        return window
+
+    def _walk_validity(self, issuer: x509.Certificate) -> tuple[datetime, datetime]:
         not_before, not_after = issuer.not_valid_before_utc, issuer.not_valid_after_utc
         current = issuer
         for _ in range(len(self.certificates)):
