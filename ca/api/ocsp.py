@@ -55,8 +55,9 @@ async def ocsp_get(request: web.Request) -> web.Response:
     try:
         der = request_from_get_path(request.match_info["encoded"])
     except MalformedRequest:
-        return web.Response(body=malformed_response(), content_type=OCSP_RESPONSE)
-    answer = await request.app[RUNTIME].ocsp.respond(der)
+        answer = OcspAnswer(malformed_response())  # no-store, as on the fast path
+    else:
+        answer = await request.app[RUNTIME].ocsp.respond(der)
     return _render(request, answer, cacheable=True)
 
 
