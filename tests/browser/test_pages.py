@@ -6,7 +6,6 @@ saved as a screenshot under test-artifacts/browser/<test>/.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -507,11 +506,7 @@ def test_8_certificate_cut_over_by_the_migration_R_CUT_1(
     password = site.add_user("910008", customer="株式会社ABC商事")
     original = site.acquisition_password("910008")
     site.clock.set(ISSUED_OLD)
-    status, body = site.ca.api("POST", "/v1/acquire", json={
-        "user_id": "910008", "acquisition_password": original})
-    assert status == 201, body
-    old = site.write_pkcs12("910008", password, base64.b64decode(body["pkcs12"]),
-                            acquisition=original)
+    old = site.acquire("910008", password, original)
 
     site.clock.set(CUTOVER_DAY - timedelta(seconds=1))
     context = open_context(chromium, site)
@@ -547,11 +542,7 @@ def test_9_expired_certificate_says_get_a_new_one_R_GW_1_R_CERT_6(
     site = site_in_the_past
     password = site.add_user("910009", customer="株式会社ABC商事")
     acquisition = site.acquisition_password("910009")
-    status, body = site.ca.api("POST", "/v1/acquire", json={
-        "user_id": "910009", "acquisition_password": acquisition})
-    assert status == 201, body
-    old = site.write_pkcs12("910009", password, base64.b64decode(body["pkcs12"]),
-                            acquisition=acquisition)
+    old = site.acquire("910009", password, acquisition)
     site.clock.set(old.not_after + timedelta(days=1))
     site.ca.time_passed()  # a year of responder renewals and CRL re-signs
     # The user changes the password every 90 days, as R-PW-2 makes them.

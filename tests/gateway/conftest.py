@@ -125,12 +125,16 @@ class GatewayHarness:
 
     def issue(self, user_id: str, password: str) -> Enrolled:
         """Acquire a certificate for `user_id` through the CA API; write PEM files."""
-        acquisition = self.acquisition_password(user_id)
+        return self.acquire(user_id, password, self.acquisition_password(user_id))
+
+    def acquire(self, user_id: str, password: str, acquisition: str, *,
+                suffix: str = "") -> Enrolled:
+        """Acquire with a given acquisition password (at the clock's time); PEM files."""
         status, body = self.ca.api("POST", "/v1/acquire", json={
             "user_id": user_id, "acquisition_password": acquisition})
         assert status == 201, body
         return self.write_pkcs12(user_id, password, base64.b64decode(body["pkcs12"]),
-                                 acquisition=acquisition)
+                                 acquisition=acquisition, suffix=suffix)
 
     def acquisition_password(self, user_id: str) -> str:
         """Have the CA issue an acquisition password for `user_id`."""

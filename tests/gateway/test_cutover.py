@@ -4,7 +4,6 @@ old certificate gets the migration page, and the original acquisition password r
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,11 +46,7 @@ class TestCutoverAtTheGateway:
         password = gw.add_user("800001")
         original = gw.acquisition_password("800001")
         gw.clock.set(ISSUED_OLD)
-        status, body = gw.ca.api("POST", "/v1/acquire", json={
-            "user_id": "800001", "acquisition_password": original})
-        assert status == 201, body
-        old = gw.write_pkcs12("800001", password, base64.b64decode(body["pkcs12"]),
-                              acquisition=original)
+        old = gw.acquire("800001", password, original)
 
         # The day before the cutover: the old certificate logs in; re-acquiring is refused.
         gw.clock.set(CUTOVER_DAY - timedelta(seconds=1))
@@ -70,11 +65,7 @@ class TestCutoverAtTheGateway:
         assert (page.status, page.error) == (403, "cert_cut_over")
 
         # Re-acquisition with the original acquisition password, then a normal login.
-        status, body = gw.ca.api("POST", "/v1/acquire", json={
-            "user_id": "800001", "acquisition_password": original})
-        assert status == 201, body
-        new = gw.write_pkcs12("800001", password, base64.b64decode(body["pkcs12"]),
-                              acquisition=original, suffix="-new")
+        new = gw.acquire("800001", password, original, suffix="-new")
         async with gw.browser(new) as browser:
             page = await browser.login()
         assert page.status == 200 and page.url == gw.url + "/"
