@@ -73,6 +73,10 @@ class OcspAnswer:
     next_update: datetime | None = None
 
 
+# A parsed request, the issuer of each CertID, and the serials to look up in the store.
+_Lookup = tuple[ParsedRequest, list[IssuerIdentity | None], list[int]]
+
+
 class OcspService:
     """Answers OCSP requests for every issuing generation."""
 
@@ -134,7 +138,22 @@ class OcspService:
 
     def respond_now(self, request_der: bytes) -> OcspAnswer | None:
         """The DER response to a DER request, or None when a serial must first be looked up
-        in the store (then `respond` does it). Malformed input gets malformedRequest.
+        in the store (then `respond` does it). Malformed input gets malformedRequest."""
+        step = self._first_step(request_der)
+        return step if isinstance(step, OcspAnswer) else None
+
+    async def respond(self, request_der: bytes) -> OcspAnswer:
+        """The DER response to a DER request; malformed input gets malformedRequest."""
+        step = self._first_step(request_der)
+        if isinstance(step, OcspAnswer):
+            return step
+        request, issuers, missing = step
+        for serial in missing:
+            await self._load_from_store(serial)
+        return self._answer(request_der, request, issuers)
+
+    def _first_step(self, request_der: bytes) -> OcspAnswer | _Lookup:
+        """The answer when no store lookup is needed; else what `respond` must look up.
 
         A request seen before (same bytes, so no nonce) is answered from the cache without
         parsing it again: parsing costs several times the signature.
@@ -150,26 +169,13 @@ class OcspService:
             self._count("malformed")
             return OcspAnswer(malformed_response())
         issuers = [find_issuer(cert_id, self._generation_of) for cert_id in request.cert_ids]
-        if self._missing(request, issuers):
-            return None
+        # Serials of ours that the index does not know (yet).
+        missing = [cert_id.serial_number
+                   for cert_id, issuer in zip(request.cert_ids, issuers, strict=True)
+                   if issuer is not None and cert_id.serial_number not in self._index]
+        if missing:
+            return request, issuers, missing
         return self._answer(request_der, request, issuers)
-
-    async def respond(self, request_der: bytes) -> OcspAnswer:
-        """The DER response to a DER request; malformed input gets malformedRequest."""
-        answer = self.respond_now(request_der)
-        if answer is not None:
-            return answer
-        request = parse_request(request_der)  # parsed fine a moment ago
-        issuers = [find_issuer(cert_id, self._generation_of) for cert_id in request.cert_ids]
-        for serial in self._missing(request, issuers):
-            await self._load_from_store(serial)
-        return self._answer(request_der, request, issuers)
-
-    def _missing(self, request: ParsedRequest, issuers: list[IssuerIdentity | None]) -> list[int]:
-        """Serials of ours that the index does not know (yet)."""
-        return [cert_id.serial_number
-                for cert_id, issuer in zip(request.cert_ids, issuers, strict=True)
-                if issuer is not None and cert_id.serial_number not in self._index]
 
     def _answer(self, request_der: bytes, request: ParsedRequest,
                 issuers: list[IssuerIdentity | None]) -> OcspAnswer:
