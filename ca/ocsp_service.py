@@ -74,7 +74,7 @@ class OcspAnswer:
 
 
 # A parsed request, the issuer of each CertID, and the serials to look up in the store.
-_Lookup = tuple[ParsedRequest, list[IssuerIdentity | None], list[int]]
+PendingLookup = tuple[ParsedRequest, list[IssuerIdentity | None], list[int]]
 
 
 class OcspService:
@@ -136,24 +136,21 @@ class OcspService:
 
     # -- answering -------------------------------------------------------------------------
 
-    def respond_now(self, request_der: bytes) -> OcspAnswer | None:
-        """The DER response to a DER request, or None when a serial must first be looked up
-        in the store (then `respond` does it). Malformed input gets malformedRequest."""
-        step = self._first_step(request_der)
-        return step if isinstance(step, OcspAnswer) else None
-
     async def respond(self, request_der: bytes) -> OcspAnswer:
         """The DER response to a DER request; malformed input gets malformedRequest."""
-        step = self._first_step(request_der)
-        if isinstance(step, OcspAnswer):
-            return step
-        request, issuers, missing = step
+        step = self.try_respond(request_der)
+        return step if isinstance(step, OcspAnswer) else await self.complete(request_der, step)
+
+    async def complete(self, request_der: bytes, lookup: PendingLookup) -> OcspAnswer:
+        """Answer a request `try_respond` could not: look its serials up first."""
+        request, issuers, missing = lookup
         for serial in missing:
             await self._load_from_store(serial)
         return self._answer(request_der, request, issuers)
 
-    def _first_step(self, request_der: bytes) -> OcspAnswer | _Lookup:
-        """The answer when no store lookup is needed; else what `respond` must look up.
+    def try_respond(self, request_der: bytes) -> OcspAnswer | PendingLookup:
+        """The answer, without waiting, when no store lookup is needed (malformed input gets
+        malformedRequest); else what `complete` must look up.
 
         A request seen before (same bytes, so no nonce) is answered from the cache without
         parsing it again: parsing costs several times the signature.

@@ -43,7 +43,7 @@ from ca.ocsp import (
     malformed_response,
     request_from_get_path,
 )
-from ca.ocsp_service import OcspAnswer, OcspService
+from ca.ocsp_service import OcspAnswer, OcspService, PendingLookup
 from policy.clock import Clock
 
 _log = structlog.get_logger("ca.public")
@@ -56,6 +56,8 @@ _HEADER_LINE = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
 _DEFERRED_HEADERS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _GET_PREFIX = b"/ocsp/"
+# A request's DER and what the store must be asked before it can be answered.
+_Pending = tuple[bytes, PendingLookup]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +173,17 @@ class PublicListener:
         assert server is not None
         return server()
 
-    def respond_now(self, head: RequestHead, body: bytes) -> bytes | None:
-        """The whole HTTP response, or None when the answer needs a store lookup first."""
+    def try_respond(self, head: RequestHead, body: bytes) -> bytes | _Pending:
+        """The whole HTTP response, or the request and the store lookup its answer needs."""
         der = self._request_der(head, body)
-        answer = OcspAnswer(malformed_response()) if der is None else self._ocsp.respond_now(der)
-        return None if answer is None else self._http_response(head, answer)
+        if der is None:
+            return self._http_response(head, OcspAnswer(malformed_response()))
+        step = self._ocsp.try_respond(der)
+        return self._http_response(head, step) if isinstance(step, OcspAnswer) else (der, step)
 
-    async def respond(self, head: RequestHead, body: bytes) -> bytes:
-        """The whole HTTP response, waiting for the store if need be."""
-        der = self._request_der(head, body)
-        assert der is not None  # respond_now answered malformed GETs itself
-        return self._http_response(head, await self._ocsp.respond(der))
+    async def complete(self, head: RequestHead, pending: _Pending) -> bytes:
+        """The whole HTTP response once the store has been asked."""
+        return self._http_response(head, await self._ocsp.complete(*pending))
 
     def internal_error(self, head: RequestHead) -> bytes:
         """OCSP internalError (RFC 6960 §2.3), for a fault of ours."""
@@ -312,17 +314,17 @@ class _Connection(asyncio.Protocol):
             del self._buffer[:stop]
             self._head, self._scanned = None, 0
             try:
-                response = self._listener.respond_now(head, body)
+                step = self._listener.try_respond(head, body)
             except Exception:
                 _log.exception("ocsp_fast_path_failed")
-                response = self._listener.internal_error(head)
-            if response is None:
+                step = self._listener.internal_error(head)
+            if not isinstance(step, bytes):
                 self._waiting = True
                 self._update_reading()
                 self._lookup = asyncio.get_running_loop().create_task(
-                    self._respond_later(head, body))
+                    self._respond_later(head, step))
                 return
-            self._send(head, response)
+            self._send(head, step)
 
     def _send(self, head: RequestHead, response: bytes) -> None:
         assert self._transport is not None
@@ -330,9 +332,9 @@ class _Connection(asyncio.Protocol):
         if not head.keep_alive:
             self._transport.close()
 
-    async def _respond_later(self, head: RequestHead, body: bytes) -> None:
+    async def _respond_later(self, head: RequestHead, pending: _Pending) -> None:
         try:
-            response = await self._listener.respond(head, body)
+            response = await self._listener.complete(head, pending)
         except Exception:
             _log.exception("ocsp_fast_path_failed")
             response = self._listener.internal_error(head)

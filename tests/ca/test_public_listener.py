@@ -224,7 +224,7 @@ class TestFastPath:
         def broken(der: bytes) -> None:
             raise RuntimeError("simulated fault")
 
-        monkeypatch.setattr(ca.runtime.ocsp, "respond_now", broken)
+        monkeypatch.setattr(ca.runtime.ocsp, "try_respond", broken)
         client.send(_post(request_der))
         status, _, body = client.response()
         assert status == 200
