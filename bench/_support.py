@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -17,13 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    """An unused port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The tests' port picker, re-exported: it avoids the ephemeral range, see its docstring.
+from tests.support.servers import free_port as free_port  # noqa: E402
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -17,11 +19,39 @@ from common.eventloop import loop_factory
 T = TypeVar("T")
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections and to bind(0)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """An unused TCP port on 127.0.0.1 (for URLs that must be known before binding)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """An unused TCP port on 127.0.0.1, for URLs that must be known before the server binds.
+
+    It is drawn from below the kernel's ephemeral range: a port from bind(0) is free only
+    for the moment, and any outgoing connection (a test's own client, openssl, curl) may be
+    given it before the server binds it, which fails that test with "address in use".
+    """
+    high = min(_ephemeral_low(), 65536) - 1
+    low = max(1024, min(high - 4096, 20000))
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port found in {low}-{high}")
 
 
 class LoopThread:
