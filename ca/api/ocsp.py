@@ -43,9 +43,16 @@ async def ocsp_post(request: web.Request) -> web.Response:
     """POST /ocsp with a DER OCSPRequest body."""
     if request.content_type != "application/ocsp-request":
         raise web.HTTPUnsupportedMediaType(text="send the request as application/ocsp-request")
-    body = await request.content.read(MAX_REQUEST_BYTES + 1)
-    if len(body) > MAX_REQUEST_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES, actual_size=len(body))
+    if (request.content_length or 0) > MAX_REQUEST_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES,
+                                            actual_size=request.content_length or 0)
+    body = b""
+    # The whole body (a chunked one may arrive in pieces), refused as soon as it grows too big.
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES,
+                                                actual_size=len(body))
     answer = await request.app[RUNTIME].ocsp.respond(body)
     return _render(request, answer, cacheable=False)
 

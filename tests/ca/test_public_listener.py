@@ -252,6 +252,16 @@ class TestHandOff:
         client.send(_POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunk)
         assert _cert_status(client.response()[2]) == ocsp.OCSPCertStatus.GOOD
 
+    def test_chunked_post_in_pieces(self, client: _Client, request_der: bytes) -> None:
+        """A chunked body whose chunks arrive apart is read whole before it is parsed."""
+        half = len(request_der) // 2
+        client.send(_POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+                    + b"%x\r\n" % half + request_der[:half] + b"\r\n")
+        time.sleep(0.2)
+        rest = request_der[half:]
+        client.send(b"%x\r\n" % len(rest) + rest + b"\r\n0\r\n\r\n")
+        assert _cert_status(client.response()[2]) == ocsp.OCSPCertStatus.GOOD
+
     def test_faults_keep_their_status(self, client: _Client) -> None:
         """Wrong content type is still 415, an oversized length 413 (from aiohttp)."""
         client.send(b"POST /ocsp HTTP/1.1\r\nHost: ca\r\nContent-Type: text/plain\r\n"
