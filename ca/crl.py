@@ -450,6 +450,11 @@ def _http_date(when: datetime) -> str:
     return format_datetime(when.astimezone(UTC).replace(microsecond=0), usegmt=True)
 
 
+def crl_etag(crl_der: bytes) -> str:
+    """A strong ETag: the SHA-256 of the DER, so a re-signed CRL always gets a new tag."""
+    return f'"{hashlib.sha256(crl_der).hexdigest()}"'
+
+
 def crl_cache_headers(
     crl_der: bytes,
     this_update: datetime,
@@ -457,10 +462,12 @@ def crl_cache_headers(
     now: datetime,
     *,
     max_age_cap: timedelta = CRL_MAX_AGE_CAP,
+    etag: str | None = None,
 ) -> dict[str, str]:
     """HTTP caching headers for a published CRL (R-REV-1; the RFC 5019 §6.2 pattern).
 
-    - `ETag`: strong, the SHA-256 of the DER, so a re-signed CRL always gets a new tag.
+    - `ETag`: `crl_etag(crl_der)` unless the caller has it already (hashing megabytes of
+      CRL for every request would hold up the event loop).
     - `Last-Modified`: thisUpdate; `Expires`: nextUpdate.
     - `Cache-Control: public, max-age=N, no-transform` with N = min(`max_age_cap`, whole
       seconds left until nextUpdate), never negative: no cache keeps the CRL past nextUpdate,
@@ -472,7 +479,7 @@ def crl_cache_headers(
     remaining = int((next_update - now).total_seconds())  # truncates toward zero
     max_age = max(0, min(int(max_age_cap.total_seconds()), remaining))
     return {
-        "ETag": f'"{hashlib.sha256(crl_der).hexdigest()}"',
+        "ETag": etag if etag is not None else crl_etag(crl_der),
         "Last-Modified": _http_date(this_update),
         "Expires": _http_date(next_update),
         "Cache-Control": f"public, max-age={max_age}, no-transform",

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 
 from ca.config import CaConfig
-from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers
+from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers, crl_etag
 from ca.issuers import Issuers
 from ca.store import CertRecord, Store
 from policy.clock import Clock
@@ -44,9 +45,15 @@ class PublishedCrl:
     der: bytes
     entries: int
 
+    @functools.cached_property
+    def etag(self) -> str:
+        """The DER's ETag, hashed once per signed CRL rather than once per request."""
+        return crl_etag(self.der)
+
     def headers(self, now: datetime) -> dict[str, str]:
         """ETag, Last-Modified, Expires and a Cache-Control that never passes nextUpdate."""
-        return crl_cache_headers(self.der, self.this_update, self.next_update, now)
+        return crl_cache_headers(self.der, self.this_update, self.next_update, now,
+                                 etag=self.etag)
 
 
 class CrlPublisher:
@@ -128,8 +135,7 @@ class CrlPublisher:
             self._dirty.discard(generation)
             now = self._clock.now().replace(microsecond=0)
             issuer = self._issuers.get(generation)
-            stored = await self._store.load_crl(generation)
-            number = (stored[0] if stored else 0) + 1
+            number = await self._store.crl_number(generation) + 1
             expired_before = now if self._config.crl_drop_expired else None
             rows = await self._store.revoked_entries(generation, expired_before=expired_before)
             next_update = now + self._config.crl_validity

@@ -416,6 +416,12 @@ class Store(SqliteStore):
                 (generation, crl_number, to_epoch(this_update), to_epoch(next_update), der),
             )
 
+    async def crl_number(self, generation: str) -> int:
+        """The number of the newest stored CRL of a generation (0 before the first)."""
+        row = await self._fetchone(
+            "SELECT crl_number FROM crl_state WHERE generation = ?", (generation,))
+        return int(row[0]) if row is not None else 0
+
     async def load_crl(self, generation: str) -> tuple[int, datetime, datetime, bytes] | None:
         """The stored CRL of a generation: (number, thisUpdate, nextUpdate, DER)."""
         row = await self._fetchone(
