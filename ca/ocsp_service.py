@@ -17,6 +17,8 @@ pre-signed responses for nonce-less requests.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,6 +73,11 @@ class OcspAnswer:
     der: bytes
     this_update: datetime | None = None
     next_update: datetime | None = None
+
+    @functools.cached_property
+    def etag(self) -> str:
+        """The HTTP ETag of a cacheable answer, hashed once per pre-signed answer."""
+        return f'"{hashlib.sha256(self.der).hexdigest()[:32]}"'
 
 
 # A parsed request, the issuer of each CertID, and the serials to look up in the store.

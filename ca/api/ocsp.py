@@ -7,7 +7,6 @@ content type, a body over 64 KiB, a request line over 8 KiB) get a plain 4xx.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from email.utils import format_datetime
 
@@ -30,7 +29,7 @@ def answer_headers(answer: OcspAnswer, now: datetime, *, cacheable: bool) -> dic
         "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
         "Last-Modified": format_datetime(answer.this_update, usegmt=True),
         "Expires": format_datetime(answer.next_update, usegmt=True),
-        "ETag": f'"{hashlib.sha256(answer.der).hexdigest()[:32]}"',
+        "ETag": answer.etag,
     }
 
 
