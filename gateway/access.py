@@ -132,21 +132,21 @@ def check_session_token(session: Session, form: MultiDictProxy[str | Any]) -> No
 
 
 async def logged_in(request: web.Request, *, allow_must_change: bool = False,
-                    touch: bool = True) -> tuple[ClientCertificate, Session]:
+                    ) -> tuple[ClientCertificate, Session]:
     """The gate for every page after login (R-GW-1..4, R-SES-1, R-PW-2): `check_access`
     with the app's verifier and sessions."""
     app = request.app
     return await check_access(app[VERIFIER], app[SESSIONS], request,
-                              allow_must_change=allow_must_change, touch=touch)
+                              allow_must_change=allow_must_change)
 
 
 async def check_access(verifier: CertificateVerifier, sessions: SessionStore,
                        request: web.Request, *, allow_must_change: bool = False,
-                       touch: bool = True) -> tuple[ClientCertificate, Session]:
+                       ) -> tuple[ClientCertificate, Session]:
     """Certificate of this connection verified (revocation included), session active and bound
     to that certificate; a session that must change its password only reaches that page."""
     certificate = await verifier.required(request)
-    session = sessions.use(session_token(request), certificate.fingerprint, touch=touch)
+    session = sessions.use(session_token(request), certificate.fingerprint)
     if session.must_change and not allow_must_change:
         raise MustChangePassword("change the password first")
     return certificate, session

@@ -124,11 +124,6 @@ class CaClient:
                                json={"actor": actor})
         return str(body["acquisition_password"])
 
-    async def certificates_of(self, user_id: str) -> list[dict[str, Any]]:
-        """GET /v1/users/{id}/certificates."""
-        body = await self._api("GET", f"/v1/users/{user_id}/certificates")
-        return list(body.get("certificates", []))
-
     async def revocations(
         self, after: int | str, wait: float
     ) -> tuple[int, list[RevocationEvent]]:

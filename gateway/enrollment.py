@@ -52,7 +52,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.state import AUTH, CA, CLOCK, VERIFIER
-from gateway.verify import ClientCertificate, peer_certificate_der
+from gateway.verify import ClientCertificate
 from policy.clock import Clock
 
 _log = structlog.get_logger("gateway.enrollment")
@@ -178,8 +178,7 @@ def _own(pickup: Pickup | None, request: web.Request) -> Pickup | None:
     """A renewal's file only for the certificate that asked for it."""
     if pickup is None or pickup.fingerprint is None:
         return pickup
-    der = peer_certificate_der(request)
-    presented = hashlib.sha256(der).hexdigest() if der else ""
+    presented = request.app[VERIFIER].presented_fingerprint(request)
     return pickup if hmac.compare_digest(presented, pickup.fingerprint) else None
 
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,8 +28,7 @@ from aiohttp import web
 from gateway import messages
 from gateway.access import SESSION_COOKIE
 from gateway.sessions import Session
-from gateway.state import SESSIONS
-from gateway.verify import peer_certificate_der
+from gateway.state import SESSIONS, VERIFIER
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -87,9 +85,8 @@ def header_session() -> Session | None:
     session = sessions.find(request.cookies.get(SESSION_COOKIE))
     if session is None or sessions.active_for_user(session.user_id) is not session:
         return None
-    der = peer_certificate_der(request)
-    if der is None or not hmac.compare_digest(hashlib.sha256(der).hexdigest(),
-                                              session.fingerprint):
+    fingerprint = request.app[VERIFIER].presented_fingerprint(request)
+    if not fingerprint or not hmac.compare_digest(fingerprint, session.fingerprint):
         return None
     return session
 

@@ -94,7 +94,6 @@ class RevocationChecker:
         self.listeners: list[Listener] = []
         self.following = False
         self.feed_seq = 0
-        self.feed_ready = asyncio.Event()
 
     # -- the per-request check ----------------------------------------------------------
 
@@ -244,7 +243,6 @@ class RevocationChecker:
                             self._apply(event)
                     self.feed_seq = max(self.feed_seq, last)
                 self.following = True
-                self.feed_ready.set()
                 backoff = 0.25
             except (CaUnavailable, CaRefused, ValueError, KeyError, TypeError) as exc:
                 if self.following:

@@ -74,9 +74,6 @@ class SessionStore:
         # timeout are dropped.
         self._timed_out: OrderedDict[bytes, datetime] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._by_key)
-
     def create(self, *, user_id: str, name: str, customer: str, role: str,
                previous_login_at: datetime | None, fingerprint: str, serial: str,
                must_change: str | None) -> tuple[str, Session]:
@@ -100,7 +97,7 @@ class SessionStore:
         """The session of a cookie token without any check (None when unknown)."""
         return self._by_key.get(_key(token)) if token else None
 
-    def use(self, token: str | None, fingerprint: str, *, touch: bool = True) -> Session:
+    def use(self, token: str | None, fingerprint: str) -> Session:
         """The session for a request: active, same certificate; counts as an operation.
 
         SessionRequired when there is none, SessionExpired (and the session ends) after the
@@ -122,8 +119,7 @@ class SessionStore:
         if self._state(session, now) is not SessionState.ACTIVE:
             self._end_key(key)
             raise SessionExpired("the session has timed out")
-        if touch:
-            session.last_seen_at = now
+        session.last_seen_at = now
         return session
 
     def active_for_user(self, user_id: str) -> Session | None:

@@ -44,7 +44,6 @@ _MAX_PARSED = 10_000
 class ClientCertificate:
     """The facts of a presented client certificate the gateway needs."""
 
-    der: bytes = field(repr=False)
     fingerprint: str  # SHA-256 of the DER, lowercase hex (as the CA records it)
     generation: str  # the issuing generation (g1, g2, ...), from the issuer's name
     serial: str  # lowercase hex, as the CA writes it
@@ -56,16 +55,6 @@ class ClientCertificate:
     client_auth: bool
     # When the issuing CA and the certificates above it are all valid (None without issuer).
     chain_validity: tuple[datetime, datetime] | None = None
-
-
-def peer_certificate_der(request: web.Request) -> bytes | None:
-    """The DER client certificate of this request's TLS connection, or None."""
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
-    return der or None
 
 
 def parse_client_certificate(der: bytes, bundle: TrustBundle) -> ClientCertificate:
@@ -83,7 +72,7 @@ def parse_client_certificate(der: bytes, bundle: TrustBundle) -> ClientCertifica
         client_auth = False
     issuer = bundle.issuer_of(certificate)
     return ClientCertificate(
-        der=der, fingerprint=hashlib.sha256(der).hexdigest(),
+        fingerprint=hashlib.sha256(der).hexdigest(),
         generation=generation_of(issuer) if issuer is not None else "",
         serial=format(certificate.serial_number, "x"), user_id=user_id,
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
@@ -144,9 +133,14 @@ class CertificateVerifier:
         self._by_connection[ssl_object] = cert
         return cert
 
-    async def verify_der(self, der: bytes) -> ClientCertificate:
-        """R-GW-1: issuer, clientAuth, validity at the injected clock, revocation."""
-        return await self.verify(self._parse(der))
+    def presented_fingerprint(self, request: web.Request) -> str:
+        """The SHA-256 of this connection's certificate ("" without a readable one), to
+        compare with the certificate a session or a renewal pickup is bound to."""
+        try:
+            cert = self.presented(request)
+        except CertificateRefused:
+            return ""
+        return cert.fingerprint if cert is not None else ""
 
     async def verify(self, cert: ClientCertificate) -> ClientCertificate:
         """R-GW-1 on a parsed certificate: issuer, clientAuth, validity at the injected
