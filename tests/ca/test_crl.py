@@ -11,7 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import CaHarness, openssl
+from policy.clock import FakeClock
+from tests.conftest import CaHarness, init_ca, openssl, start_ca
 
 
 def _fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -113,12 +114,23 @@ class TestCrl:
         openssl("crl", "-inform", "DER", "-in", str(out), "-noout")
         assert ca.cli("crl", "--generation", "g7", "--output", str(out)) == 1
 
-    def test_crl_number_survives_restart_R_REV_1(self, ca: CaHarness) -> None:
-        """The CRL number is persisted and only grows."""
+    def test_crl_number_survives_restart_R_REV_1(self, tmp_path: Path,
+                                                 clock: FakeClock) -> None:
+        """The CRL number is persisted and only grows, across a restart of the daemon."""
+        config_path = init_ca(tmp_path, clock)
+        ca = start_ca(config_path, clock)
         first = _crl_number(ca)
         ca.call(ca.runtime.crls.publish("g1"))
         stored = ca.call(ca.runtime.store.load_crl("g1"))
         assert stored[0] == first + 1
+        ca.stop()
+        restarted = start_ca(config_path, clock)
+        try:
+            assert _crl_number(restarted) == first + 1  # the stored CRL is served again
+            restarted.call(restarted.runtime.crls.publish("g1"))
+            assert _crl_number(restarted) == first + 2
+        finally:
+            restarted.stop()
 
 
 class TestMonitoring:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -218,6 +219,18 @@ class GatewayHarness:
 
 
 CSRF_PATTERN = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+async def wait_closed_by_server(ws: aiohttp.ClientWebSocketResponse, seconds: float = 10) -> None:
+    """Read (and drop) messages until the gateway closes the WebSocket; TimeoutError when it
+    has not within `seconds` (the demo sends quotes every 0.5 s, so a per-read timeout would
+    never fire and the test would hang)."""
+    async with asyncio.timeout(seconds):
+        while True:
+            message = await ws.receive()
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.CLOSING):
+                return
 
 
 def csrf_of(html: str) -> str:

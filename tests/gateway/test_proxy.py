@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.state import PROXY
-from tests.gateway.conftest import GatewayHarness
+from tests.gateway.conftest import GatewayHarness, wait_closed_by_server
 from tests.support.servers import free_port
 
 
@@ -158,11 +158,7 @@ class TestWebSocket:
             async with browser.session.ws_connect(gw.url + "/ws/quotes") as ws:
                 await ws.receive_json(timeout=5)
                 await browser.submit("/auth/logout", "/auth/logout", {})
-                while True:
-                    message = await ws.receive(timeout=5)
-                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                        aiohttp.WSMsgType.CLOSING):
-                        break
+                await wait_closed_by_server(ws)
 
 
 async def _json(page) -> dict:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from cryptography.x509 import ocsp
 
 from gateway.revocation_client import Status, _BadAnswer, verify_ocsp_response
 from gateway.state import REVOCATION, SESSIONS
-from tests.gateway.conftest import SESSION_COOKIE, GatewayHarness
+from tests.gateway.conftest import GatewayHarness, wait_closed_by_server
 
 
 async def _wait_for(predicate, seconds: float) -> float:  # type: ignore[no-untyped-def]
@@ -75,11 +75,7 @@ class TestRevocationPropagation:
                 gw.ca.api("POST", "/v1/revoke", json={"serial": user.serial,
                                                        "reason": "keyCompromise"})
                 start = time.monotonic()
-                while True:
-                    message = await ws.receive(timeout=5)
-                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                        aiohttp.WSMsgType.CLOSING):
-                        break
+                await wait_closed_by_server(ws)
                 assert time.monotonic() - start < 2.0
                 assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
 
@@ -162,8 +158,3 @@ class TestOcspResponseChecks:
             verify_ocsp_response(der, cert, issuer, now + timedelta(hours=2))
         with pytest.raises(_BadAnswer):
             verify_ocsp_response(b"junk", cert, issuer, now)
-
-
-def test_session_cookie_name_is_host_prefixed_R_SES_3() -> None:
-    """The cookie name carries the __Host- prefix."""
-    assert SESSION_COOKIE.startswith("__Host-")
