@@ -43,7 +43,8 @@ from ca.ocsp import (
     malformed_response,
     parse_request,
 )
-from ca.store import CertRecord, Store, from_epoch
+from ca.store import CertRecord, Store
+from common.sqlite import from_epoch
 from keys.hierarchy import Hierarchy
 from policy.clock import Clock
 

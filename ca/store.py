@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from common import audit as audit_log
-from common.sqlite import SqliteStore, connect
+from common.sqlite import SqliteStore, connect, from_epoch, to_epoch
 
 # Each migration runs once, in order; the index + 1 is the schema version it produces.
 MIGRATIONS: tuple[str, ...] = (
@@ -56,16 +56,6 @@ MIGRATIONS: tuple[str, ...] = (
     """
     + audit_log.SCHEMA,
 )
-
-
-def to_epoch(when: datetime) -> int:
-    """Aware datetime -> Unix seconds."""
-    return int(when.timestamp())
-
-
-def from_epoch(seconds: int) -> datetime:
-    """Unix seconds -> aware UTC datetime."""
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 def serial_hex(serial: int) -> str:

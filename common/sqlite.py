@@ -11,10 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+
+def to_epoch(when: datetime) -> int:
+    """Aware datetime -> Unix seconds (how both stores keep times)."""
+    return int(when.timestamp())
+
+
+def from_epoch(seconds: int) -> datetime:
+    """Unix seconds -> aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 async def connect(path: Path, migrations: Sequence[str], *, name: str) -> aiosqlite.Connection:

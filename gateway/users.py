@@ -23,14 +23,14 @@ import enum
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from common import audit
-from common.sqlite import SqliteStore, connect
+from common.sqlite import SqliteStore, connect, from_epoch, to_epoch
 from gateway.errors import BadRequest, Conflict, NotFound
 from policy.clock import Clock
 from policy.errors import InvalidUserId
@@ -71,16 +71,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 LOGIN_ACTOR = "login"
-
-
-def to_epoch(when: datetime) -> int:
-    """Aware datetime -> Unix seconds."""
-    return int(when.timestamp())
-
-
-def from_epoch(seconds: int) -> datetime:
-    """Unix seconds -> aware UTC datetime."""
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 class Role(enum.StrEnum):
