@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.der import der, der_length
+from ca.der import ECDSA_SIGNATURE_ALGORITHMS, der, der_length, require_aware_utc
 from keys.signer import signature_hash_for
 
 # The reasons an officer may give for a client certificate (R-CERT-7). certificateHold and
@@ -102,12 +102,6 @@ def _check_reason(reason: str) -> None:
         )
 
 
-def _require_aware(name: str, when: datetime) -> datetime:
-    if when.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware (UTC)")
-    return when.astimezone(UTC)
-
-
 # --- DER by hand ------------------------------------------------------------------------------
 #
 # Why not cryptography's CertificateRevocationListBuilder: it builds, encodes and signs in C
@@ -138,10 +132,6 @@ _OID_CRL_REASON = b"\x06\x03\x55\x1d\x15"  # 2.5.29.21
 _OID_CRL_NUMBER = b"\x06\x03\x55\x1d\x14"  # 2.5.29.20
 _OID_AUTHORITY_KEY_IDENTIFIER = b"\x06\x03\x55\x1d\x23"  # 2.5.29.35
 # AlgorithmIdentifiers ecdsa-with-SHA256 / -SHA384 (RFC 5758 §3.2: parameters absent).
-_SIGNATURE_ALGORITHMS = {
-    "sha256": b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02",
-    "sha384": b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x03",
-}
 _VERSION_2 = b"\x02\x01\x01"  # INTEGER 1 = v2 (entry and CRL extensions are present)
 
 
@@ -352,8 +342,8 @@ def _check_crl_fields(
 ) -> tuple[datetime, datetime]:
     if crl_number < 0 or crl_number.bit_length() > _MAX_SERIAL_BITS:
         raise ValueError("crl_number must be a non-negative integer of <= 20 octets")
-    this_update = _require_aware("this_update", this_update)
-    next_update = _require_aware("next_update", next_update)
+    this_update = require_aware_utc("this_update", this_update)
+    next_update = require_aware_utc("next_update", next_update)
     if next_update <= this_update:
         raise ValueError("next_update must be later than this_update")
     return this_update, next_update
@@ -374,7 +364,7 @@ def _sign_crl(
     the CRL: bytes.join and the signature release the GIL on large inputs.
     """
     hash_algorithm = signature_hash_for(signer)
-    algorithm = _SIGNATURE_ALGORITHMS[hash_algorithm.name]
+    algorithm = ECDSA_SIGNATURE_ALGORITHMS[hash_algorithm.name]
     extensions = der(0xA0, der(0x30, (
         _extension(_OID_CRL_NUMBER, _der_integer(crl_number))
         + _extension(_OID_AUTHORITY_KEY_IDENTIFIER,
@@ -473,9 +463,9 @@ def crl_cache_headers(
       seconds left until nextUpdate), never negative: no cache keeps the CRL past nextUpdate,
       nor longer than the cap after a revocation re-signed it.
     """
-    this_update = _require_aware("this_update", this_update)
-    next_update = _require_aware("next_update", next_update)
-    now = _require_aware("now", now)
+    this_update = require_aware_utc("this_update", this_update)
+    next_update = require_aware_utc("next_update", next_update)
+    now = require_aware_utc("now", now)
     remaining = int((next_update - now).total_seconds())  # truncates toward zero
     max_age = max(0, min(int(max_age_cap.total_seconds()), remaining))
     return {

@@ -36,14 +36,14 @@ from asn1crypto import ocsp as asn1_ocsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.crl import REASON_CODES, REASONS
-from ca.der import der
+from ca.der import ECDSA_SIGNATURE_ALGORITHMS, der, require_aware_utc
+from keys.signer import signature_hash_for
 
 # Bounds on what a request may carry. A request with one CertID and a nonce is ~100 bytes; a
 # signed one with a certificate chain a few KiB. Anything beyond these is not a real client.
@@ -368,12 +368,6 @@ def unauthorized_response() -> bytes:
     return _UNAUTHORIZED
 
 
-def _aware_utc(name: str, when: datetime) -> datetime:
-    if when.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware (UTC)")
-    return when.astimezone(UTC)
-
-
 def _generalized_time(when: datetime) -> bytes:
     # RFC 5280 §4.1.2.5.2 (which RFC 6960 follows): YYYYMMDDHHMMSSZ, no fractional seconds.
     utc = when.astimezone(UTC)
@@ -443,15 +437,13 @@ class Responder:
         self.issuer = IssuerIdentity.from_certificate(issuer_cert)
         self._signer = signer
         # RFC 5480 §4: SHA-384 goes with P-384; the P-256 responders of this CA use SHA-256.
-        wide = public_key.curve.key_size >= 384
-        self._algorithm = ec.ECDSA(hashes.SHA384() if wide else hashes.SHA256())
+        hash_algorithm = signature_hash_for(public_key)
+        self._algorithm = ec.ECDSA(hash_algorithm)
         _, key_bits = _name_and_key_bytes(certificate)
         self.key_hash = _sha1(key_bits)
         # The constant parts of every response, encoded once.
         self._responder_id = asn1_ocsp.ResponderId(name="by_key", value=self.key_hash).dump()
-        self._signature_algorithm = asn1_algos.SignedDigestAlgorithm(
-            {"algorithm": "sha384_ecdsa" if wide else "sha256_ecdsa"}
-        ).dump()
+        self._signature_algorithm = ECDSA_SIGNATURE_ALGORITHMS[hash_algorithm.name]
         self._certs = der(0xA0, der(0x30, certificate.public_bytes(Encoding.DER)))
 
     def build(
@@ -471,8 +463,8 @@ class Responder:
         """
         if not answers:
             raise ValueError("an OCSP response needs at least one answer")
-        this_update = _aware_utc("this_update", this_update)
-        next_update = _aware_utc("next_update", next_update)
+        this_update = require_aware_utc("this_update", this_update)
+        next_update = require_aware_utc("next_update", next_update)
         if next_update <= this_update:
             raise ValueError("next_update must be later than this_update")
         if nonce is not None and not 1 <= len(nonce) <= MAX_NONCE_BYTES:

@@ -82,8 +82,8 @@ async def entries(db: aiosqlite.Connection, *, limit: int = 1000) -> list[AuditE
         (limit,),
     ) as cursor:
         rows = await cursor.fetchall()
-    newest_first = list(rows)
-    return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in newest_first[::-1]]
+    return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
+            for r in reversed(list(rows))]
 
 
 async def verify_chain(db: aiosqlite.Connection) -> list[str]:

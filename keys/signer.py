@@ -84,6 +84,7 @@ class ForwardingEcSigner(ec.EllipticCurvePrivateKey):
         return f"<ForwardingEcSigner {self.label}>"
 
 
-def signature_hash_for(signer: ec.EllipticCurvePrivateKey) -> hashes.SHA256 | hashes.SHA384:
+def signature_hash_for(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey,
+                       ) -> hashes.SHA256 | hashes.SHA384:
     """The digest that matches the key's strength (RFC 5480 §4): SHA-384 for P-384."""
-    return hashes.SHA384() if signer.curve.key_size >= 384 else hashes.SHA256()
+    return hashes.SHA384() if key.curve.key_size >= 384 else hashes.SHA256()
