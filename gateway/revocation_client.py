@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -97,11 +96,15 @@ class RevocationChecker:
 
     # -- the per-request check ----------------------------------------------------------
 
-    def _fresh(self, answer: Answer, now: datetime) -> bool:
-        if answer.next_update is None:
-            return True
+    def _within(self, fetched_at: datetime, next_update: datetime, now: datetime) -> bool:
+        """A cached answer or CRL is used until its nextUpdate, and no longer than the TTL
+        (shorter while the revocation feed is not followed)."""
         ttl = self._settings.cache_ttl if self.following else self._settings.unfollowed_ttl
-        return now < answer.next_update and now < answer.fetched_at + ttl
+        return now < next_update and now < fetched_at + ttl
+
+    def _fresh(self, answer: Answer, now: datetime) -> bool:
+        return answer.next_update is None or self._within(answer.fetched_at,
+                                                          answer.next_update, now)
 
     def cached_good(self, fingerprint: str, now: datetime) -> bool:
         """True when a fresh "good" answer is cached (the per-request fast path: a set and a
@@ -199,8 +202,7 @@ class RevocationChecker:
             raise _BadAnswer("the certificate names no CRL distribution point")
         now = self._clock.now()
         cached = self._crls.get(url)
-        ttl = self._settings.cache_ttl if self.following else self._settings.unfollowed_ttl
-        if cached is None or not (now < cached.next_update and now < cached.fetched_at + ttl):
+        if cached is None or not self._within(cached.fetched_at, cached.next_update, now):
             der = await self._ca.fetch(url, seconds=self._settings.fetch_timeout.total_seconds())
             cached = _verify_crl(der, issuer, now)
             self._crls[url] = cached
@@ -292,13 +294,9 @@ def _check_signature(public_key: object, signature: bytes, data: bytes,
 
 
 def _key_hash(certificate: x509.Certificate) -> bytes:
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    # The key hash covers the BIT STRING contents of the SPKI (RFC 6960 §4.1.1).
-    from asn1crypto import keys  # local: only the OCSP path needs it
-
-    bits = keys.PublicKeyInfo.load(spki)["public_key"].contents[1:]
-    return hashlib.sha1(bits, usedforsecurity=False).digest()
+    # RFC 6960 §4.1.1: SHA-1 of the subjectPublicKey BIT STRING's contents, which is RFC 5280
+    # §4.2.1.2 method (1) for a key identifier.
+    return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
 
 
 def _responder(response: ocsp.OCSPResponse, issuer: x509.Certificate,
