@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from common.passwords import PasswordHasher, generate_secret
+from gateway.errors import Locked, TooManyAttempts, Unauthorized
 from gateway.users import Role, User, UserStore
 from policy.clock import Clock
 from policy.lockout import LockoutPolicy
@@ -80,6 +81,18 @@ class LoginResult:
         return self.status in (
             LoginStatus.OK, LoginStatus.MUST_CHANGE_TEMPORARY, LoginStatus.MUST_CHANGE_EXPIRED
         )
+
+    def require_user(self) -> User:
+        """The user whose password was right; otherwise the error of a refused password:
+        Locked (§2.7), TooManyAttempts while concurrent tries are checked, else Unauthorized,
+        the same for unknown IDs (R-LOCK-2)."""
+        if self.status is LoginStatus.LOCKED:
+            raise Locked("the login password is locked")
+        if self.status is LoginStatus.BUSY:
+            raise TooManyAttempts("other tries are being checked; try again")
+        if not self.authenticated or self.user is None:
+            raise Unauthorized(BAD_CREDENTIALS_MESSAGE, code="bad_credentials")
+        return self.user
 
 
 class ChangeStatus(enum.StrEnum):

@@ -41,14 +41,12 @@ from gateway.access import (
 from gateway.access import (
     field as form_field,
 )
-from gateway.auth import LoginStatus
 from gateway.ca_client import CaRefused, Delivered
 from gateway.errors import (
     BadRequest,
     Conflict,
     GatewayError,
     Locked,
-    TooManyAttempts,
     Unauthorized,
 )
 from gateway.state import AUTH, CA, CLOCK, VERIFIER
@@ -218,12 +216,7 @@ async def download(request: web.Request) -> web.Response:
 async def _check_login_password(request: web.Request, user_id: str, password: str,
                                 actor: str) -> None:
     result = await request.app[AUTH].verify_password(user_id, password, actor=actor)
-    if result.status is LoginStatus.LOCKED:
-        raise Locked("the login password is locked", code="locked")
-    if result.status is LoginStatus.BUSY:
-        raise TooManyAttempts("other tries are being checked; try again", code="busy")
-    if not result.authenticated:
-        raise Unauthorized("user ID or password is wrong", code="bad_credentials")
+    result.require_user()
 
 
 async def acquire_page(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from gateway.access import (
     set_session_cookie,
 )
 from gateway.auth import ChangeStatus, LoginStatus
-from gateway.errors import CertificateRefused, Locked, TooManyAttempts, Unauthorized
+from gateway.errors import CertificateRefused, Locked
 from gateway.sessions import Session
 from gateway.state import AUTH, CLOCK, SESSIONS, VERIFIER
 
@@ -78,17 +78,12 @@ async def login(request: web.Request) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     if result.status is LoginStatus.LOCKED:
         sessions.end_user(certificate.user_id)
-        raise Locked("the login password is locked", code="locked")
-    if result.status is LoginStatus.BUSY:
-        raise TooManyAttempts("other tries are being checked; try again", code="busy")
-    if not result.authenticated or result.user is None:
-        raise Unauthorized("user ID or password is wrong", code="bad_credentials")
+    user = result.require_user()
     other = sessions.active_for_user(certificate.user_id)
     own = sessions.find(session_token(request))
     if other is not None and other is not own and field(form, "relogin") != "1":
         # R-SES-2: another window still holds a session; only an explicit re-login ends it.
         return _login_page(request, certificate, status=409, relogin=True)
-    user = result.user
     token, _ = sessions.create(
         user_id=user.user_id, name=user.name, customer=user.customer, role=user.role.value,
         previous_login_at=result.previous_login_at, fingerprint=certificate.fingerprint,
