@@ -48,7 +48,7 @@ from gateway.state import (
 )
 from gateway.tls import TrustBundle
 from gateway.users import UserStore
-from gateway.verify import CertificateVerifier, ClientCertificate
+from gateway.verify import CertificateVerifier
 from policy.clock import Clock
 
 _log = structlog.get_logger("gateway")
@@ -98,14 +98,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 DEFERRED_ERROR = web.RequestKey("deferred_error", Exception)
 
 
-def backend_identity(proxy: Proxy, request: web.Request, certificate: ClientCertificate,
-                     session: Session) -> Identity:
+def backend_identity(proxy: Proxy, request: web.Request, session: Session) -> Identity:
     """Role rules first (R-PX-2), then who the backend is told is asking."""
     if session.role != "admin" and proxy.admin_only(request.path):
         raise RoleForbidden("this page is for administrators")
-    return Identity(user_id=session.user_id, role=session.role, customer=session.customer,
-                    name=session.name, last_login=session.previous_login_at,
-                    serial=certificate.serial)
+    return session.backend_identity
 
 
 async def proxied(request: web.Request) -> web.StreamResponse:
@@ -113,9 +110,9 @@ async def proxied(request: web.Request) -> web.StreamResponse:
     deferred = request.get(DEFERRED_ERROR)
     if deferred is not None:
         raise deferred  # met on the direct path: rendered by the middleware like any other
-    certificate, session = await logged_in(request)
+    _, session = await logged_in(request)
     proxy = request.app[PROXY]
-    identity = backend_identity(proxy, request, certificate, session)
+    identity = backend_identity(proxy, request, session)
     if is_websocket(request):
         clock = request.app[CLOCK]
 
@@ -157,9 +154,8 @@ def serve_proxied_directly(runner: web.AppRunner) -> None:
         if not _plainly_proxied(request):
             return await full(request)
         try:
-            certificate, session = await check_access(verifier, sessions, request)
-            return await proxy.http(request, backend_identity(proxy, request, certificate,
-                                                              session))
+            _, session = await check_access(verifier, sessions, request)
+            return await proxy.http(request, backend_identity(proxy, request, session))
         except (asyncio.CancelledError, ConnectionResetError, web.HTTPException):
             raise
         except Exception as exc:

@@ -19,6 +19,7 @@ acceptable (and safe). Several gateway processes would need a shared store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.errors import SessionCertificateMismatch, SessionExpired, SessionRequired
+from gateway.proxy import Identity
 from policy.clock import Clock
 from policy.session import SessionPolicy, SessionState, session_state
 
@@ -51,6 +53,13 @@ class Session:
     csrf: str = field(repr=False)
     must_change: str | None = None  # None, "temporary" or "expired" (R-PW-2)
     relays: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    @functools.cached_property
+    def backend_identity(self) -> Identity:
+        """Who the backend is told is asking, built once: nothing in it changes while the
+        session lives, and every request of it presents the certificate it was created with."""
+        return Identity(user_id=self.user_id, role=self.role, customer=self.customer,
+                        name=self.name, last_login=self.previous_login_at, serial=self.serial)
 
     def csrf_matches(self, presented: str | None) -> bool:
         """Constant-time comparison of a form's CSRF token with this session's."""
