@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from common.config import ConfigError, parse_address
 from common.eventloop import until_stopped
 from demo.backend import build_app
 
@@ -19,10 +20,11 @@ def parse_listen(value: str) -> tuple[str, int]:
     The backend trusts the gateway's identity headers, so it must not be reachable from
     anywhere but this machine.
     """
-    host, sep, port_text = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected host:port, got {value!r}")
+    try:
+        address = parse_address(value, "--listen")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expected host:port, got {value!r}") from None
+    host, port = address.host, address.port
     if host != "localhost":
         try:
             loopback = ipaddress.ip_address(host).is_loopback
@@ -32,7 +34,7 @@ def parse_listen(value: str) -> tuple[str, int]:
             raise argparse.ArgumentTypeError(
                 f"{host} is not a loopback address; the backend trusts X-Sekisho-* headers, "
                 "so listen on 127.0.0.1 or ::1 and let the gateway proxy to it")
-    return host, int(port_text)
+    return host, port
 
 
 async def serve(host: str, port: int) -> None:

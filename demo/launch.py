@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ca.config import load_ca_config
 from common.config import Address, load_raw
+from gateway.config import load_gateway_config
 
 DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
 
@@ -28,28 +32,27 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def _wait_http(url: str, seconds: float = 30) -> None:
+def _wait(probe: Callable[[], AbstractContextManager[object]], what: str,
+          seconds: float = 30) -> None:
+    """Retry `probe` (a connection it opens and closes) until it succeeds or time is up."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our own loopback URL)
+            with probe():
                 return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit(f"make run: nothing answered at {url} within {seconds:.0f} s")
+    raise SystemExit(f"make run: {what} within {seconds:.0f} s")
 
 
-def _wait_tcp(address: Address, seconds: float = 30) -> None:
-    import socket
+def _wait_http(url: str) -> None:
+    _wait(lambda: urllib.request.urlopen(url, timeout=1),  # noqa: S310 (our loopback URL)
+          f"nothing answered at {url}")
 
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((address.host, address.port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"make run: nothing listens on {address.host}:{address.port}")
+
+def _wait_tcp(address: Address) -> None:
+    _wait(lambda: socket.create_connection((address.host, address.port), timeout=1),
+          f"nothing listens on {address.host}:{address.port}")
 
 
 def main() -> int:
@@ -59,9 +62,8 @@ def main() -> int:
     args = parser.parse_args()
     config_arg = ["--config", str(args.config)]
     ca_config = load_ca_config(args.config)
-    raw = load_raw(args.config)
-    gateway = raw.section("gateway")
-    demo = raw.section("demo")
+    gateway = load_gateway_config(args.config)
+    demo = load_raw(args.config).section("demo")
 
     if not (ca_config.keys.directory / "root.crt.pem").exists():
         result = _run("ca", *config_arg, "init", "--generate-passphrase")
@@ -80,7 +82,7 @@ def main() -> int:
         demo_listen = demo.str("listen", "127.0.0.1:8090")
         start("demo", "--listen", demo_listen)
         start("gateway", *config_arg, "serve")
-        _wait_tcp(gateway.address("listen", "127.0.0.1:8443"))
+        _wait_tcp(gateway.listen)
 
         welcome = ca_config.data_dir / "demo" / "welcome.txt"
         if not welcome.exists():
@@ -93,7 +95,7 @@ def main() -> int:
             fd = os.open(welcome, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(result.stdout)
-        url = gateway.str("public_url", "https://127.0.0.1:8443")
+        url = gateway.public_url
         print("\n" + "=" * 72)
         print(f"Sekisho is running. Open {url}/ in a browser.")
         print("The gateway's demo TLS certificate is self-signed: accept the warning once.")
