@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
 
 from ca import cli as ca_cli
 from ca.app import build_internal_app, build_public_app
@@ -130,6 +131,26 @@ class CaHarness:
                 return response.status, await response.read()
 
         return self.loop.run(call())
+
+    def acquisition_password(self, user_id: str) -> str:
+        """Have the CA issue an acquisition password for `user_id` (the welcome letter's)."""
+        status, body = self.api("POST", f"/v1/users/{user_id}/acquisition-password", json={})
+        assert status == 201, body
+        return str(body["acquisition_password"])
+
+    def acquire(self, user_id: str, acquisition_password: str) -> tuple[int, Any]:
+        """POST /v1/acquire: (status, body) as the CA answers."""
+        return self.api("POST", "/v1/acquire",
+                        json={"user_id": user_id, "acquisition_password": acquisition_password})
+
+    def issue_csr(self, user_id: str, directory: Path) -> tuple[str, Path]:
+        """`sekisho-ca issue --csr` for a fresh P-256 key made by openssl in `directory`;
+        returns the serial (lowercase hex, as the CA writes it) and the PEM file."""
+        key, csr, out = (directory / f"{user_id}.{ext}" for ext in ("key", "csr", "pem"))
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", str(key), "-subj", f"/CN={user_id}", "-out", str(csr))
+        assert self.cli("issue", user_id, "--csr", str(csr), "--output", str(out)) == 0
+        return format(x509.load_pem_x509_certificate(out.read_bytes()).serial_number, "x"), out
 
     def issuer_files(self) -> dict[str, Path]:
         """PEM files of the root, g1, its responder and a chain file, for openssl."""

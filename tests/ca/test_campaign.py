@@ -47,16 +47,6 @@ def notice(tmp_path: Path) -> CaHarness:
     harness.stop()
 
 
-def _acquire(ca: CaHarness, user_id: str, password: str) -> tuple[int, dict]:
-    return ca.api("POST", "/v1/acquire",
-                  json={"user_id": user_id, "acquisition_password": password})
-
-
-def _password(ca: CaHarness, user_id: str) -> str:
-    return ca.api("POST", f"/v1/users/{user_id}/acquisition-password", json={})[1][
-        "acquisition_password"]
-
-
 def _leaf(body: dict, password: str, path: Path) -> Path:
     _, leaf, _ = pkcs12.load_key_and_certificates(base64.b64decode(body["pkcs12"]),
                                                   password.encode())
@@ -71,19 +61,19 @@ class TestNoticeTimeline:
         """Old certificates stop on the cutover day; re-acquisition opens then, not before."""
         ca = notice
         # 2020-06: the old customer acquires from g1 (g2 does not issue before 2020-11-12).
-        old_password = _password(ca, "700001")
-        status, old = _acquire(ca, "700001", old_password)
+        old_password = ca.acquisition_password("700001")
+        status, old = ca.acquire("700001", old_password)
         assert (status, old["generation"]) == (201, "g1")
         # 2020-12: a new customer is issued by g2 and is not affected.
         ca.clock.set(datetime(2020, 12, 1, 10, 0, tzinfo=JST))
-        new_password = _password(ca, "700002")
-        status, new = _acquire(ca, "700002", new_password)
+        new_password = ca.acquisition_password("700002")
+        status, new = ca.acquire("700002", new_password)
         assert (status, new["generation"]) == (201, "g2")
 
         # The day before the cutover: both certificates work, re-acquisition is refused.
         ca.clock.set(CUTOVER_DAY - SECOND)
         assert ca.api("GET", f"/v1/certificates/{old['serial']}")[1]["state"] == "valid"
-        status, refused = _acquire(ca, "700001", old_password)
+        status, refused = ca.acquire("700001", old_password)
         assert (status, refused["error"]) == (409, "acquisition_not_open")
         assert refused["opens_at"].startswith("2021-02-23T15:00:00")  # 2021-02-24 00:00 JST
 
@@ -91,9 +81,9 @@ class TestNoticeTimeline:
         ca.clock.set(CUTOVER_DAY)
         assert ca.api("GET", f"/v1/certificates/{old['serial']}")[1]["state"] == "cut_over"
         assert ca.api("GET", f"/v1/certificates/{new['serial']}")[1]["state"] == "valid"
-        status, renewed = _acquire(ca, "700001", old_password)  # the original password
+        status, renewed = ca.acquire("700001", old_password)  # the original password
         assert (status, renewed["generation"]) == (201, "g2")
-        status, refused = _acquire(ca, "700002", new_password)
+        status, refused = ca.acquire("700002", new_password)
         assert (status, refused["error"]) == (409, "usable_certificate_exists")
 
         # Campaign status: one affected user, re-acquired on the cutover day.
@@ -119,8 +109,8 @@ class TestNoticeTimeline:
         for user_id, when in (("700011", datetime(2020, 7, 1, tzinfo=JST)),
                               ("700012", datetime(2020, 12, 1, tzinfo=JST))):
             ca.clock.set(when)
-            password = _password(ca, user_id)
-            status, body = _acquire(ca, user_id, password)
+            password = ca.acquisition_password(user_id)
+            status, body = ca.acquire(user_id, password)
             assert status == 201
             leaves[body["generation"]] = (body["serial"],
                                           _leaf(body, password, tmp_path / f"{user_id}.pem"))
@@ -166,9 +156,9 @@ class TestBulkRevocation:
         ca = notice
         for index in range(3):
             ca.clock.set(datetime(2020, 7, 1 + index, tzinfo=JST))
-            assert _acquire(ca, f"70010{index}", _password(ca, f"70010{index}"))[0] == 201
+            assert ca.acquire(f"70010{index}", ca.acquisition_password(f"70010{index}"))[0] == 201
         ca.clock.set(datetime(2020, 12, 1, tzinfo=JST))
-        assert _acquire(ca, "700200", _password(ca, "700200"))[0] == 201
+        assert ca.acquire("700200", ca.acquisition_password("700200"))[0] == 201
         capsys.readouterr()
         args = ["revoke", "--issued-before", "2020-11-12T00:00:00+09:00", "--generation", "g1",
                 "--reason", "superseded"]

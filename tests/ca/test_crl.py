@@ -3,7 +3,6 @@ the schedule, check-crl and metrics (R-REV-1, R-REV-3)."""
 
 from __future__ import annotations
 
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,28 +12,11 @@ from cryptography.hazmat.primitives import serialization
 
 from policy.clock import FakeClock
 from tests.conftest import CaHarness, init_ca, openssl, start_ca
-
-
-def _fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def _issue(ca: CaHarness, tmp_path: Path, user_id: str) -> tuple[str, Path]:
-    key, csr, out = (tmp_path / f"{user_id}.{ext}" for ext in ("key", "csr", "pem"))
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(key), "-subj", f"/CN={user_id}", "-out", str(csr))
-    assert ca.cli("issue", user_id, "--csr", str(csr), "--output", str(out)) == 0
-    serial = format(x509.load_pem_x509_certificate(out.read_bytes()).serial_number, "x")
-    return serial, out
+from tests.support.servers import http_get
 
 
 def _crl_pem(ca: CaHarness, tmp_path: Path) -> Path:
-    status, headers, der = _fetch(f"{ca.public_url}/crl/g1.crl")
+    status, headers, der = http_get(f"{ca.public_url}/crl/g1.crl")
     assert status == 200
     assert headers["Content-Type"] == "application/pkix-crl"
     path = tmp_path / "crl.pem"
@@ -43,7 +25,7 @@ def _crl_pem(ca: CaHarness, tmp_path: Path) -> Path:
 
 
 def _crl_number(ca: CaHarness) -> int:
-    crl = x509.load_der_x509_crl(_fetch(f"{ca.public_url}/crl/g1.crl")[2])
+    crl = x509.load_der_x509_crl(http_get(f"{ca.public_url}/crl/g1.crl")[2])
     return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
 
@@ -54,7 +36,7 @@ class TestCrl:
                                                           tmp_path: Path) -> None:
         """openssl crl shows the CRL number, the AKI and a nextUpdate 24 h after thisUpdate."""
         der_path = tmp_path / "g1.crl"
-        der_path.write_bytes(_fetch(f"{ca.public_url}/crl/g1.crl")[2])
+        der_path.write_bytes(http_get(f"{ca.public_url}/crl/g1.crl")[2])
         text = openssl("crl", "-inform", "DER", "-in", str(der_path), "-noout", "-text").stdout
         assert "X509v3 CRL Number" in text
         assert "X509v3 Authority Key Identifier" in text
@@ -67,8 +49,8 @@ class TestCrl:
     def test_revoked_leaf_rejected_by_openssl_verify_R_REV_1(self, ca: CaHarness,
                                                             tmp_path: Path) -> None:
         """After `sekisho-ca revoke` the new CRL makes openssl reject the leaf; its twin passes."""
-        revoked_serial, revoked_leaf = _issue(ca, tmp_path, "400001")
-        _, good_leaf = _issue(ca, tmp_path, "400002")
+        revoked_serial, revoked_leaf = ca.issue_csr("400001", tmp_path)
+        _, good_leaf = ca.issue_csr("400002", tmp_path)
         before = _crl_number(ca)
         assert ca.cli("revoke", "--serial", revoked_serial, "--reason", "keyCompromise") == 0
         ca.sync()  # what the 0.25 s poll does for the CLI's commit
@@ -88,14 +70,14 @@ class TestCrl:
 
     def test_http_caching_R_REV_1(self, ca: CaHarness) -> None:
         """ETag revalidation gives 304; max-age never reaches past nextUpdate."""
-        status, headers, _ = _fetch(f"{ca.public_url}/crl/g1.crl")
+        status, headers, _ = http_get(f"{ca.public_url}/crl/g1.crl")
         assert status == 200
         max_age = int(headers["Cache-Control"].split("max-age=")[1].split(",")[0])
         assert 0 < max_age <= 24 * 3600
-        status, _, body = _fetch(f"{ca.public_url}/crl/g1.crl",
+        status, _, body = http_get(f"{ca.public_url}/crl/g1.crl",
                                  {"If-None-Match": headers["ETag"]})
         assert (status, body) == (304, b"")
-        assert _fetch(f"{ca.public_url}/crl/g9.crl")[0] == 404
+        assert http_get(f"{ca.public_url}/crl/g9.crl")[0] == 404
 
     def test_schedule_resigns_without_revocations_R_REV_1(self, ca: CaHarness) -> None:
         """Nothing revoked for an hour: the CRL is re-signed anyway, never going stale."""
@@ -175,10 +157,10 @@ class TestMonitoring:
 
     def test_metrics_R_REV_3(self, ca: CaHarness, tmp_path: Path) -> None:
         """Prometheus text shows thisUpdate, nextUpdate, entries, number, counters and build."""
-        serial, _ = _issue(ca, tmp_path, "400003")
+        serial, _ = ca.issue_csr("400003", tmp_path)
         ca.cli("revoke", "--serial", serial, "--reason", "superseded")
         ca.sync()
-        status, headers, body = _fetch(f"{ca.public_url}/metrics")
+        status, headers, body = http_get(f"{ca.public_url}/metrics")
         text = body.decode()
         assert status == 200
         assert headers["Content-Type"].startswith("text/plain")

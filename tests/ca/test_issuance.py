@@ -20,20 +20,9 @@ from tests.conftest import CaHarness, openssl
 SECOND = timedelta(seconds=1)
 
 
-def _acquisition_password(ca: CaHarness, user_id: str) -> str:
-    status, body = ca.api("POST", f"/v1/users/{user_id}/acquisition-password", json={})
-    assert status == 201, body
-    return str(body["acquisition_password"])
-
-
-def _acquire(ca: CaHarness, user_id: str, password: str) -> tuple[int, dict]:
-    return ca.api("POST", "/v1/acquire",
-                  json={"user_id": user_id, "acquisition_password": password})
-
-
 def _acquired(ca: CaHarness, user_id: str = "100001") -> tuple[str, dict, bytes]:
-    password = _acquisition_password(ca, user_id)
-    status, body = _acquire(ca, user_id, password)
+    password = ca.acquisition_password(user_id)
+    status, body = ca.acquire(user_id, password)
     assert status == 201, body
     return password, body, base64.b64decode(body["pkcs12"])
 
@@ -161,11 +150,11 @@ class TestAcquisition:
     ) -> None:
         """A second acquisition is refused while the first certificate is usable."""
         password, body, _ = _acquired(ca)
-        status, error = _acquire(ca, "100001", password)
+        status, error = ca.acquire("100001", password)
         assert status == 409
         assert error["error"] == "usable_certificate_exists"
         assert ca.cli("revoke", "--serial", body["serial"], "--reason", "superseded") == 0
-        status, again = _acquire(ca, "100001", password)
+        status, again = ca.acquire("100001", password)
         assert status == 201, again
         assert again["serial"] != body["serial"]
 
@@ -173,26 +162,26 @@ class TestAcquisition:
         """Re-acquisition works once the certificate has expired (fake clock), same password."""
         password, body, _ = _acquired(ca)
         ca.clock.advance(timedelta(days=365))
-        assert _acquire(ca, "100001", password)[0] == 409
+        assert ca.acquire("100001", password)[0] == 409
         ca.clock.advance(SECOND)
-        assert _acquire(ca, "100001", password)[0] == 201
+        assert ca.acquire("100001", password)[0] == 201
 
     def test_three_wrong_passwords_lock_R_CERT_5(self, ca: CaHarness) -> None:
         """Wrong acquisition passwords lock after three; the right one is then refused."""
-        password = _acquisition_password(ca, "100001")
-        statuses = [_acquire(ca, "100001", "wrong-password")[0] for _ in range(3)]
+        password = ca.acquisition_password("100001")
+        statuses = [ca.acquire("100001", "wrong-password")[0] for _ in range(3)]
         assert statuses == [401, 401, 423]
-        status, body = _acquire(ca, "100001", password)
+        status, body = ca.acquire("100001", password)
         assert status == 423
         assert body["error"] == "acquisition_locked"
-        new_password = _acquisition_password(ca, "100001")  # the officer reissues
-        assert _acquire(ca, "100001", new_password)[0] == 201
+        new_password = ca.acquisition_password("100001")  # the officer reissues
+        assert ca.acquire("100001", new_password)[0] == 201
 
     def test_concurrent_wrong_passwords_count_three_R_CERT_5(self, ca: CaHarness) -> None:
         """Thirty simultaneous wrong tries evaluate at most three passwords."""
         import asyncio
 
-        password = _acquisition_password(ca, "100001")
+        password = ca.acquisition_password("100001")
 
         async def storm() -> list[int]:
             async def one() -> int:
@@ -210,13 +199,13 @@ class TestAcquisition:
             failures, locked = db.execute(
                 "SELECT failed_attempts, locked FROM acquisition_secrets").fetchone()
         assert (failures, locked) == (3, 1)
-        assert _acquire(ca, "100001", password)[0] == 423
+        assert ca.acquire("100001", password)[0] == 423
 
     def test_unknown_user_same_answer_R_LOCK_2(self, ca: CaHarness) -> None:
         """An unknown user gets the same answer as a wrong password."""
-        _acquisition_password(ca, "100001")
-        unknown = _acquire(ca, "999999", "whatever")
-        wrong = _acquire(ca, "100001", "whatever")
+        ca.acquisition_password("100001")
+        unknown = ca.acquire("999999", "whatever")
+        wrong = ca.acquire("100001", "whatever")
         assert unknown[0] == wrong[0] == 401
         assert unknown[1]["message"] == wrong[1]["message"]
 
@@ -224,7 +213,7 @@ class TestAcquisition:
         """Two simultaneous correct acquisitions give the user exactly one certificate."""
         import asyncio
 
-        password = _acquisition_password(ca, "100001")
+        password = ca.acquisition_password("100001")
 
         async def race() -> list[str]:
             async def one() -> str:
@@ -312,7 +301,7 @@ class TestApiBoundaries:
 
     def test_csr_issuance_R_CERT_8(self, ca: CaHarness) -> None:
         """A client-generated key is certified with the same profile and policy."""
-        password = _acquisition_password(ca, "100002")
+        password = ca.acquisition_password("100002")
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "100002")]))

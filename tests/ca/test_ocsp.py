@@ -16,14 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from tests.conftest import CaHarness, openssl
-
-
-def _issue(ca: CaHarness, tmp_path: Path, user_id: str) -> tuple[str, Path]:
-    key, csr, out = (tmp_path / f"{user_id}.{ext}" for ext in ("key", "csr", "pem"))
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(key), "-subj", f"/CN={user_id}", "-out", str(csr))
-    assert ca.cli("issue", user_id, "--csr", str(csr), "--output", str(out)) == 0
-    return format(x509.load_pem_x509_certificate(out.read_bytes()).serial_number, "x"), out
+from tests.support.servers import http_get
 
 
 def _ocsp(ca: CaHarness, *args: str, nonce: bool = True) -> str:
@@ -45,14 +38,6 @@ def _post(ca: CaHarness, body: bytes, content_type: str = "application/ocsp-requ
         return exc.code, exc.read()
 
 
-def _get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
 def _status(der: bytes) -> ocsp.OCSPResponseStatus:
     return ocsp.load_der_ocsp_response(der).response_status
 
@@ -64,7 +49,7 @@ class TestOpensslClient:
     def test_good_then_revoked_with_reason_R_REV_2(self, ca: CaHarness, tmp_path: Path,
                                                    nonce: bool) -> None:
         """good from the moment of issuance; revoked with time and reason after revocation."""
-        serial, leaf = _issue(ca, tmp_path, "500001")
+        serial, leaf = ca.issue_csr("500001", tmp_path)
         out = _ocsp(ca, "-cert", str(leaf), nonce=nonce)
         assert "Response verify OK" in out
         assert f"{leaf}: good" in out
@@ -86,8 +71,8 @@ class TestOpensslClient:
     def test_sha256_certid_and_two_certificates_R_REV_2(self, ca: CaHarness,
                                                        tmp_path: Path) -> None:
         """SHA-256 CertIDs and two certificates in one request are answered in order."""
-        serial, first = _issue(ca, tmp_path, "500002")
-        _, second = _issue(ca, tmp_path, "500003")
+        serial, first = ca.issue_csr("500002", tmp_path)
+        _, second = ca.issue_csr("500003", tmp_path)
         ca.cli("revoke", "--serial", serial, "--reason", "superseded")
         ca.sync()
         out = _ocsp(ca, "-sha256", "-cert", str(first), "-cert", str(second))
@@ -99,7 +84,7 @@ class TestOpensslClient:
     def test_cached_good_invalidated_by_revocation_R_REV_2(self, ca: CaHarness,
                                                           tmp_path: Path) -> None:
         """A pre-signed 'good' is dropped the moment the certificate is revoked via the API."""
-        serial, leaf = _issue(ca, tmp_path, "500004")
+        serial, leaf = ca.issue_csr("500004", tmp_path)
         assert ": good" in _ocsp(ca, "-cert", str(leaf), nonce=False)
         status, _ = ca.api("POST", "/v1/revoke", json={"serial": serial, "reason": "superseded"})
         assert status == 200
@@ -107,7 +92,7 @@ class TestOpensslClient:
 
     def test_responder_certificate_renewed_R_REV_2(self, ca: CaHarness, tmp_path: Path) -> None:
         """The 90-day responder certificate is re-issued 30 days before it expires."""
-        _, leaf = _issue(ca, tmp_path, "500005")
+        _, leaf = ca.issue_csr("500005", tmp_path)
         before = ca.runtime.issuers.get("g1").ocsp_certificate
         assert ca.runtime.ocsp.renew_responders() == []
         ca.clock.advance(timedelta(days=61))
@@ -129,13 +114,13 @@ class TestGet:
 
     def test_get_good_with_cache_headers_R_REV_2(self, ca: CaHarness, tmp_path: Path) -> None:
         """A nonce-less GET is answered with max-age no later than nextUpdate."""
-        _, leaf = _issue(ca, tmp_path, "500006")
+        _, leaf = ca.issue_csr("500006", tmp_path)
         files = ca.issuer_files()
         request = tmp_path / "req.der"
         openssl("ocsp", "-issuer", str(files["g1"]), "-cert", str(leaf), "-no_nonce",
                 "-reqout", str(request))
         encoded = urllib.parse.quote(base64.b64encode(request.read_bytes()).decode(), safe="")
-        status, headers, der = _get(f"{ca.public_url}/ocsp/{encoded}")
+        status, headers, der = http_get(f"{ca.public_url}/ocsp/{encoded}")
         assert status == 200
         assert headers["Content-Type"] == "application/ocsp-response"
         response = ocsp.load_der_ocsp_response(der)
@@ -162,15 +147,15 @@ class TestHostileInput:
         """Wrong content type 415, a 10 MB body 413, bad base64 malformed, 100 KB path 4xx."""
         assert _post(ca, b"\x30\x00", "text/plain")[0] == 415
         assert _post(ca, b"\x30" * (10 * 1024 * 1024))[0] == 413
-        status, _, der = _get(f"{ca.public_url}/ocsp/%%%not-base64!!")
+        status, _, der = http_get(f"{ca.public_url}/ocsp/%%%not-base64!!")
         assert (status, _status(der)) == (200, ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-        status, _, _ = _get(f"{ca.public_url}/ocsp/" + "A" * 100_000)
+        status, _, _ = http_get(f"{ca.public_url}/ocsp/" + "A" * 100_000)
         assert 400 <= status < 500
 
     def test_silent_clients_do_not_stop_answers_R_REV_2(self, ca: CaHarness,
                                                        tmp_path: Path) -> None:
         """Clients that connect and close, or send half a request, leave others answered."""
-        _, leaf = _issue(ca, tmp_path, "500007")
+        _, leaf = ca.issue_csr("500007", tmp_path)
         port = ca.config.public_listen.port
         lingering = []
         for index in range(20):

@@ -22,16 +22,13 @@ from cryptography.x509 import ocsp
 from ca.api import ocsp as ocsp_routes
 from ca.api.internal import RUNTIME
 from ca.public_listener import PublicListener, RequestHead, parse_head
-from tests.conftest import CaHarness, openssl
+from tests.conftest import CaHarness
 
 _POST_HEAD = b"POST /ocsp HTTP/1.1\r\nHost: ca\r\nContent-Type: application/ocsp-request\r\n"
 
 
 def _request_der(ca: CaHarness, tmp_path: Path, user_id: str) -> tuple[x509.Certificate, bytes]:
-    key, csr, out = (tmp_path / f"{user_id}.{ext}" for ext in ("key", "csr", "pem"))
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(key), "-subj", f"/CN={user_id}", "-out", str(csr))
-    assert ca.cli("issue", user_id, "--csr", str(csr), "--output", str(out)) == 0
+    _, out = ca.issue_csr(user_id, tmp_path)
     ca.sync()
     leaf = x509.load_pem_x509_certificate(out.read_bytes())
     issuer = x509.load_pem_x509_certificate(ca.issuer_files()["g1"].read_bytes())

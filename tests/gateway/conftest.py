@@ -131,17 +131,14 @@ class GatewayHarness:
     def acquire(self, user_id: str, password: str, acquisition: str, *,
                 suffix: str = "") -> Enrolled:
         """Acquire with a given acquisition password (at the clock's time); PEM files."""
-        status, body = self.ca.api("POST", "/v1/acquire", json={
-            "user_id": user_id, "acquisition_password": acquisition})
+        status, body = self.ca.acquire(user_id, acquisition)
         assert status == 201, body
         return self.write_pkcs12(user_id, password, base64.b64decode(body["pkcs12"]),
                                  acquisition=acquisition, suffix=suffix)
 
     def acquisition_password(self, user_id: str) -> str:
         """Have the CA issue an acquisition password for `user_id`."""
-        status, body = self.ca.api("POST", f"/v1/users/{user_id}/acquisition-password", json={})
-        assert status == 201, body
-        return str(body["acquisition_password"])
+        return self.ca.acquisition_password(user_id)
 
     def write_pkcs12(self, user_id: str, password: str, data: bytes, *,
                      acquisition: str | None, suffix: str = "") -> Enrolled:

@@ -8,6 +8,8 @@ import random
 import socket
 import ssl
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,3 +93,14 @@ class LoopThread:
         """Stop the loop and join the thread."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None,
+             ) -> tuple[int, dict[str, str], bytes]:
+    """A plain urllib GET: status, headers and body, for error statuses too."""
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (loopback)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
