@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -13,6 +15,7 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +69,8 @@ class Daemon:
 
     def __init__(self, config: Path, cpus: str | None = "0", stderr: Path | None = None) -> None:
         command = [sys.executable, "-m", "ca", "--config", str(config), "serve"]
-        if cpus is not None and _has_taskset():
-            command = ["taskset", "-c", cpus, *command]
+        if cpus is not None:
+            command = pinned(command, cpus)
         # A long run should log to a file: nobody reads the pipe, and a full one stalls the daemon.
         self._log = open(stderr, "ab") if stderr is not None else None  # noqa: SIM115
         self.process = subprocess.Popen(command, cwd=ROOT,
@@ -148,8 +151,65 @@ def stop_processes(processes: Sequence[tuple[int, str]], grace: float = 5.0) -> 
             os.kill(pid, signal.SIGKILL)
 
 
-def _has_taskset() -> bool:
-    return subprocess.run(["which", "taskset"], capture_output=True, check=False).returncode == 0
+def pinned(command: list[str], cpus: str) -> list[str]:
+    """`command` run on the given cores (taskset), or as it is where taskset is missing."""
+    return ["taskset", "-c", cpus, *command] if shutil.which("taskset") else command
+
+
+@dataclass
+class AbResult:
+    """What one ab run measured (times in ms, percentiles from ab's -e CSV)."""
+
+    rps: float
+    p50: float
+    p99: float
+    p100: float
+    complete: int
+    non2xx: int
+    errors: int  # non-2xx + connect/receive/exception failures (length differences are fine)
+    keepalive: int
+    tls: str  # "-" for plain HTTP
+
+
+def run_ab(url: str, *, requests: int, concurrency: int, keepalive: bool = False,
+           time_limit: int | None = None, socket_timeout: int = 30,
+           body_file: Path | None = None, content_type: str | None = None,
+           cert: Path | None = None, headers: dict[str, str] | None = None,
+           cpus: str = "1") -> AbResult:
+    """ApacheBench pinned to the load core, bounded by count (and time, when given); a POST of
+    `body_file` when given, else GET; `cert` is a PEM with the client certificate and key."""
+    with tempfile.NamedTemporaryFile(suffix=".csv") as csv:
+        command = ["ab", "-q"]
+        if time_limit is not None:
+            command += ["-t", str(time_limit)]  # before -n: -t alone implies -n 50000
+        command += ["-n", str(requests), "-c", str(concurrency), "-s", str(socket_timeout),
+                    "-e", csv.name]
+        if body_file is not None:
+            command += ["-p", str(body_file), "-T", content_type or "application/octet-stream"]
+        if keepalive:
+            command.append("-k")
+        if cert is not None:
+            command += ["-E", str(cert)]
+        for name, value in (headers or {}).items():
+            command += ["-H", f"{name}: {value}"]
+        done = subprocess.run(pinned([*command, url], cpus), capture_output=True, text=True,
+                              timeout=(time_limit or 540) + 60, check=False)
+        out = done.stdout
+        if done.returncode != 0 or "Requests per second" not in out:
+            raise RuntimeError(f"ab failed: {done.stderr.strip()} {out[-500:]}")
+        percent = dict(line.split(",") for line in Path(csv.name).read_text().splitlines()[1:])
+
+    def number(label: str) -> float:
+        match = re.search(rf"^{label}:\s+([\d.]+)", out, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    failed = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: \d+, Exceptions: (\d+)\)", out)
+    non2xx = int(number("Non-2xx responses"))
+    tls = re.search(r"SSL/TLS Protocol:\s+(\S+)", out)
+    return AbResult(number("Requests per second"), float(percent["50"]), float(percent["99"]),
+                    float(percent["100"]), int(number("Complete requests")), non2xx,
+                    non2xx + (sum(map(int, failed.groups())) if failed else 0),
+                    int(number("Keep-Alive requests")), tls.group(1) if tls else "-")
 
 
 def pin_self(cpu: int) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -48,7 +49,7 @@ from types import TracebackType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import ROOT, Daemon, free_port, make_ca, median
+from bench._support import ROOT, Daemon, free_port, make_ca, median, pinned, run_ab
 
 PASSWORD = "kj3h5gq8Wz"
 # What the backend gets from a gateway (ours sends these; nginx is configured to), sent
@@ -61,10 +62,6 @@ DIRECT_HEADERS = {
 }
 CPU_SERVER, CPU_LOAD = "0", "1"
 BENCH_USER = "bench1"
-
-
-def _pinned(command: list[str], cpu: str) -> list[str]:
-    return ["taskset", "-c", cpu, *command] if shutil.which("taskset") else command
 
 
 def _api(config: dict[str, str], method: str, path: str, body: dict[str, str] | None = None
@@ -165,35 +162,6 @@ class Client:
 
     def close(self) -> None:
         self.connection.close()
-
-
-def ab(url: str, *, requests: int, concurrency: int, keepalive: bool, cert: Path | None,
-       headers: dict[str, str]) -> dict[str, float | str]:
-    """Run ab pinned to the load core; rps, p50, p99 (ms), non-2xx, keep-alive count, TLS."""
-    command = ["ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "30"]
-    if keepalive:
-        command.append("-k")
-    if cert is not None:
-        command += ["-E", str(cert)]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    result = subprocess.run(_pinned([*command, url], CPU_LOAD), capture_output=True,
-                            text=True, timeout=600, check=False)
-    out = result.stdout
-    rps = re.search(r"Requests per second:\s+([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"ab failed: {result.stderr or out}")
-
-    def number(pattern: str) -> float:
-        found = re.search(pattern, out, re.M)
-        return float(found.group(1)) if found else float("nan")
-
-    tls = re.search(r"SSL/TLS Protocol:\s+(\S+)", out)
-    return {"rps": float(rps.group(1)), "p50": number(r"^\s+50%\s+(\d+)"),
-            "p99": number(r"^\s+99%\s+(\d+)"),
-            "non2xx": number(r"Non-2xx responses:\s+(\d+)") if "Non-2xx" in out else 0.0,
-            "keepalive": number(r"Keep-Alive requests:\s+(\d+)") if keepalive else 0.0,
-            "tls": tls.group(1) if tls else "-"}
 
 
 def _nginx_conf(folder: Path, port: int, backend: int, tls_cert: Path, tls_key: Path,
@@ -387,7 +355,7 @@ class Stack:
     def _spawn(self, command: list[str], log: str, cwd: Path = ROOT
                ) -> subprocess.Popen[bytes]:
         with (self.folder / log).open("ab") as handle:
-            process = subprocess.Popen(_pinned(command, CPU_SERVER), cwd=cwd,
+            process = subprocess.Popen(pinned(command, CPU_SERVER), cwd=cwd,
                                        stdout=subprocess.DEVNULL, stderr=handle)
         self.processes.append(process)
         return process
@@ -444,8 +412,9 @@ class Stack:
             headers = DIRECT_HEADERS
         before = _client_ports_to(self.backend_port)
         proxy_cpu, backend_cpu = _cpu_seconds(proxy_pids), _cpu_seconds([self.backend.pid])
-        result = ab(url + "/bench", requests=requests, concurrency=concurrency,
-                    keepalive=keepalive, cert=cert, headers=headers)
+        result: dict[str, float | str] = dataclasses.asdict(run_ab(
+            url + "/bench", requests=requests, concurrency=concurrency, keepalive=keepalive,
+            cert=cert, headers=headers, cpus=CPU_LOAD))
         result["proxy_us"] = (_cpu_seconds(proxy_pids) - proxy_cpu) / requests * 1e6
         result["backend_us"] = (_cpu_seconds([self.backend.pid]) - backend_cpu) / requests * 1e6
         result["upstream_new"] = float(len(_client_ports_to(self.backend_port) - before))

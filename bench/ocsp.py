@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._support import (
     SHARED_REASONS,
+    AbResult,
     Daemon,
     decrypted_key_pem,
     free_port,
@@ -54,6 +55,8 @@ from bench._support import (
     median,
     next_revocation_seq,
     pin_self,
+    pinned,
+    run_ab,
     write_secret,
 )
 from ca.config import CaConfig, load_ca_config
@@ -148,10 +151,10 @@ class OpensslResponder:
         # -port listens on all addresses; we only ever send to 127.0.0.1. Never send it a
         # connection without a request: it spins forever (see BENCHMARKS.md).
         self.process = subprocess.Popen(
-            ["taskset", "-c", cpus, "openssl", "ocsp", "-index", str(workdir / "index.txt"),
-             "-port", str(self.port), "-rsigner", str(keys / "g1-ocsp.crt.pem"),
-             "-rkey", str(key), "-CA", str(keys / "g1.crt.pem"), "-nmin", "60",
-             "-resp_key_id"],
+            pinned(["openssl", "ocsp", "-index", str(workdir / "index.txt"),
+                    "-port", str(self.port), "-rsigner", str(keys / "g1-ocsp.crt.pem"),
+                    "-rkey", str(key), "-CA", str(keys / "g1.crt.pem"), "-nmin", "60",
+                    "-resp_key_id"], cpus),
             stdout=self._log, stderr=self._log)
 
     def wait_ready(self, probe: bytes, timeout: float = 15) -> None:
@@ -180,44 +183,12 @@ class OpensslResponder:
 # -- ab --------------------------------------------------------------------------------------
 
 
-@dataclass
-class AbResult:
-    """What one ab run measured."""
-
-    rps: float
-    p50: float
-    p99: float
-    p100: float
-    complete: int
-    errors: int  # non-2xx + connect/receive/exception failures (length differences are fine)
-    keepalive: int
-
-
-def run_ab(url: str, body_file: Path, requests: int, concurrency: int, *,
-           keepalive: bool = False, time_limit: int = 15) -> AbResult:
-    """`ab` pinned to core 1, bounded by count and time; percentiles from its -e CSV."""
-    with tempfile.NamedTemporaryFile(suffix=".csv") as csv:
-        command = ["taskset", "-c", "1", "ab", "-q", "-t", str(time_limit), "-n", str(requests),
-                   "-c", str(concurrency), "-s", "5", "-p", str(body_file), "-T", OCSP_TYPE,
-                   "-e", csv.name]
-        if keepalive:
-            command.append("-k")
-        done = subprocess.run([*command, url], capture_output=True, text=True,
-                              timeout=time_limit + 60, check=False)
-        out = done.stdout
-        if done.returncode != 0 or "Requests per second" not in out:
-            raise RuntimeError(f"ab failed: {done.stderr.strip()} {out[-500:]}")
-        percent = dict(line.split(",") for line in Path(csv.name).read_text().splitlines()[1:])
-
-    def number(label: str) -> float:
-        match = re.search(rf"^{label}:\s+([\d.]+)", out, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
-
-    failed = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: \d+, Exceptions: (\d+)\)", out)
-    errors = int(number("Non-2xx responses")) + (sum(map(int, failed.groups())) if failed else 0)
-    return AbResult(number("Requests per second"), float(percent["50"]), float(percent["99"]),
-                    float(percent["100"]), int(number("Complete requests")), errors,
-                    int(number("Keep-Alive requests")))
+def _ab(url: str, body_file: Path, requests: int, concurrency: int, *,
+        keepalive: bool = False, time_limit: int = 15) -> AbResult:
+    """POSTs of one OCSP request, bounded by count and time."""
+    return run_ab(url, requests=requests, concurrency=concurrency, keepalive=keepalive,
+                  time_limit=time_limit, socket_timeout=5, body_file=body_file,
+                  content_type=OCSP_TYPE)
 
 
 @dataclass
@@ -399,7 +370,7 @@ def main() -> None:
 
         def measure(server: str, url: str, body: str, concurrency: int, keepalive: bool) -> None:
             count = max(500, args.requests // 6) if concurrency == 1 else args.requests
-            run = run_ab(url, bodies[body], count, concurrency, keepalive=keepalive)
+            run = _ab(url, bodies[body], count, concurrency, keepalive=keepalive)
             results.setdefault((server, body, concurrency, keepalive), Series()).runs.append(run)
 
         # Both up (idle) once, to show they answer alike; measured below one at a time.
@@ -504,7 +475,7 @@ def main() -> None:
                 lines = (query.stdout + query.stderr).splitlines()
                 print(f"  after the storm, 50 stalled clients open: openssl ocsp query -> "
                       f"{' | '.join(line.strip() for line in lines[:3])}")
-            after = run_ab(f"{base}/ocsp", bodies["plain"], args.requests, 16)
+            after = _ab(f"{base}/ocsp", bodies["plain"], args.requests, 16)
             print(f"  after the storm: ab c=16 conn/req {after.complete} requests, "
                   f"{after.errors} errors, {after.rps:.0f} r/s, p99 {after.p99:.2f} ms")
         finally:
@@ -543,7 +514,7 @@ def crl_under_load(config: CaConfig, config_path: Path, workdir: Path, populatio
         print()
         print(f"ours while revocations re-sign a CRL of {args.crl_entries + 1000}+ entries "
               f"(ab conn/req c=16, {seconds} s each)")
-        calm = run_ab(f"{base}/ocsp", body, 10_000_000, 16, time_limit=seconds)
+        calm = _ab(f"{base}/ocsp", body, 10_000_000, 16, time_limit=seconds)
         targets = iter(population.good[1:])
         durations: list[float] = []
         visible: list[float] = []  # until our OCSP answers "revoked" for the revoked serial
@@ -577,7 +548,7 @@ def crl_under_load(config: CaConfig, config_path: Path, workdir: Path, populatio
 
         thread = threading.Thread(target=revoke_loop)
         thread.start()
-        busy = run_ab(f"{base}/ocsp", body, 10_000_000, 16, time_limit=seconds)
+        busy = _ab(f"{base}/ocsp", body, 10_000_000, 16, time_limit=seconds)
         thread.join()
         with urllib.request.urlopen(f"{base}/crl/g1.crl", timeout=10) as response:  # noqa: S310
             crl = x509.load_der_x509_crl(response.read())
