@@ -152,6 +152,15 @@ async def check_access(verifier: CertificateVerifier, sessions: SessionStore,
     return certificate, session
 
 
+def certificate_context(request: web.Request, certificate: ClientCertificate,
+                        ) -> dict[str, object]:
+    """The presented certificate as the login and renewal pages show it."""
+    now = request.app[CLOCK].now()
+    return {"user_id": certificate.user_id, "not_before": certificate.not_before,
+            "not_after": certificate.not_after,
+            "days_left": max(0, (certificate.not_after - now).days)}
+
+
 def in_renewal_window(request: web.Request, certificate: ClientCertificate) -> bool:
     """§2.10.1(2): renewal is offered when the certificate expires within the window."""
     now = request.app[CLOCK].now()

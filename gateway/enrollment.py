@@ -32,6 +32,7 @@ from aiohttp import web
 
 from gateway.access import (
     PAGE_HEADERS,
+    certificate_context,
     check_form_token,
     form_token,
     read_form,
@@ -254,17 +255,10 @@ async def acquire(request: web.Request) -> web.Response:
     return _hand_over(request, "acquire", delivered)
 
 
-def _renew_context(request: web.Request, certificate: ClientCertificate) -> dict[str, object]:
-    now = request.app[CLOCK].now()
-    return {"user_id": certificate.user_id, "not_before": certificate.not_before,
-            "not_after": certificate.not_after,
-            "days_left": max(0, (certificate.not_after - now).days)}
-
-
 async def renew_page(request: web.Request) -> web.Response:
     """GET /auth/renew: the renewal form for the presented certificate (§2.10.1(3))."""
     certificate = await request.app[VERIFIER].required(request)
-    return render(request, "renew.html", _renew_context(request, certificate),
+    return render(request, "renew.html", certificate_context(request, certificate),
                   form_token=form_token(request))
 
 
@@ -287,7 +281,7 @@ async def renew(request: web.Request) -> web.Response:
     except GatewayError as exc:
         if exc.code not in _FORM_ERRORS:
             raise
-        return render(request, "renew.html", {**_renew_context(request, certificate),
+        return render(request, "renew.html", {**certificate_context(request, certificate),
                                               "error": exc},
                       status=exc.status, form_token=form_token(request))
     _log.info("certificate_renewed", user_id=certificate.user_id, old_serial=certificate.serial,

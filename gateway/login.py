@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from gateway.access import (
+    certificate_context,
     check_form_token,
     check_session_token,
     clear_session_cookie,
@@ -26,7 +27,7 @@ from gateway.access import (
 from gateway.auth import ChangeStatus, LoginStatus
 from gateway.errors import CertificateRefused, Locked
 from gateway.sessions import Session
-from gateway.state import AUTH, CLOCK, SESSIONS, VERIFIER
+from gateway.state import AUTH, SESSIONS, VERIFIER
 
 _log = structlog.get_logger("gateway.login")
 
@@ -46,12 +47,8 @@ def _login_page(request: web.Request, certificate, *, status: int = 200,  # type
     sessions = request.app[SESSIONS]
     other = sessions.active_for_user(certificate.user_id)
     own = sessions.find(session_token(request))
-    now = request.app[CLOCK].now()
     return render(request, "login.html", {
-        "user_id": certificate.user_id,
-        "not_before": certificate.not_before,
-        "not_after": certificate.not_after,
-        "days_left": max(0, (certificate.not_after - now).days),
+        **certificate_context(request, certificate),
         "renewal": in_renewal_window(request, certificate),
         "relogin": relogin or (other is not None and other is not own),
         "error": error,
