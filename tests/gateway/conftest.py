@@ -194,6 +194,16 @@ class GatewayHarness:
         return subprocess.run([*command, self.url + path], capture_output=True, text=True,
                               timeout=30, check=False)
 
+    def curl_login(self, who: Enrolled, *args: str,
+                   ) -> tuple[str, subprocess.CompletedProcess[str]]:
+        """Log `who` in with curl and a cookie jar: the login page for its CSRF token, then
+        the form (`args` go to that POST, e.g. -L); returns the jar and the POST's result."""
+        jar = str(self.directory / f"curl-cookies-{who.user_id}.txt")
+        page = self.curl("/auth/login", who, "-c", jar, "-b", jar)
+        return jar, self.curl("/auth/login", who, "-c", jar, "-b", jar, *args,
+                              "--data-urlencode", f"csrf={csrf_of(page.stdout)}",
+                              "--data-urlencode", f"password={who.password}")
+
     def stop_ca(self) -> None:
         """Stop the CA (its public and internal ports close)."""
         if self.ca_running:

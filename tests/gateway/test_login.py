@@ -28,12 +28,7 @@ class TestLogin:
     def test_full_login_with_curl_R_GW_1(self, gw: GatewayHarness) -> None:
         """curl with --cert/--key logs in with a cookie file and reaches the backend."""
         user = gw.enroll("300002")
-        jar = str(gw.directory / "curl-cookies.txt")
-        page = gw.curl("/auth/login", user, "-c", jar, "-b", jar)
-        token = csrf_of(page.stdout)
-        login = gw.curl("/auth/login", user, "-c", jar, "-b", jar, "-L",
-                        "--data-urlencode", f"csrf={token}",
-                        "--data-urlencode", f"password={user.password}")
+        jar, login = gw.curl_login(user, "-L")
         assert login.stdout.endswith("\n200"), login.stdout[-300:]
         assert "300002" in login.stdout
         again = gw.curl("/trade/forward", user, "-b", jar)

@@ -35,12 +35,7 @@ class TestIdentityHeaders:
     def test_spoofed_headers_with_curl_R_PX_1(self, gw: GatewayHarness) -> None:
         """The same through curl, which sends the header verbatim."""
         user = gw.enroll("500002")
-        jar = str(gw.directory / "jar.txt")
-        from tests.gateway.conftest import csrf_of
-
-        page = gw.curl("/auth/login", user, "-c", jar, "-b", jar)
-        gw.curl("/auth/login", user, "-c", jar, "-b", jar, "--data-urlencode",
-                f"csrf={csrf_of(page.stdout)}", "--data-urlencode", f"password={user.password}")
+        jar, _ = gw.curl_login(user)
         echo = gw.curl("/api/echo", user, "-b", jar, "-H", "X-Sekisho-Role: admin")
         assert echo.stdout.endswith("\n200")
         assert '"X-Sekisho-Role": ["contractor"]' in echo.stdout
