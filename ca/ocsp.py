@@ -99,11 +99,15 @@ class CertId:
         """The DER to echo: the request's own bytes, or a canonical encoding (NULL params)."""
         if self.der:
             return self.der
-        serial = self.serial_number
-        size = ((serial if serial >= 0 else ~serial).bit_length() + 8) // 8  # room for the sign
-        return der(0x30, _HASH_ALGORITHMS[self.hash_algorithm]
-                    + der(0x04, self.issuer_name_hash) + der(0x04, self.issuer_key_hash)
-                    + der(0x02, serial.to_bytes(size, "big", signed=True)))
+        return der(0x30, _HASH_ALGORITHMS[self.hash_algorithm] + _cert_id_fields(
+            self.issuer_name_hash, self.issuer_key_hash, self.serial_number))
+
+
+def _cert_id_fields(name_hash: bytes, key_hash: bytes, serial: int) -> bytes:
+    """A CertID's contents after its hash AlgorithmIdentifier: two hashes and the serial."""
+    size = ((serial if serial >= 0 else ~serial).bit_length() + 8) // 8  # room for the sign
+    return (der(0x04, name_hash) + der(0x04, key_hash)
+            + der(0x02, serial.to_bytes(size, "big", signed=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +169,7 @@ def _parse_common_case(data: bytes) -> ParsedRequest | None:
             return None
     # The response must echo the CertID exactly as sent; find which of the two valid
     # encodings of the hash AlgorithmIdentifier (NULL or absent parameters) the client used.
-    size = (serial.bit_length() + 8) // 8
-    rest = (der(0x04, name_hash) + der(0x04, key_hash)
-            + der(0x02, serial.to_bytes(size, "big", signed=True)))
+    rest = _cert_id_fields(name_hash, key_hash, serial)
     for algorithm in (_HASH_ALGORITHMS[name], _HASH_ALGORITHMS_OTHER_FORM[name]):
         encoded = der(0x30, algorithm + rest)
         if encoded in data:
