@@ -16,6 +16,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from keys.hierarchy import generation_names
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 MAX_CRL_BYTES = 64 * 1024 * 1024
@@ -35,11 +37,8 @@ class CheckResult:
 
 def load_issuers(keys_directory: Path) -> list[x509.Certificate]:
     """Every issuing generation's certificate from the key folder (no passphrase needed)."""
-    return [
-        x509.load_pem_x509_certificate(path.read_bytes())
-        for path in sorted(keys_directory.glob("g*.crt.pem"))
-        if not path.name.endswith("-ocsp.crt.pem")
-    ]
+    return [x509.load_pem_x509_certificate((keys_directory / f"{name}.crt.pem").read_bytes())
+            for name in generation_names(keys_directory)]
 
 
 def _human(delta: timedelta) -> str:

@@ -27,6 +27,17 @@ GENERATION_VALIDITY = timedelta(days=10 * 365 + 2)
 _GENERATION_RE = re.compile(r"g(\d+)")
 
 
+def generation_names(directory: Path) -> list[str]:
+    """The issuing generations whose certificates are in `directory`, oldest first (g1, g2,
+    ...); reading them needs no passphrase."""
+    names = []
+    for path in directory.glob("g*.crt.pem"):
+        label = path.name.removesuffix(".crt.pem")
+        if _GENERATION_RE.fullmatch(label):
+            names.append(label)
+    return sorted(names, key=lambda n: int(n[1:]))
+
+
 @dataclass(frozen=True)
 class IssuerGeneration:
     """One issuing CA generation with its delegated OCSP responder."""
@@ -98,12 +109,7 @@ class Hierarchy:
 
     def generation_names(self) -> list[str]:
         """All issuing generations, oldest first (g1, g2, ...)."""
-        names = []
-        for path in self._directory.glob("g*.crt.pem"):
-            label = path.name.removesuffix(".crt.pem")
-            if _GENERATION_RE.fullmatch(label):
-                names.append(label)
-        return sorted(names, key=lambda n: int(n[1:]))
+        return generation_names(self._directory)
 
     def load_generation(self, name: str) -> IssuerGeneration:
         """Open a generation's certificates and signers (checks key file modes)."""
