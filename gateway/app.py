@@ -28,6 +28,7 @@ from gateway.errors import (
     MustChangePassword,
     NotFound,
     RoleForbidden,
+    SessionEnded,
     SessionExpired,
     SessionRequired,
 )
@@ -68,7 +69,7 @@ def _error_page(request: web.Request, exc: GatewayError) -> web.StreamResponse:
     response = render(request, "error.html", {"code": exc.code, "message": error_text(exc.code),
                                               "status": exc.status, "details": exc.details},
                       status=exc.status)
-    if isinstance(exc, SessionExpired):
+    if isinstance(exc, SessionExpired | SessionEnded):
         clear_session_cookie(response)
     return response
 

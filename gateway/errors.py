@@ -50,6 +50,13 @@ class SessionExpired(Unauthorized):
     code = "session_timeout"
 
 
+class SessionEnded(Unauthorized):
+    """The session was ended by something else than its user: re-login in another window,
+    a lock, a helpdesk action or a revocation; `code` is `session_ended_<reason>`."""
+
+    code = "session_ended"
+
+
 class SessionCertificateMismatch(Forbidden):
     """R-GW-4: the session was created with another certificate."""
 
@@ -105,6 +112,7 @@ __all__ = [
     "RevocationUnavailable",
     "RoleForbidden",
     "SessionCertificateMismatch",
+    "SessionEnded",
     "SessionExpired",
     "SessionRequired",
     "TooManyAttempts",

@@ -26,15 +26,22 @@ from gateway.access import (
 )
 from gateway.auth import ChangeStatus, LoginStatus
 from gateway.errors import CertificateRefused, Locked
-from gateway.sessions import Session
-from gateway.state import AUTH, SESSIONS, VERIFIER
+from gateway.sessions import EndReason, Session
+from gateway.state import AUTH, SESSIONS, USERS, VERIFIER
 
 _log = structlog.get_logger("gateway.login")
 
-_MUST_CHANGE = {
-    LoginStatus.MUST_CHANGE_TEMPORARY: "temporary",
-    LoginStatus.MUST_CHANGE_EXPIRED: "expired",
-}
+_MUST_CHANGE = frozenset({LoginStatus.MUST_CHANGE_TEMPORARY, LoginStatus.MUST_CHANGE_EXPIRED})
+
+
+def _must_change(status: LoginStatus, previous_login_at: object) -> str | None:
+    """Which of the manual's three cases (§2.2(4)) leads to the change page: the first login,
+    a temporary password the helpdesk issued after earlier logins (§2.6), or expiry (R-PW-2)."""
+    if status is LoginStatus.MUST_CHANGE_EXPIRED:
+        return "expired"
+    if status is LoginStatus.MUST_CHANGE_TEMPORARY:
+        return "first" if previous_login_at is None else "reset"
+    return None
 
 
 async def landing(request: web.Request) -> web.Response:
@@ -56,8 +63,12 @@ def _login_page(request: web.Request, certificate, *, status: int = 200,  # type
 
 
 async def login_page(request: web.Request) -> web.Response:
-    """GET /auth/login: the password page for the certificate's user (§2.2(3))."""
+    """GET /auth/login: the password page for the certificate's user (§2.2(3)); a locked
+    user gets the lock page (§2.7) at once, before typing a password that cannot work."""
     certificate = await request.app[VERIFIER].required(request)
+    user = await request.app[USERS].get(certificate.user_id)
+    if user is not None and user.locked and not user.disabled:
+        raise Locked("the login password is locked")
     return _login_page(request, certificate)
 
 
@@ -70,21 +81,26 @@ async def login(request: web.Request) -> web.StreamResponse:
     if claimed and claimed != certificate.user_id:
         raise CertificateRefused("the certificate belongs to another user ID",
                                  code="cert_user_mismatch")
-    result = await request.app[AUTH].login(certificate.user_id, field(form, "password"),
-                                           actor=f"user:{certificate.user_id}")
     sessions = request.app[SESSIONS]
-    if result.status is LoginStatus.LOCKED:
-        sessions.end_user(certificate.user_id)
-    user = result.require_user()
     other = sessions.active_for_user(certificate.user_id)
     own = sessions.find(session_token(request))
-    if other is not None and other is not own and field(form, "relogin") != "1":
-        # R-SES-2: another window still holds a session; only an explicit re-login ends it.
+    # R-SES-2: another window still holds a session; only an explicit re-login ends it. The
+    # password is still checked (a counted try), but a refused second login is no login:
+    # neither audited as one nor moving 前回ログイン日時 (issue 15 item 3).
+    refuse_second = other is not None and other is not own and field(form, "relogin") != "1"
+    authenticate = request.app[AUTH].verify_password if refuse_second else request.app[AUTH].login
+    result = await authenticate(certificate.user_id, field(form, "password"),
+                                actor=f"user:{certificate.user_id}")
+    if result.status is LoginStatus.LOCKED:
+        sessions.end_user(certificate.user_id, EndReason.LOCKED)
+    user = result.require_user()
+    if refuse_second:
         return _login_page(request, certificate, status=409, relogin=True)
     token, _ = sessions.create(
         user_id=user.user_id, name=user.name, customer=user.customer, role=user.role.value,
         previous_login_at=result.previous_login_at, fingerprint=certificate.fingerprint,
-        serial=certificate.serial, must_change=_MUST_CHANGE.get(result.status),
+        serial=certificate.serial,
+        must_change=_must_change(result.status, result.previous_login_at),
     )
     target = "/auth/password" if result.status in _MUST_CHANGE else "/"
     response = redirect(target)
@@ -93,9 +109,9 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 def _password_page(request: web.Request, session: Session, errors: list[str] | None = None,
-                   *, status: int = 200) -> web.Response:
+                   *, status: int = 200, changed: bool = False) -> web.Response:
     return render(request, "password.html", {
-        "session": session, "errors": errors or [],
+        "session": session, "errors": errors or [], "changed": changed,
         "policy": request.app[AUTH].password_policy}, status=status)
 
 
@@ -116,15 +132,21 @@ async def change_password(request: web.Request) -> web.Response:
     result = await request.app[AUTH].change_password(session.user_id,
                                                      field(form, "current_password"), new)
     if result.status is ChangeStatus.LOCKED:
-        request.app[SESSIONS].end_user(session.user_id)
+        request.app[SESSIONS].end_user(session.user_id, EndReason.LOCKED)
         raise Locked("the login password is locked", code="locked")
     if result.status is ChangeStatus.BAD_CREDENTIALS:
         return _password_page(request, session, ["current_password_wrong"], status=401)
     if result.status is ChangeStatus.REJECTED:
         codes = [violation.code for violation in result.violations]
         return _password_page(request, session, codes, status=400)
+    first_change = session.must_change is not None
     session.must_change = None
-    response = render(request, "changed.html", {"session": session})
+    if first_change:
+        # §2.2(5): after the required change, straight to the 初期画面.
+        response: web.Response = redirect("/")
+    else:
+        # §2.5(3): 「パスワードを変更しました。」 at the top of the screen.
+        response = _password_page(request, session, changed=True)
     token = session_token(request)
     if token:
         set_session_cookie(response, request.app[SESSIONS].rotate(token))
@@ -132,30 +154,38 @@ async def change_password(request: web.Request) -> web.Response:
 
 
 async def logout_page(request: web.Request) -> web.Response:
-    """GET /auth/logout: a confirmation with the logout button (a form, so CSRF-checked)."""
+    """GET /auth/logout (a typed or bookmarked URL; the header's button POSTs directly): the
+    logout button, only to the certificate the session was created with (issue 10 item 7)."""
     token = session_token(request)
-    session = request.app[SESSIONS].find(token)
-    if session is None:
-        response = render(request, "logged_out.html")
-        if token:
-            clear_session_cookie(response)
-        return response
+    if request.app[SESSIONS].find(token) is None:
+        return _logged_out(request)
+    _, session = await logged_in(request, allow_must_change=True)
     return render(request, "logout.html", {"session": session})
 
 
-async def logout(request: web.Request) -> web.Response:
-    """POST /auth/logout: end the session (§3.1, R-SES-2)."""
-    sessions = request.app[SESSIONS]
-    token = session_token(request)
-    session = sessions.find(token)
-    form = await read_form(request)
-    if session is not None:
-        check_session_token(session, form)
-        sessions.end(token)
-        _log.info("logout", user_id=session.user_id)
+def _logged_out(request: web.Request) -> web.Response:
+    """The completion message of §3.1(2); the cookie is removed."""
     response = render(request, "logged_out.html")
     clear_session_cookie(response)
     return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    """POST /auth/logout: end the session in one click (§3.1, R-SES-2).
+
+    Like every page after login, it needs the certificate the session was created with
+    (R-GW-4: a stolen cookie alone cannot end the owner's session) and the session's CSRF
+    token (R-SES-3), which the header's ログアウト form carries. Without a session cookie
+    or with a session that already ended, there is nothing to end: the completion message.
+    """
+    form = await read_form(request)
+    token = session_token(request)
+    if request.app[SESSIONS].find(token) is not None:
+        _, session = await logged_in(request, allow_must_change=True)
+        check_session_token(session, form)
+        request.app[SESSIONS].end(token)
+        _log.info("logout", user_id=session.user_id)
+    return _logged_out(request)
 
 
 def add_routes(app: web.Application) -> None:

@@ -177,6 +177,15 @@ ERROR_PAGES: dict[str, ErrorPage] = {
     # §2.8: the session timeout page.
     "session_timeout": ErrorPage("title_timeout", ("timeout_next",), (_LOGIN,)),
     "session_required": ErrorPage("title_session_required", (), (_LOGIN,)),
+    # Issue 15 item 1: a session ended elsewhere says why, once, and what to do.
+    "session_ended_relogin": ErrorPage("title_session_ended", ("relogin_next",), (_TOP,)),
+    "session_ended_locked": ErrorPage("title_session_ended", ("locked_steps", "locked_seal"),
+                                      (_TOP,)),
+    "session_ended_password_reset": ErrorPage("title_session_ended", ("password_reset_next",),
+                                              (_LOGIN,)),
+    "session_ended_disabled": ErrorPage("title_session_ended", ("disabled_next",), (_TOP,)),
+    "session_ended_revoked": ErrorPage("title_session_ended", ("cert_revoked_next",),
+                                       (_ACQUIRE, _TOP)),
     "session_cert_mismatch": ErrorPage("title_session_required", (), (_LOGIN,)),
     "must_change_password": ErrorPage("title_password",
                                       (), (("/auth/password", "password_change", "primary"),)),

@@ -9,8 +9,11 @@
 * 30 minutes without an operation end it (R-SES-1, `policy.session`), measured with the
   injected clock; a 12-hour absolute limit too.
 * Each session carries its own CSRF token (R-SES-3).
-* Ending a session (logout, re-login, revocation, lock, timeout) also cancels the WebSocket
-  relays running for it.
+* Ending a session (logout, re-login, revocation, lock, timeout, a helpdesk action) also
+  cancels the WebSocket relays running for it, and leaves a tombstone: the SHA-256 of the
+  cookie token and the reason (`EndReason`), bounded in number and age, so that the window
+  that still holds the cookie is told why in one sentence and what to do (issue 15 item 1),
+  once, instead of landing on the top page without a word.
 
 In memory on purpose: the gateway is one process and a restart logging everyone out is
 acceptable (and safe). Several gateway processes would need a shared store.
@@ -19,6 +22,7 @@ acceptable (and safe). Several gateway processes would need a shared store.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import hashlib
 import hmac
@@ -27,7 +31,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.errors import SessionCertificateMismatch, SessionExpired, SessionRequired
+from gateway.errors import (
+    SessionCertificateMismatch,
+    SessionEnded,
+    SessionExpired,
+    SessionRequired,
+)
 from gateway.proxy import Identity
 from policy.clock import Clock
 from policy.session import SessionPolicy, SessionState, session_state
@@ -70,6 +79,18 @@ class Session:
 MAX_REMEMBERED_TIMEOUTS = 100_000
 
 
+class EndReason(enum.StrEnum):
+    """Why a session ended; each has its own sentence on the next page (issue 15 item 1)."""
+
+    LOGOUT = "logout"  # the user pressed ログアウト (§3.1): no tombstone, the cookie is cleared
+    TIMEOUT = "timeout"  # 30 minutes idle or the absolute limit (§2.8)
+    RELOGIN = "relogin"  # 再ログイン in another window (R-SES-2)
+    LOCKED = "locked"  # the login password locked (§2.7)
+    PASSWORD_RESET = "password_reset"  # noqa: S105 - a reason, not a secret; the helpdesk issued a temporary password (§2.6)
+    DISABLED = "disabled"  # the helpdesk disabled the user ID
+    REVOKED = "revoked"  # the certificate was revoked (§2.9)
+
+
 class SessionStore:
     """All sessions of this gateway process."""
 
@@ -78,16 +99,16 @@ class SessionStore:
         self._clock = clock
         self._by_key: dict[bytes, Session] = {}
         self._key_of_user: dict[str, bytes] = {}
-        # Sessions the sweeper ended for inactivity: their next click still gets the §2.8
-        # timeout page (not the login page), once. Bounded; entries older than the absolute
-        # timeout are dropped.
-        self._timed_out: OrderedDict[bytes, datetime] = OrderedDict()
+        # Tombstones of ended sessions (token hash -> reason, when): their next click gets the
+        # page saying why (§2.8's timeout page, or re-login, lock, helpdesk, revocation), once.
+        # Bounded; entries older than the absolute timeout are dropped.
+        self._ended: OrderedDict[bytes, tuple[EndReason, datetime]] = OrderedDict()
 
     def create(self, *, user_id: str, name: str, customer: str, role: str,
                previous_login_at: datetime | None, fingerprint: str, serial: str,
                must_change: str | None) -> tuple[str, Session]:
         """A new session (ending the user's previous one); returns (cookie token, session)."""
-        self.end_user(user_id)
+        self.end_user(user_id, EndReason.RELOGIN)
         now = self._clock.now()
         token = secrets.token_urlsafe(32)
         session = Session(user_id=user_id, name=name, customer=customer, role=role,
@@ -110,23 +131,28 @@ class SessionStore:
         """The session for a request: active, same certificate; counts as an operation.
 
         SessionRequired when there is none, SessionExpired (and the session ends) after the
-        idle or absolute limit, SessionCertificateMismatch when the connection's certificate
-        is not the one the session was created with (the session is left alone: the thief
-        must not be able to log the owner out).
+        idle or absolute limit, SessionEnded (once) when it was ended for another reason,
+        SessionCertificateMismatch when the connection's certificate is not the one the
+        session was created with (the session is left alone: the thief must not be able to
+        log the owner out).
         """
         if not token:
             raise SessionRequired("please log in")
         key = _key(token)
         session = self._by_key.get(key)
         if session is None:
-            if self._timed_out.pop(key, None) is not None:
+            ended = self._ended.pop(key, None)
+            if ended is None:
+                raise SessionRequired("please log in")
+            if ended[0] is EndReason.TIMEOUT:
                 raise SessionExpired("the session has timed out")
-            raise SessionRequired("please log in")
+            raise SessionEnded(f"the session was ended: {ended[0].value}",
+                               code=f"session_ended_{ended[0].value}")
         if not hmac.compare_digest(session.fingerprint, fingerprint):
             raise SessionCertificateMismatch("this session belongs to another certificate")
         now = self._clock.now()
         if self._state(session, now) is not SessionState.ACTIVE:
-            self._end_key(key)
+            self._end_key(key, EndReason.LOGOUT)  # answered right here: no tombstone
             raise SessionExpired("the session has timed out")
         session.last_seen_at = now
         return session
@@ -138,7 +164,7 @@ class SessionStore:
         if session is None:
             return None
         if self._state(session, self._clock.now()) is not SessionState.ACTIVE:
-            self._end_key(key)  # type: ignore[arg-type]
+            self._end_key(key, EndReason.TIMEOUT)  # type: ignore[arg-type]
             return None
         return session
 
@@ -152,7 +178,7 @@ class SessionStore:
         self._key_of_user[session.user_id] = new_key
         return new_token
 
-    def _end_key(self, key: bytes) -> Session | None:
+    def _end_key(self, key: bytes, reason: EndReason) -> Session | None:
         session = self._by_key.pop(key, None)
         if session is None:
             return None
@@ -160,22 +186,35 @@ class SessionStore:
             del self._key_of_user[session.user_id]
         for relay in list(session.relays):
             relay.cancel()
+        if reason is not EndReason.LOGOUT:
+            self._remember(key, reason)
         return session
+
+    def _remember(self, key: bytes, reason: EndReason) -> None:
+        """Leave a tombstone; drop the oldest beyond the bound or the absolute timeout."""
+        now = self._clock.now()
+        self._ended.pop(key, None)
+        self._ended[key] = (reason, now)
+        while self._ended and (
+            len(self._ended) > MAX_REMEMBERED_TIMEOUTS
+            or next(iter(self._ended.values()))[1] < now - self.policy.absolute_timeout
+        ):
+            self._ended.popitem(last=False)
 
     def end(self, token: str | None) -> Session | None:
         """Logout (R-SES-2): end the cookie's session."""
-        return self._end_key(_key(token)) if token else None
+        return self._end_key(_key(token), EndReason.LOGOUT) if token else None
 
-    def end_user(self, user_id: str) -> bool:
-        """End the user's session (re-login, lock, helpdesk)."""
+    def end_user(self, user_id: str, reason: EndReason) -> bool:
+        """End the user's session (re-login, lock, helpdesk), remembering why."""
         key = self._key_of_user.get(user_id)
-        return key is not None and self._end_key(key) is not None
+        return key is not None and self._end_key(key, reason) is not None
 
     def end_certificate(self, fingerprint: str) -> int:
         """End every session created with this certificate (revocation); returns how many."""
         keys = [k for k, s in self._by_key.items() if s.fingerprint == fingerprint]
         for key in keys:
-            self._end_key(key)
+            self._end_key(key, EndReason.REVOKED)
         return len(keys)
 
     def sweep(self) -> int:
@@ -184,11 +223,5 @@ class SessionStore:
         keys = [k for k, s in self._by_key.items() if self._state(s, now) is not
                 SessionState.ACTIVE]
         for key in keys:
-            self._end_key(key)
-            self._timed_out[key] = now
-        while self._timed_out and (
-            len(self._timed_out) > MAX_REMEMBERED_TIMEOUTS
-            or next(iter(self._timed_out.values())) < now - self.policy.absolute_timeout
-        ):
-            self._timed_out.popitem(last=False)
+            self._end_key(key, EndReason.TIMEOUT)
         return len(keys)

@@ -241,8 +241,9 @@ async def wait_closed_by_server(ws: aiohttp.ClientWebSocketResponse, seconds: fl
 
 
 def csrf_of(html: str) -> str:
-    """The CSRF token of the first form in a page."""
-    match = CSRF_PATTERN.search(html)
+    """The CSRF token of the first form in a page's main part (the header's ログアウト form
+    carries the session's token too)."""
+    match = CSRF_PATTERN.search(html, max(0, html.find("<main"))) or CSRF_PATTERN.search(html)
     assert match, f"no CSRF token in page: {html[:500]}"
     return match.group(1)
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
-from tests.gateway.conftest import GatewayHarness, csrf_of
+import pytest
+
+from tests.gateway.conftest import GOOD_PASSWORD, GatewayHarness, csrf_of
 
 SESSION = "__Host-sekisho-session"
 MINUTE = timedelta(minutes=1)
@@ -79,9 +82,11 @@ class TestLockout:
         """Tries 1-2 answer 401, the third 423; then the right password gets 423 too."""
         user = gw.enroll("300010")
         async with gw.browser(user) as browser:
+            token = csrf_of((await browser.get("/auth/login")).text)
             statuses = [(await browser.login("wrong-pass1")).status for _ in range(3)]
             assert statuses == [401, 401, 423]
-            locked = await browser.login()
+            locked = await browser.request("POST", "/auth/login",
+                                           data={"csrf": token, "password": user.password})
             assert locked.status == 423 and locked.error == "locked"
         stored = gw.run(gw.users.get("300010"))
         assert stored.locked and stored.failed_attempts == 3
@@ -99,7 +104,9 @@ class TestLockout:
             statuses = [p.status for p in pages]
             assert set(statuses) <= {401, 423, 429}  # 429: retry, tries being checked
             assert statuses.count(401) <= 2
-            assert (await browser.login()).status == 423
+            right = await browser.request("POST", "/auth/login",
+                                          data={"csrf": token, "password": user.password})
+            assert right.status == 423
         stored = gw.run(gw.users.get("300011"))
         assert stored.locked and stored.failed_attempts == 3
         failures = [e for e in gw.run(gw.users.audit_entries())
@@ -133,8 +140,49 @@ class TestPasswordChange:
             changed = await browser.submit("/auth/password", "/auth/password", {
                 "current_password": temporary, "new_password": "Hq7vT2mXk9",
                 "confirm_password": "Hq7vT2mXk9"})
-            assert changed.status == 200 and 'id="changed"' in changed.text
+            # §2.2(5): straight to the 初期画面, no intermediate page (issue 15 item 4).
+            assert changed.status == 200 and changed.url == gw.url + "/"
+            assert 'id="changed"' not in changed.text
             assert (await browser.get("/trade/forward")).status == 200
+
+    async def test_manual_change_says_changed_at_the_top_R_PW_1(
+            self, gw: GatewayHarness) -> None:
+        """§2.5(3): after a manual change, 「パスワードを変更しました。」 at the top."""
+        user = gw.enroll("300022")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            page = await browser.submit("/auth/password", "/auth/password", {
+                "current_password": user.password, "new_password": "Hq7vT2mXk9",
+                "confirm_password": "Hq7vT2mXk9"})
+            assert page.status == 200 and page.url == gw.url + "/auth/password"
+            assert 'id="changed">パスワードを変更しました。' in page.text
+            assert page.text.index('id="changed"') < page.text.index('id="change"')
+
+    @pytest.mark.parametrize("case", ["first", "reset", "expired"])
+    async def test_each_must_change_case_has_its_sentence_R_PW_2(
+            self, gw: GatewayHarness, case: str) -> None:
+        """§2.2(4): first login, a helpdesk reset after earlier logins and an expired password
+        each get their own sentence on the change page (issue 15 item 2)."""
+        user_id = {"first": "300023", "reset": "300024", "expired": "300025"}[case]
+        password = gw.add_user(user_id, password=None if case == "first" else GOOD_PASSWORD)
+        user = gw.issue(user_id, password)
+        if case == "reset":
+            async with gw.browser(user) as browser:
+                await browser.login()
+                await browser.submit("/auth/password", "/auth/logout", {})
+            user.password = gw.run(gw.auth.reset_password(user_id, actor="helpdesk:test"))
+        if case == "expired":
+            gw.clock.advance(timedelta(days=91))
+        async with gw.browser(user) as browser:
+            page = await browser.login()
+            assert page.url == gw.url + "/auth/password"
+            assert f'id="must-change" data-case="{case}"' in page.text
+            expected = {"first": "初回ログインのため",
+                        "reset": "ヘルプデスクにてパスワードの再設定",
+                        "expired": "パスワードの有効期限が切れています"}[case]
+            assert expected in page.text
+            if case == "reset":
+                assert "初回ログイン" not in page.text
 
     async def test_every_violated_rule_is_named_R_PW_1(self, gw: GatewayHarness) -> None:
         """A short, digit-less password equal to the user name is refused with each rule."""
@@ -197,6 +245,41 @@ class TestSessions:
             browser.jar.update_cookies({SESSION: old or ""})
             assert (await browser.get("/trade/forward")).url == gw.url + "/auth/"
 
+    async def test_logout_is_one_click_from_the_header_R_SES_2(self, gw: GatewayHarness) -> None:
+        """§3.1: the header's ログアウト is a form carrying the session's CSRF token; one POST
+        from any gateway page gives the completion message (issue 15 item 4)."""
+        user = gw.enroll("300036")
+        async with gw.browser(user) as browser:
+            await browser.login()
+            password_page = await browser.get("/auth/password")
+            header = password_page.text[password_page.text.index('class="header-logout"'):]
+            page = await browser.request("POST", "/auth/logout",
+                                         data={"csrf": csrf_of(header)})
+            assert page.status == 200 and 'id="logged-out"' in page.text
+            assert (await browser.get("/trade/forward")).url == gw.url + "/auth/"
+
+    def test_cookie_alone_cannot_open_or_end_logout_R_GW_4(self, gw: GatewayHarness) -> None:
+        """Issue 10 item 7: the cookie without a certificate, or with another user's, neither
+        shows the logout form (identity, CSRF token) nor ends the owner's session (curl)."""
+        owner, thief = gw.enroll("300037"), gw.enroll("300038")
+        jar, _ = gw.curl_login(owner)
+        token = next(line.split("\t")[-1] for line in Path(jar).read_text().splitlines()
+                     if SESSION in line)
+        cookie = f"{SESSION}={token}"
+        for who in (None, thief):
+            page = gw.curl("/auth/logout", who, "-H", f"Cookie: {cookie}")
+            status = page.stdout.rsplit("\n", 1)[1]
+            assert status == ("401" if who is None else "403"), page.stdout[-300:]
+            assert "300037" not in page.stdout and 'name="csrf"' not in page.stdout
+            ended = gw.curl("/auth/logout", who, "-H", f"Cookie: {cookie}",
+                            "--data-urlencode", "csrf=x")
+            assert ended.stdout.rsplit("\n", 1)[1] in ("401", "403")
+        still = gw.curl("/auth/password", owner, "-b", jar)
+        assert still.stdout.endswith("\n200") and "300037" in still.stdout
+        real = gw.curl("/auth/logout", owner, "-b", jar, "--data-urlencode",
+                       f"csrf={csrf_of(still.stdout)}")
+        assert real.stdout.endswith("\n200") and 'id="logged-out"' in real.stdout
+
     async def test_relogin_ends_the_old_session_R_SES_2(self, gw: GatewayHarness) -> None:
         """A second window must press 再ログイン; the first window's session then ends."""
         user = gw.enroll("300032")
@@ -208,7 +291,27 @@ class TestSessions:
             assert (await first.get("/trade/forward")).status == 200
             page = await second.login(relogin="1")
             assert page.status == 200 and page.url == gw.url + "/"
+            # Issue 15 item 1: the first window is told why, once; then the top page.
+            ended = await first.get("/trade/forward")
+            assert ended.status == 401 and ended.error == "session_ended_relogin"
+            assert "別の画面で再ログインされたため" in ended.text
             assert (await first.get("/trade/forward")).url == gw.url + "/auth/"
+
+    async def test_refused_second_login_is_no_login_R_SES_2(self, gw: GatewayHarness) -> None:
+        """The 409 「再ログイン」 answer neither audits login.succeeded nor moves 前回ログイン日時
+        (issue 15 item 3); the 再ログイン that follows does both."""
+        user = gw.enroll("300035")
+        async with gw.browser(user) as first, gw.browser(user) as second:
+            await first.login()
+            stamped = gw.run(gw.users.get("300035")).last_login_at
+            logins = [e for e in gw.run(gw.users.audit_entries()) if e.action == "login.succeeded"]
+            gw.clock.advance(timedelta(minutes=5))
+            assert (await second.login()).status == 409
+            assert gw.run(gw.users.get("300035")).last_login_at == stamped
+            after = [e for e in gw.run(gw.users.audit_entries()) if e.action == "login.succeeded"]
+            assert len(after) == len(logins)
+            assert (await second.login(relogin="1")).status == 200
+            assert gw.run(gw.users.get("300035")).last_login_at > stamped
 
     async def test_stolen_session_with_another_certificate_refused_R_GW_4(
             self, gw: GatewayHarness) -> None:

@@ -125,7 +125,7 @@ class TestHeader:
         async with gw.browser(user) as browser:
             await browser.login()
             page = await browser.get("/auth/password")
-            for text in ("XYZ Trading", "310001", "Yamada Hanako", 'href="/auth/logout"',
+            for text in ("XYZ Trading", "310001", "Yamada Hanako", 'action="/auth/logout"',
                          'href="/auth/password"', 'id="last-login"'):
                 assert text in page.text, text
 
