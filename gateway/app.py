@@ -35,7 +35,7 @@ from gateway.errors import (
 from gateway.messages import error_text
 from gateway.proxy import Identity, Proxy, is_websocket
 from gateway.revocation_client import RevocationChecker
-from gateway.sessions import Session, SessionStore
+from gateway.sessions import EndReason, Session, SessionStore
 from gateway.state import (
     AUTH,
     CA,
@@ -54,6 +54,9 @@ from policy.clock import Clock
 
 _log = structlog.get_logger("gateway")
 SWEEP_INTERVAL = 15.0
+# How often the store's session events (helpdesk disable / reset from the CLI, another
+# process) are polled: a live session ends within about this long (issue 10 item 9).
+SESSION_EVENTS_INTERVAL = 0.25
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -214,15 +217,45 @@ async def _sweep(sessions: SessionStore) -> None:
         sessions.sweep()
 
 
+async def follow_session_events(users: UserStore, sessions: SessionStore,
+                                after: int, *, interval: float = SESSION_EVENTS_INTERVAL) -> None:
+    """End the sessions of users whose right to log in a helpdesk command removed.
+
+    The helpdesk CLI runs in another process and writes the shared SQLite file; it appends a
+    session event in the same transaction as the disable or reset. Every gateway process polls
+    that sequence (like the CA's revocation sequence), so with several processes each ends
+    its own sessions, and their WebSocket relays, within `interval` (issue 10 item 9).
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            events = await users.session_events_after(after)
+        except Exception:  # a locked or busy file: try again at the next poll
+            _log.warning("session_events_unreadable", exc_info=True)
+            continue
+        for seq, user_id, reason in events:
+            after = seq
+            try:
+                end_reason = EndReason(reason)
+            except ValueError:
+                end_reason = EndReason.DISABLED  # an unknown reason still ends the session
+            if sessions.end_user(user_id, end_reason):
+                _log.info("helpdesk_sessions_ended", user_id=user_id, reason=end_reason.value)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Proxy pool, revocation feed follower, session sweeper; all stopped at shutdown."""
+    """Proxy pool, revocation feed follower, session sweeper, session-event follower; all
+    stopped at shutdown."""
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
     sweeper = asyncio.create_task(_sweep(app[SESSIONS]), name="session-sweeper")
+    helpdesk = asyncio.create_task(
+        follow_session_events(app[USERS], app[SESSIONS], await app[USERS].last_session_event()),
+        name="session-events")
     yield
-    for task in (follower, sweeper):
+    for task in (follower, sweeper, helpdesk):
         task.cancel()
-    for task in (follower, sweeper):
+    for task in (follower, sweeper, helpdesk):
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await app[PROXY].close()

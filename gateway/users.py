@@ -68,7 +68,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """
     + audit.SCHEMA,
+    # Issue 10 item 9: helpdesk actions that remove a right to log in, as a sequence every
+    # gateway process follows (`session_events_after`) to end the user's sessions at once.
+    """
+    CREATE TABLE session_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id TEXT NOT NULL,
+        reason TEXT NOT NULL,                  -- gateway.sessions.EndReason
+        at INTEGER NOT NULL
+    );
+    """,
 )
+# Events older than this are pruned: every follower polls several times a second.
+SESSION_EVENTS_KEPT_SECONDS = 24 * 3600
 
 LOGIN_ACTOR = "login"
 
@@ -267,6 +279,7 @@ class UserStore(SqliteStore):
             row = await self._password_row(db, user_id)
             await self._replace_password(db, row, password_hash, keep_previous, temporary=True)
             await self._audit(db, "password.reset", user_id, actor)
+            await self._end_sessions(db, user_id, "password_reset")
 
     async def replace_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
         """Store a re-hash of the same password (new argon2 parameters); history untouched."""
@@ -280,13 +293,35 @@ class UserStore(SqliteStore):
             return cursor.rowcount == 1
 
     async def _admin_update(
-        self, user_id: str, sql: str, action: str, actor: str
+        self, user_id: str, sql: str, action: str, actor: str, *, end_sessions: str | None = None
     ) -> None:
         async with self.transaction() as db:
             cursor = await db.execute(sql, (user_id,))
             if cursor.rowcount != 1:
                 raise NotFound(f"no user {user_id}", code="unknown_user")
             await self._audit(db, action, user_id, actor)
+            if end_sessions is not None:
+                await self._end_sessions(db, user_id, end_sessions)
+
+    async def _end_sessions(self, db: aiosqlite.Connection, user_id: str, reason: str) -> None:
+        """Append a session event in the caller's transaction: every gateway process that
+        follows the sequence ends the user's sessions within a poll interval (issue 10 item 9)."""
+        now = to_epoch(self._clock.now())
+        await db.execute("INSERT INTO session_events (user_id, reason, at) VALUES (?, ?, ?)",
+                         (user_id, reason, now))
+        await db.execute("DELETE FROM session_events WHERE at < ?",
+                         (now - SESSION_EVENTS_KEPT_SECONDS,))
+
+    async def last_session_event(self) -> int:
+        """The newest session event's sequence number (0 when there is none)."""
+        row = await self._fetchone("SELECT COALESCE(MAX(seq), 0) FROM session_events", ())
+        return int(row[0])
+
+    async def session_events_after(self, seq: int) -> list[tuple[int, str, str]]:
+        """(seq, user_id, reason) of the session events after `seq`, oldest first."""
+        rows = await self._fetchall(
+            "SELECT seq, user_id, reason FROM session_events WHERE seq > ? ORDER BY seq", (seq,))
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     async def unlock(self, user_id: str, *, actor: str) -> None:
         """Helpdesk unlock (§2.7): the failure count starts again from zero."""
@@ -298,7 +333,8 @@ class UserStore(SqliteStore):
     async def disable(self, user_id: str, *, actor: str) -> None:
         """Disable a user: from now on it logs in like a user ID that does not exist."""
         await self._admin_update(
-            user_id, "UPDATE users SET disabled = 1 WHERE user_id = ?", "user.disabled", actor
+            user_id, "UPDATE users SET disabled = 1 WHERE user_id = ?", "user.disabled", actor,
+            end_sessions="disabled",
         )
 
     # -- login attempts (R-LOCK-1) ---------------------------------------------------------

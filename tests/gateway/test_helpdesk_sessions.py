@@ -1,0 +1,112 @@
+"""A helpdesk command that removes a right to log in ends the user's live sessions at once,
+in every gateway process (issue 10 item 9, R-SES-2, §2.6).
+
+`sekisho-gateway users disable` and `users reset-password` run as their own process and write
+the gateway's SQLite file; the gateways follow the store's session-event sequence. Here a
+real `sekisho-gateway serve` process and the in-process test gateway share one database, the
+CLI runs as a third process, and curl / aiohttp are the clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.conftest import Enrolled, GatewayHarness, csrf_of, wait_closed_by_server
+from tests.support.servers import free_port
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _cli(gw: GatewayHarness, *args: str) -> subprocess.CompletedProcess[str]:
+    """The helpdesk CLI as its own process (what the helpdesk runs)."""
+    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(gw.ca.config_path),
+                           *args], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=PROJECT)
+
+
+@pytest.fixture
+def second_gateway(gw: GatewayHarness) -> Iterator[GatewayHarness]:
+    """A real `sekisho-gateway serve` process on its own port, same database and CA."""
+    port = free_port()
+    text = gw.ca.config_path.read_text()
+    old_port = gw.url.rsplit(":", 1)[1]
+    config = gw.ca.config_path.with_name("config-second.toml")
+    config.write_text(text.replace(f"127.0.0.1:{old_port}", f"127.0.0.1:{port}"))
+    log = config.with_name("gateway-second.log")
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(config), "serve"],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT)
+    try:
+        deadline = time.monotonic() + 60
+        while "gateway listening" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert "gateway listening" in log.read_text(), log.read_text()
+        yield dataclasses.replace(gw, url=f"https://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _ended_within(gw: GatewayHarness, who: Enrolled, jar: str, code: str,
+                  seconds: float = 10.0) -> float:
+    """Seconds until the session's next request gets the session-ended page `code`."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        page = gw.curl("/trade/forward", who, "-b", jar, "-c", jar)
+        if f'data-code="{code}"' in page.stdout:
+            assert page.stdout.endswith("\n401")
+            return time.monotonic() - start
+        assert page.stdout.endswith("\n200"), page.stdout[-300:]
+        time.sleep(0.05)
+    raise AssertionError(f"the session did not end within {seconds} s")
+
+
+@pytest.mark.parametrize(("command", "code"), [
+    ("disable", "session_ended_disabled"),
+    ("reset-password", "session_ended_password_reset"),
+])
+def test_helpdesk_cli_ends_live_sessions_in_every_gateway_process_R_SES_2(
+        gw: GatewayHarness, second_gateway: GatewayHarness, command: str, code: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """curl holds a live session on a real gateway process and on the in-process gateway;
+    after the CLI (a third process) returns, the next request on each gets the page saying
+    why, within about a second (the session-event poll is 0.25 s)."""
+    user = gw.enroll("720001")
+    jar_second, login = second_gateway.curl_login(user, "-L")
+    assert login.stdout.endswith("\n200"), login.stdout[-300:]
+    jar_first = str(gw.directory / "curl-first.txt")
+    page = gw.curl("/auth/login", user, "-c", jar_first, "-b", jar_first)
+    assert gw.curl("/auth/login", user, "-c", jar_first, "-b", jar_first, "-L",
+                   "--data-urlencode", f"csrf={csrf_of(page.stdout)}",
+                   "--data-urlencode", f"password={user.password}").stdout.endswith("\n200")
+    result = _cli(gw, "users", command, "720001")
+    assert result.returncode == 0, result.stderr
+    elapsed = [_ended_within(second_gateway, user, jar_second, code),
+               _ended_within(gw, user, jar_first, code)]
+    with capsys.disabled():
+        print(f"\n{command}: CLI returned -> session-ended page after "
+              f"{elapsed[0] * 1000:.0f} ms (process) / {elapsed[1] * 1000:.0f} ms (in-process)")
+
+
+async def test_helpdesk_reset_closes_the_websocket_relay_R_SES_2(gw: GatewayHarness) -> None:
+    """The session's WebSocket relay is cancelled too (close from the gateway)."""
+    user = gw.enroll("720003")
+    async with gw.browser(user) as browser:
+        await browser.login()
+        assert browser.session is not None
+        async with browser.session.ws_connect(gw.url + "/ws/quotes") as ws:
+            await ws.receive_json(timeout=5)
+            result = _cli(gw, "users", "reset-password", "720003")
+            assert result.returncode == 0, result.stderr
+            await wait_closed_by_server(ws)
+        page = await browser.get("/trade/forward")
+        assert page.status == 401 and page.error == "session_ended_password_reset"
