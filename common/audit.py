@@ -86,6 +86,47 @@ async def entries(db: aiosqlite.Connection, *, limit: int = 1000) -> list[AuditE
             for r in reversed(list(rows))]
 
 
+async def search(
+    db: aiosqlite.Connection, *, subject: str | None = None, action: str | None = None,
+    actor: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    limit: int = 100,
+) -> list[AuditEntry]:
+    """The newest `limit` entries matching every filter given, oldest first.
+
+    `action` matches the action or a family of them (`login` matches `login.failed`);
+    `actor` matches exactly or by its name after the colon (`alice` matches
+    `helpdesk:alice`); `since` inclusive, `until` exclusive.
+    """
+    clauses: list[str] = []
+    params: list[object] = []
+    if subject is not None:
+        clauses.append("subject = ?")
+        params.append(subject)
+    if action is not None:
+        clauses.append("(action = ? OR substr(action, 1, ?) = ?)")
+        params += [action, len(action) + 1, action + "."]
+    if actor is not None:
+        clauses.append("(actor = ? OR substr(actor, -?) = ?)")
+        params += [actor, len(actor) + 1, ":" + actor]
+    rows = []
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    async with db.execute(
+        "SELECT id, at, actor, action, subject, details FROM audit_log"  # noqa: S608
+        f"{where} ORDER BY id DESC", params,  # clauses are constants, values are bound
+    ) as cursor:
+        async for row in cursor:
+            # `at` is ISO 8601 with its offset: compared as times, not as text.
+            at = datetime.fromisoformat(row[1])
+            if until is not None and at >= until:
+                continue
+            if since is not None and at < since:
+                continue
+            rows.append(row)
+            if len(rows) >= limit:
+                break
+    return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
+
+
 async def verify_chain(db: aiosqlite.Connection) -> list[str]:
     """Return the problems found in the chain (empty when intact)."""
     problems: list[str] = []

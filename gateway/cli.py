@@ -8,6 +8,12 @@
     sekisho-gateway users disable USER_ID
     sekisho-gateway users show USER_ID
     sekisho-gateway users list
+    sekisho-gateway audit verify
+    sekisho-gateway audit show [--user ID] [--action A] [--operator-name N] [--since T]
+                               [--until T] [--limit N] [--json]
+
+`--config PATH` (or `$SEKISHO_CONFIG`) and `--operator NAME` (default: the OS user, recorded
+in the audit trail as `helpdesk:NAME`) are accepted anywhere on the line.
 
 Every failure is one line on stderr and exit status 1 (2 for a usage error), never a
 traceback. Secrets (temporary and acquisition passwords) are printed once and never logged.
@@ -18,15 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from common.config import DEFAULT_CONFIG, ConfigError
+from common.cli import add_common_options, config_path, operator_name, table
+from common.config import ConfigError, to_utc_datetime
 from common.eventloop import loop_factory, until_stopped
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
@@ -40,6 +49,19 @@ from gateway.users import User, UserStore
 from policy.clock import Clock, SystemClock
 
 HELPDESK = "helpdesk"
+JST = timezone(timedelta(hours=9), "JST")
+
+
+def _helpdesk(args: argparse.Namespace) -> str:
+    """The audit actor of a helpdesk command: `helpdesk:<operator>` (issue 15 item 14)."""
+    return f"{HELPDESK}:{operator_name(args)}"
+
+
+def _when(value: datetime | None) -> str:
+    """A time as the helpdesk reads it: Japan time, as the customer sees it, then UTC."""
+    if value is None:
+        return "-"
+    return f"{value.astimezone(JST):%Y-%m-%d %H:%M} JST ({value.astimezone(UTC):%H:%M} UTC)"
 
 
 class CliError(Exception):
@@ -165,8 +187,8 @@ def _user_row(user: User) -> dict[str, Any]:
         "state": "disabled" if user.disabled else "locked" if user.locked else
         "must-change" if user.must_change else "active",
         "failures": user.failed_attempts,
-        "password_set": f"{user.password_set_at:%Y-%m-%d %H:%M}",
-        "last_login": f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "-",
+        "password_set": _when(user.password_set_at),
+        "last_login": _when(user.last_login_at),
     }
 
 
@@ -178,11 +200,12 @@ async def cmd_users_add(config: GatewayConfig, clock: Clock, args: argparse.Name
         try:
             user, temporary = await auth.add_user(args.user_id, name=args.name,
                                                   customer=args.customer, role=args.role,
-                                                  actor=HELPDESK)
+                                                  actor=_helpdesk(args))
             print(f"user {user.user_id} ({user.name}, {user.customer}, {user.role.value}) created")
             print(f"  temporary login password: {temporary}")
             try:
-                acquisition = await ca.issue_acquisition_password(user.user_id, actor=HELPDESK)
+                acquisition = await ca.issue_acquisition_password(user.user_id,
+                                                                  actor=_helpdesk(args))
             except (CaUnavailable, CaRefused) as exc:
                 raise CliError(
                     f"the user was created but the CA did not issue an acquisition password "
@@ -200,9 +223,10 @@ async def cmd_users_reset(config: GatewayConfig, clock: Clock, args: argparse.Na
     """§2.6: a new temporary password (also unlocks); printed once."""
 
     async def run(store: UserStore, auth: Authenticator) -> int:
-        temporary = await auth.reset_password(args.user_id, actor=HELPDESK)
+        temporary = await auth.reset_password(args.user_id, actor=_helpdesk(args))
         print(f"user {args.user_id}: new temporary login password: {temporary}")
         print("It is shown only this once. The user must change it at the next login.")
+        print("Any session of the user has been ended.")
         return 0
 
     return await _with_users(config, clock, run)
@@ -212,8 +236,10 @@ async def cmd_users_unlock(config: GatewayConfig, clock: Clock, args: argparse.N
     """§2.7: unlock a user locked after three wrong passwords."""
 
     async def run(store: UserStore, auth: Authenticator) -> int:
-        await store.unlock(args.user_id, actor=HELPDESK)
-        print(f"user {args.user_id} unlocked")
+        if await store.unlock(args.user_id, actor=_helpdesk(args)):
+            print(f"user {args.user_id} unlocked")
+        else:
+            print(f"user {args.user_id} is not locked: nothing changed")
         return 0
 
     return await _with_users(config, clock, run)
@@ -223,9 +249,9 @@ async def cmd_users_disable(config: GatewayConfig, clock: Clock, args: argparse.
     """Disable a user (it then logs in like an unknown user ID)."""
 
     async def run(store: UserStore, auth: Authenticator) -> int:
-        await store.disable(args.user_id, actor=HELPDESK)
-        print(f"user {args.user_id} disabled (revoke the certificate with "
-              f"`sekisho-ca revoke --user {args.user_id}`)")
+        await store.disable(args.user_id, actor=_helpdesk(args))
+        print(f"user {args.user_id} disabled; any session of the user has been ended "
+              f"(revoke the certificate with `sekisho-ca revoke --user {args.user_id}`)")
         return 0
 
     return await _with_users(config, clock, run)
@@ -251,10 +277,56 @@ async def cmd_users_list(config: GatewayConfig, clock: Clock, args: argparse.Nam
     async def run(store: UserStore, auth: Authenticator) -> int:
         rows = [_user_row(u) for u in await store.list_users()]
         columns = ("user_id", "name", "customer", "role", "state", "failures", "last_login")
-        widths = [max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns]
-        print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-        for row in rows:
-            print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+        for line in table(columns, [[str(r[c]) for c in columns] for r in rows]):
+            print(line)
+        return 0
+
+    return await _with_users(config, clock, run)
+
+
+async def cmd_audit_verify(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Verify the gateway's audit hash chain (R-OPS-2): exit 1 naming the damaged rows."""
+
+    async def run(store: UserStore, auth: Authenticator) -> int:
+        problems = await store.verify_audit()
+        for problem in problems:
+            print(f"audit chain damaged: {problem}")
+        if problems:
+            return 1
+        print("audit chain intact")
+        return 0
+
+    return await _with_users(config, clock, run)
+
+
+def _parse_time(value: str) -> datetime:
+    """A date (a day in Japan time, as the helpdesk reads the trail) or an ISO time."""
+    try:
+        if len(value) == 10:  # 2026-12-04
+            return datetime.fromisoformat(value).replace(tzinfo=JST).astimezone(UTC)
+        return to_utc_datetime(value, "time")
+    except (ConfigError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date or time (e.g. 2026-12-04 or 2026-12-04T09:00+09:00)"
+        ) from None
+
+
+async def cmd_audit_show(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Audit entries, oldest first, filtered; times in JST and UTC."""
+
+    async def run(store: UserStore, auth: Authenticator) -> int:
+        entries = await store.search_audit(
+            subject=args.user, action=args.action, actor=args.operator_name,
+            since=args.since, until=args.until, limit=args.limit)
+        if args.json:
+            print(json.dumps([entry.__dict__ for entry in entries], ensure_ascii=False,
+                             indent=2))
+            return 0
+        rows = [[str(e.id), _when(datetime.fromisoformat(e.at)), e.actor, e.action, e.subject,
+                 json.dumps(e.details, ensure_ascii=False) if e.details else ""]
+                for e in entries]
+        for line in table(("id", "at", "actor", "action", "subject", "details"), rows):
+            print(line)
         return 0
 
     return await _with_users(config, clock, run)
@@ -263,8 +335,6 @@ async def cmd_users_list(config: GatewayConfig, clock: Clock, args: argparse.Nam
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="sekisho-gateway", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="configuration file (default: ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gateway").set_defaults(handler=cmd_serve)
     commands.add_parser("tls-init", help="create the demo server certificate").set_defaults(
@@ -287,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("user_id")
         command.set_defaults(handler=handler)
     users.add_parser("list", help="list users").set_defaults(handler=cmd_users_list)
+    audit = commands.add_parser("audit", help="the gateway's audit trail").add_subparsers(
+        dest="audit_command", required=True)
+    audit.add_parser("verify", help="verify the audit hash chain").set_defaults(
+        handler=cmd_audit_verify)
+    show = audit.add_parser("show", help="show audit entries, filtered")
+    show.add_argument("--user", help="entries about this user ID")
+    show.add_argument("--action", help="an action or family (e.g. login, password.reset)")
+    show.add_argument("--operator-name", help="entries by this actor (e.g. alice)")
+    show.add_argument("--since", type=_parse_time,
+                      help="from this day (Japan time) or ISO time, inclusive")
+    show.add_argument("--until", type=_parse_time,
+                      help="up to this day (Japan time) or ISO time, exclusive")
+    show.add_argument("--limit", type=int, default=100, help="newest N entries (default 100)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_audit_show)
+    add_common_options(parser)
     return parser
 
 
@@ -294,7 +380,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     """Entry point of `sekisho-gateway`."""
     args = build_parser().parse_args(argv)
     try:
-        config = load_gateway_config(args.config)
+        config = load_gateway_config(config_path(args))
         configure_logging(config.log_level if args.command == "serve" else "warning",
                           process="gateway")
         with asyncio.Runner(loop_factory=loop_factory(args.command)) as runner:

@@ -323,12 +323,21 @@ class UserStore(SqliteStore):
             "SELECT seq, user_id, reason FROM session_events WHERE seq > ? ORDER BY seq", (seq,))
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
-    async def unlock(self, user_id: str, *, actor: str) -> None:
-        """Helpdesk unlock (§2.7): the failure count starts again from zero."""
-        await self._admin_update(
-            user_id, "UPDATE users SET locked = 0, failed_attempts = 0 WHERE user_id = ?",
-            "user.unlocked", actor,
-        )
+    async def unlock(self, user_id: str, *, actor: str) -> bool:
+        """Helpdesk unlock (§2.7): the failure count starts again from zero.
+
+        False, with nothing written (no audit row either), when the user was not locked.
+        """
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE users SET locked = 0, failed_attempts = 0"
+                " WHERE user_id = ? AND locked = 1", (user_id,))
+            if cursor.rowcount == 1:
+                await self._audit(db, "user.unlocked", user_id, actor)
+                return True
+            if await self._one(db, "SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is None:
+                raise NotFound(f"no user {user_id}", code="unknown_user")
+            return False
 
     async def disable(self, user_id: str, *, actor: str) -> None:
         """Disable a user: from now on it logs in like a user ID that does not exist."""
@@ -447,6 +456,11 @@ class UserStore(SqliteStore):
         """The newest `limit` audit entries, oldest first."""
         async with self._lock:
             return await audit.entries(self._db, limit=limit)
+
+    async def search_audit(self, **filters: Any) -> list[audit.AuditEntry]:
+        """Audit entries matching `common.audit.search`'s filters, oldest first."""
+        async with self._lock:
+            return await audit.search(self._db, **filters)
 
     async def verify_audit(self) -> list[str]:
         """Problems found in the audit chain: edited, deleted-middle or deleted-last rows."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from common.cli import display_width
 from gateway import cli
 from tests.gateway.conftest import GatewayHarness
 
@@ -73,3 +77,99 @@ def test_module_entry_point_help() -> None:
     result = subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True,
                             text=True, check=False, timeout=30)
     assert result.returncode == 0 and "users" in result.stdout
+
+
+class TestHelpdeskWalkThrough:
+    """Issue 15 items 12-14 and 18: what the helpdesk tripped over."""
+
+    def test_unlock_of_a_user_not_locked_changes_nothing_R_LOCK_1(
+            self, gw: GatewayHarness, capsys) -> None:
+        """unlock on a user who is not locked says so and writes no audit row."""
+        gw.add_user("700010")
+        before = len(gw.run(gw.users.audit_entries()))
+        assert _run(gw, "users", "unlock", "700010") == 0
+        assert "700010 is not locked: nothing changed" in capsys.readouterr().out
+        assert len(gw.run(gw.users.audit_entries())) == before
+        for _ in range(3):
+            gw.run(gw.auth.login("700010", "wrong-pass1"))
+        assert _run(gw, "users", "unlock", "700010") == 0
+        assert "user 700010 unlocked" in capsys.readouterr().out
+        assert gw.run(gw.users.audit_entries())[-1].action == "user.unlocked"
+
+    def test_show_and_list_label_japan_time_and_align_japanese_names(
+            self, gw: GatewayHarness, capsys) -> None:
+        """Times carry JST (what the customer sees) and UTC; columns line up by display
+        width with Japanese names (two columns per character)."""
+        gw.add_user("700011", name="法人ユーザー1", customer="株式会社ABC商事")
+        gw.add_user("700012", name="Sato", customer="XYZ Co")
+        gw.run(gw.auth.login("700011", "kj3h5gq8Wz"))
+        assert _run(gw, "users", "show", "700011") == 0
+        shown = capsys.readouterr().out
+        local = gw.clock.now().astimezone(cli.JST)
+        assert f"{local:%Y-%m-%d %H:%M} JST (" in shown and " UTC)" in shown
+        assert _run(gw, "users", "list") == 0
+        lines = capsys.readouterr().out.splitlines()
+        header = lines[0]
+        for line in lines[1:]:
+            # "role" starts in the same terminal column on every line.
+            role_col = display_width(line[:line.index("contractor")])
+            assert role_col == display_width(header[:header.index("role")]), lines
+
+    def test_operator_is_recorded_on_every_helpdesk_command(
+            self, gw: GatewayHarness, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+        """--operator NAME (anywhere on the line), else the OS user, goes into the audit row."""
+        assert _run(gw, "users", "add", "700013", "--name", "A", "--customer", "B",
+                    "--role", "contractor", "--operator", "suzuki") == 0
+        assert gw.run(gw.users.audit_entries())[-1].actor == "helpdesk:suzuki"
+        assert _run(gw, "--operator", "tanaka", "users", "reset-password", "700013") == 0
+        assert gw.run(gw.users.audit_entries())[-1].actor == "helpdesk:tanaka"
+        monkeypatch.setenv("LOGNAME", "yamada")
+        monkeypatch.setenv("USER", "yamada")
+        assert _run(gw, "users", "disable", "700013") == 0
+        assert gw.run(gw.users.audit_entries())[-1].actor == "helpdesk:yamada"
+        with pytest.raises(SystemExit) as exited:
+            _run(gw, "users", "disable", "700013", "--operator", "bad name;")
+        assert exited.value.code == 2
+
+    def test_audit_verify_and_show_with_filters_R_OPS_2(
+            self, gw: GatewayHarness, capsys) -> None:
+        """audit verify: intact, then exit 1 naming an edited row; audit show filters by
+        user, action family, operator and time."""
+        gw.add_user("700014")
+        gw.add_user("700015")
+        gw.run(gw.auth.login("700014", "wrong-pass1"))
+        assert _run(gw, "users", "reset-password", "700015", "--operator", "sato") == 0
+        capsys.readouterr()
+        assert _run(gw, "audit", "verify") == 0
+        assert "audit chain intact" in capsys.readouterr().out
+        assert _run(gw, "audit", "show", "--user", "700014", "--action", "login") == 0
+        out = capsys.readouterr().out
+        assert "login.failed" in out and "700015" not in out and "user.added" not in out
+        assert _run(gw, "audit", "show", "--operator-name", "sato", "--json") == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert [e["action"] for e in shown] == ["password.reset"]
+        tomorrow = (gw.clock.now() + timedelta(days=2)).astimezone(cli.JST).date().isoformat()
+        assert _run(gw, "audit", "show", "--since", tomorrow) == 0
+        assert capsys.readouterr().out.count("\n") == 1  # the header only
+        database = gw.config.database
+        with sqlite3.connect(database) as db:
+            db.execute("UPDATE audit_log SET subject = 'someone' WHERE id = 2")
+        assert _run(gw, "audit", "verify") == 1
+        assert "row 2 was edited" in capsys.readouterr().out
+
+    def test_config_anywhere_or_from_the_environment(
+            self, gw: GatewayHarness, capsys, monkeypatch: pytest.MonkeyPatch,
+            tmp_path: Path) -> None:
+        """--config after the sub-command works, and SEKISHO_CONFIG names the file."""
+        gw.add_user("700016")
+        assert cli.main(["users", "show", "700016", "--config", str(gw.ca.config_path)],
+                        clock=gw.clock) == 0
+        assert "700016" in capsys.readouterr().out
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)  # no ./config.toml here
+        monkeypatch.setenv("SEKISHO_CONFIG", str(gw.ca.config_path))
+        assert cli.main(["users", "show", "700016"], clock=gw.clock) == 0
+        assert "700016" in capsys.readouterr().out
+        monkeypatch.delenv("SEKISHO_CONFIG")
+        assert cli.main(["users", "show", "700016"], clock=gw.clock) == 1
