@@ -41,6 +41,23 @@ def load_issuers(keys_directory: Path) -> list[x509.Certificate]:
             for name in generation_names(keys_directory)]
 
 
+def issuers_from(source: str) -> list[x509.Certificate]:
+    """Issuer certificates from a PEM (one or several) or DER file, or an http(s) URL, so a
+    monitoring host can run the check without the CA's config (issue 15 item 16).
+
+    A file copied from the CA is the stronger anchor; a URL is as trustworthy as the path to
+    it (the same one the CRL itself comes over).
+    """
+    data = fetch(source) if source.startswith(("http://", "https://")) else (
+        Path(source).read_bytes())
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ValueError(f"{source} holds no X.509 certificate (PEM or DER)") from None
+
+
 def _human(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     sign = "-" if seconds < 0 else ""

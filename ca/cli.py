@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -25,7 +27,8 @@ from ca.errors import BadRequest, CaError
 from ca.issuance import parse_reason
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
-from common.config import DEFAULT_CONFIG, ConfigError, parse_duration, to_utc_datetime
+from common.cli import add_common_options, config_path, operator_name
+from common.config import ConfigError, load_raw, parse_duration, resolve_path, to_utc_datetime
 from common.eventloop import loop_factory
 from common.logging import configure_logging
 from keys.errors import KeyCustodyError
@@ -34,6 +37,11 @@ from policy.clock import Clock, SystemClock
 from policy.errors import PolicyViolation
 
 OFFICER = "officer"
+
+
+def _officer(args: argparse.Namespace) -> str:
+    """The audit actor of an officer command: `officer:<operator>` (issue 15 item 14)."""
+    return f"{OFFICER}:{operator_name(args)}"
 
 
 class CliError(Exception):
@@ -64,7 +72,7 @@ async def cmd_init(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
     )
     store = await Store.open(config.database)
     try:
-        await store.audit(at=clock.now(), actor=OFFICER, action="ca.initialised",
+        await store.audit(at=clock.now(), actor=_officer(args), action="ca.initialised",
                           subject=generation.name,
                           details={"root": format(hierarchy.root_certificate().serial_number, "x")})
     finally:
@@ -95,13 +103,47 @@ async def _with_runtime(
         await runtime.close()
 
 
+def _require_gateway_user(path: Path, user_id: str) -> None:
+    """Refuse an acquisition password for a user ID the gateway does not know (or has
+    disabled): the customer could never log in with the certificate (issue 15 item 15).
+
+    The gateway's user table is read directly, read-only, from `gateway.database` of the same
+    config file (the CA imports nothing of the gateway). When that file cannot be read here
+    (the gateway runs on another host), a warning says the check was skipped.
+    """
+    raw = load_raw(path)
+    database = resolve_path(raw.base_dir, str(raw.section("gateway").values.get(
+        "database", "var/gateway/gateway.sqlite3")))
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True,
+                                                timeout=10)) as db:
+            row = db.execute("SELECT disabled FROM users WHERE user_id = ?",
+                             (user_id,)).fetchone()
+    except sqlite3.Error as exc:
+        print(f"sekisho-ca: warning: cannot read the gateway's users in {database} ({exc}); "
+              f"make sure user {user_id} exists at the gateway", file=sys.stderr)
+        return
+    if row is None:
+        raise CliError(f"user {user_id} does not exist at the gateway ({database}), so this "
+                       "acquisition password could never be used; create the user with "
+                       "`sekisho-gateway users add` (it issues the acquisition password), "
+                       "or pass --force")
+    if row[0]:
+        raise CliError(f"user {user_id} is disabled at the gateway; pass --force to issue "
+                       "an acquisition password anyway")
+
+
 async def cmd_acquisition_password(
     config: CaConfig, clock: Clock, args: argparse.Namespace
 ) -> int:
     """Issue or reissue a user's acquisition password and print it once."""
 
+    if not args.force:
+        _require_gateway_user(config_path(args), args.user_id)
+
     async def run(runtime: CaRuntime) -> int:
-        password = await runtime.authority.issue_acquisition_password(args.user_id, actor=OFFICER)
+        password = await runtime.authority.issue_acquisition_password(args.user_id,
+                                                                      actor=_officer(args))
         print(f"acquisition password for {args.user_id}: {password}")
         print("It is shown only this once; hand it to the customer with the welcome letter.")
         return 0
@@ -118,7 +160,7 @@ async def cmd_issue(config: CaConfig, clock: Clock, args: argparse.Namespace) ->
 
     async def run(runtime: CaRuntime) -> int:
         issued = await runtime.authority.issue_from_csr(
-            args.user_id, csr_data, acquisition_password=None, actor=OFFICER
+            args.user_id, csr_data, acquisition_password=None, actor=_officer(args)
         )
         record = issued.record
         pem = x509.load_der_x509_certificate(record.der or b"").public_bytes(
@@ -158,10 +200,10 @@ async def _bulk_revoke(runtime: CaRuntime, args: argparse.Namespace) -> int:
             print(f"  ... and {len(users) - 50} more users")
         return 0
     revoked = await runtime.authority.revoke_many(
-        [r.serial for r in targets], reason, actor=OFFICER,
+        [r.serial for r in targets], reason, actor=_officer(args),
         details={"bulk": scope},
     )
-    await runtime.store.audit(at=now, actor=OFFICER, action="certificate.bulk_revoked",
+    await runtime.store.audit(at=now, actor=_officer(args), action="certificate.bulk_revoked",
                               subject=args.generation or "*",
                               details={"scope": scope, "reason": reason,
                                        "certificates": len(revoked), "users": len(users)})
@@ -179,9 +221,10 @@ async def cmd_revoke(config: CaConfig, clock: Clock, args: argparse.Namespace) -
             raise CliError("--dry-run goes with --issued-before")
         if args.serial:
             revoked = await runtime.authority.revoke_serial(args.serial, args.reason,
-                                                            actor=OFFICER)
+                                                            actor=_officer(args))
         else:
-            revoked = await runtime.authority.revoke_user(args.user, args.reason, actor=OFFICER)
+            revoked = await runtime.authority.revoke_user(args.user, args.reason,
+                                                          actor=_officer(args))
         for record in revoked:
             print(f"revoked {record.serial} (user {record.user_id}, reason "
                   f"{record.revocation_reason}, at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC)")
@@ -271,14 +314,16 @@ async def cmd_crl(config: CaConfig, clock: Clock, args: argparse.Namespace) -> i
 
 def run_check_crl(args: argparse.Namespace, clock: Clock) -> int:
     """Nagios-style CRL freshness check; never raises (exit 3 = UNKNOWN)."""
-    from ca.check_crl import UNKNOWN, CheckResult, evaluate, fetch, load_issuers
+    from ca.check_crl import UNKNOWN, CheckResult, evaluate, fetch, issuers_from, load_issuers
 
     try:
-        config = load_ca_config(args.config)
         warn = parse_duration(args.warn, "--warn")
         crit = parse_duration(args.crit, "--crit")
-        result = evaluate(fetch(args.url), load_issuers(config.keys.directory), clock.now(),
-                          warn, crit)
+        if args.issuer:  # a monitoring host: no config.toml, no key folder
+            issuers = [cert for source in args.issuer for cert in issuers_from(source)]
+        else:
+            issuers = load_issuers(load_ca_config(config_path(args)).keys.directory)
+        result = evaluate(fetch(args.url), issuers, clock.now(), warn, crit)
     except (OSError, ConfigError, ValueError) as exc:
         result = CheckResult(UNKNOWN, str(exc))
     print(result.line())
@@ -292,7 +337,7 @@ async def cmd_issuer_new(config: CaConfig, clock: Clock, args: argparse.Namespac
                                           ocsp_validity=config.ocsp_responder_validity)
     store = await Store.open(config.database)
     try:
-        await store.audit(at=clock.now(), actor=OFFICER, action="issuer.created",
+        await store.audit(at=clock.now(), actor=_officer(args), action="issuer.created",
                           subject=generation.name, details={"algorithm": args.algorithm})
     finally:
         await store.close()
@@ -358,7 +403,8 @@ async def cmd_campaign_status(config: CaConfig, clock: Clock, args: argparse.Nam
             body = "".join("".join(part.splitlines(keepends=True)[1:]) for part in csv_parts)
             Path(args.csv).write_text(header + body)
             print(f"per-user rows written to {args.csv}")
-        await runtime.store.audit(at=clock.now(), actor=OFFICER, action="campaign.status_viewed",
+        await runtime.store.audit(at=clock.now(), actor=_officer(args),
+                                  action="campaign.status_viewed",
                                   subject=",".join(c.name for c in cutovers))
         return 0
 
@@ -371,8 +417,6 @@ async def cmd_campaign_status(config: CaConfig, clock: Clock, args: argparse.Nam
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="sekisho-ca", description="Sekisho certificate authority")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="configuration file (default: ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create the root, issuing CA g1 and OCSP responder")
@@ -385,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     acq = commands.add_parser("acquisition-password",
                               help="issue or reissue a user's acquisition password")
     acq.add_argument("user_id")
+    acq.add_argument("--force", action="store_true",
+                     help="issue even when the gateway does not know the user (yet)")
     acq.set_defaults(handler=cmd_acquisition_password)
 
     issue = commands.add_parser("issue", help="issue a certificate from a CSR")
@@ -425,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-crl", help="monitoring check of a published CRL")
     check.add_argument("url")
+    check.add_argument("--issuer", action="append", metavar="FILE_OR_URL",
+                       help="issuing CA certificate(s) (PEM or DER file, or http(s) URL such as "
+                            "<public_url>/certs/bundle.pem); without it, those of config.toml")
     check.add_argument("--warn", default="6h", help="WARNING when nextUpdate is this close")
     check.add_argument("--crit", default="1h", help="CRITICAL when nextUpdate is this close")
     check.set_defaults(handler=None)
@@ -449,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.add_parser("verify", help="verify the audit hash chain").set_defaults(
         handler=cmd_audit_verify
     )
+    add_common_options(parser)
     return parser
 
 
@@ -458,7 +508,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     if args.command == "check-crl":
         return run_check_crl(args, clock or SystemClock())
     try:
-        config = load_ca_config(args.config)
+        config = load_ca_config(config_path(args))
         configure_logging("warning" if args.command != "serve" else config.log_level,
                           process="ca")
         with asyncio.Runner(loop_factory=loop_factory(args.command)) as runner:

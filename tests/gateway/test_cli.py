@@ -173,3 +173,25 @@ class TestHelpdeskWalkThrough:
         assert "700016" in capsys.readouterr().out
         monkeypatch.delenv("SEKISHO_CONFIG")
         assert cli.main(["users", "show", "700016"], clock=gw.clock) == 1
+
+
+class TestOfficerAcquisitionPassword:
+    """Issue 15 item 15: `sekisho-ca acquisition-password` refuses a password the customer
+    could never use (the gateway does not know the user)."""
+
+    def test_unknown_or_disabled_gateway_user_refused_unless_forced_R_CERT_5(
+            self, gw: GatewayHarness, capsys: pytest.CaptureFixture[str]) -> None:
+        """The gateway's users decide: unknown and disabled IDs are refused with one line;
+        --force issues anyway; a known user gets the password."""
+        ca = gw.ca
+        assert ca.cli("acquisition-password", "810001") == 1
+        err = capsys.readouterr().err
+        assert "810001 does not exist at the gateway" in err and err.count("\n") == 1
+        assert ca.cli("acquisition-password", "810001", "--force") == 0
+        assert "acquisition password for 810001:" in capsys.readouterr().out
+        gw.add_user("810002")
+        assert ca.cli("acquisition-password", "810002") == 0
+        assert "acquisition password for 810002:" in capsys.readouterr().out
+        gw.run(gw.users.disable("810002", actor="helpdesk:test"))
+        assert ca.cli("acquisition-password", "810002") == 1
+        assert "disabled at the gateway" in capsys.readouterr().err
