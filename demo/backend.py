@@ -4,7 +4,11 @@ The gateway proxies authenticated requests here with the identity in `X-Sekisho-
 and strips any the client sent; the backend trusts them because it listens on loopback only.
 It still refuses a request without a user (401) and a non-admin on the admin page (403), as
 defence in depth. Trading itself is not implemented: the menu leads to placeholder pages.
-The header's パスワード変更 and ログアウト lead to the gateway's /auth/password and /auth/logout.
+The header is drawn like the gateway's (same bars, labels, brackets and buttons): パスワード変更
+leads to the gateway's /auth/password, and ログアウト is a one-click POST to /auth/logout carrying
+the session's CSRF token, which the gateway sends in `X-Sekisho-Csrf` (§3.1). Pages follow the
+`lang` cookie (or `?lang=`) like the gateway's: Japanese by default, English as well, with no
+English on Japanese pages; times carry their zone; nothing overflows at 390 px.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ HEADER_CUSTOMER: Final = "X-Sekisho-Customer"  # percent-encoded UTF-8
 HEADER_NAME: Final = "X-Sekisho-Name"  # percent-encoded UTF-8
 HEADER_LAST_LOGIN: Final = "X-Sekisho-Last-Login"  # ISO 8601, empty at first login
 HEADER_CERT_SERIAL: Final = "X-Sekisho-Cert-Serial"
+HEADER_CSRF: Final = "X-Sekisho-Csrf"  # the session's token, for the header's logout form
 IDENTITY_HEADER_PREFIX: Final = "x-sekisho-"
 
 ROLES: Final = frozenset({"admin", "contractor"})
@@ -44,12 +49,50 @@ QUOTE_INTERVAL: Final = 0.5
 JST: Final = timezone(timedelta(hours=9), "JST")
 
 # §1.3.2: the functions every role may use; ユーザ制限設定 (admin only) is added for admins.
+# The manual's own word is リブオーダー (§2.2(5)'s initial screen).
 TRADE_MENU: Final[Mapping[str, str]] = {
     "forward": "為替予約取引入力",
-    "leave-order": "リーブオーダー入力",
+    "leave-order": "リブオーダー入力",
     "confirm": "コンファーム",
     "manage": "取引管理",
 }
+LANGUAGES: Final = ("ja", "en")
+# Every string of the demo's pages, per language (as gateway/messages.py does for the gateway).
+TEXT: Final[Mapping[str, Mapping[str, str]]] = {
+    "ja": {
+        "service": "外為Web 為替予約サービス", "customer": "お客様名", "user_id": "ユーザID",
+        "user_name": "ユーザ名", "role": "権限", "admin": "管理者", "contractor": "締結者",
+        "last_login": "前回ログイン日時", "first_login": "なし(初回ログイン)",
+        "password_change": "パスワード変更", "logout": "ログアウト", "language": "表示言語",
+        "account": "アカウント", "home": "初期画面", "menu": "メニュー",
+        "forward": "為替予約取引入力", "leave-order": "リブオーダー入力",
+        "confirm": "コンファーム", "manage": "取引管理", "restrictions": "ユーザ制限設定",
+        "rates": "為替相場(参考スポットレート)", "bid": "買い気配", "ask": "売り気配",
+        "updated": "更新", "connecting": "接続中", "live": "配信中", "reconnecting": "再接続待ち",
+        "jst": "(日本時間)", "not_implemented": "このデモでは取引機能は実装していません。",
+        "admins_only": "管理者権限ユーザのみご利用いただけます。",
+        "restrictions_demo": "このデモでは設定の変更は実装していません。",
+        "back_home": "初期画面へ戻る",
+    },
+    "en": {
+        "service": "FX Web – Forward Contract Service", "customer": "Customer",
+        "user_id": "User ID", "user_name": "User name", "role": "Role", "admin": "Administrator",
+        "contractor": "Contractor", "last_login": "Last login",
+        "first_login": "None (first login)", "password_change": "Change password",
+        "logout": "Log out", "language": "Language", "account": "Account",
+        "home": "Home", "menu": "Menu", "forward": "Forward contract entry",
+        "leave-order": "Leave order entry", "confirm": "Confirmation",
+        "manage": "Trade management", "restrictions": "User restriction settings",
+        "rates": "Exchange rates (indicative spot)", "bid": "Bid", "ask": "Ask",
+        "updated": "Updated", "connecting": "Connecting", "live": "Live",
+        "reconnecting": "Reconnecting", "jst": "(Japan time)",
+        "not_implemented": "This demo does not implement trading.",
+        "admins_only": "Only administrators can use this page.",
+        "restrictions_demo": "This demo does not implement changing the settings.",
+        "back_home": "Back to the home screen",
+    },
+}
+_LANGUAGE_NAMES: Final = {"ja": "日本語", "en": "English"}
 # Start mid price and spread per pair (the manual's sample: 98.04/98.08 and 129.98/130.11).
 _PAIRS: Final[Mapping[str, tuple[float, float]]] = {
     "USD/JPY": (150.00, 0.04),
@@ -98,10 +141,18 @@ def parse_identity(headers: Mapping[str, str]) -> Identity | None:
     )
 
 
-def format_last_login(value: str) -> str:
+def language_of(request: web.Request) -> str:
+    """`?lang=` first, then the `lang` cookie the gateway sets, then Japanese (R-UI-3)."""
+    for value in (request.query.get("lang"), request.cookies.get("lang")):
+        if value in LANGUAGES:
+            return str(value)
+    return "ja"
+
+
+def format_last_login(value: str, lang: str = "ja") -> str:
     """An ISO 8601 time as the manual shows it (JST, `2013/08/06 09:01:41`, §2.2(5))."""
     if not value:
-        return "なし（初回ログイン）"
+        return TEXT[lang]["first_login"]
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
@@ -148,10 +199,13 @@ def _page(request: web.Request, template: str, **context: Any) -> web.Response:
     """Render an HTML page with the identity header and a nonce-based CSP."""
     nonce = secrets.token_urlsafe(16)
     identity = request[IDENTITY]
+    lang = language_of(request)
     response = aiohttp_jinja2.render_template(
         template, request,
-        {"me": identity, "last_login": format_last_login(identity.last_login),
-         "menu": TRADE_MENU, "nonce": nonce, **context},
+        {"me": identity, "last_login": format_last_login(identity.last_login, lang),
+         "menu": TRADE_MENU, "nonce": nonce, "t": TEXT[lang], "lang": lang,
+         "languages": LANGUAGES, "language_names": _LANGUAGE_NAMES, "path": request.path,
+         "csrf": request.headers.get(HEADER_CSRF, ""), **context},
     )
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
@@ -170,10 +224,10 @@ async def home(request: web.Request) -> web.Response:
 
 async def trade_placeholder(request: web.Request) -> web.Response:
     """A menu function the demo does not implement."""
-    title = TRADE_MENU.get(request.match_info["item"])
-    if title is None:
+    item = request.match_info["item"]
+    if item not in TRADE_MENU:
         raise web.HTTPNotFound
-    return _page(request, "placeholder.html", title=title)
+    return _page(request, "placeholder.html", title=TEXT[language_of(request)][item])
 
 
 async def restrictions(request: web.Request) -> web.Response:
@@ -310,50 +364,85 @@ def build_app(*, clock: Clock | None = None) -> web.Application:
 
 
 _BASE = """<!doctype html>
-<html lang="ja">
+<html lang="{{ lang }}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{% block title %}{% endblock %} - 外為Web為替予約サービス</title>
+<title>{% block title %}{% endblock %} | {{ t.service }}</title>
 <style nonce="{{ nonce }}">
-body { margin: 0; font-family: sans-serif; color: #222; background: #f4f6f8; }
-header { background: #0b3d6e; color: #fff; padding: .6em 1.2em; position: relative; }
-header .account { position: absolute; top: .6em; right: 1.2em; display: flex; gap: .5em; }
-header .account a { color: #0b3d6e; background: #fff; border-radius: 4px; padding: .2em .8em;
-  font-size: .9em; font-weight: bold; text-decoration: none; }
-header .account a:hover { background: #e8f0fa; }
-header .account a:focus-visible { outline: 3px solid #ffd166; outline-offset: 2px; }
-@media (max-width: 600px) { header .account { position: static; margin-top: .5em; } }
-header h1 { margin: 0 0 .3em; font-size: 1.2em; }
-header dl { display: flex; flex-wrap: wrap; gap: .2em 1.4em; margin: 0; font-size: .9em; }
-header dt { opacity: .8; } header dd { margin: 0 0 0 .4em; font-weight: bold; }
-header div { display: flex; }
-main { display: flex; flex-wrap: wrap; gap: 1.2em; padding: 1.2em; }
-section { background: #fff; border: 1px solid #ccd5de; border-radius: 4px; padding: .8em 1.2em; }
-h2 { font-size: 1em; margin: 0 0 .6em; color: #0b3d6e; }
-nav ul { list-style: none; margin: 0; padding: 0; }
-nav li { margin: .3em 0; }
-nav a { color: #0b3d6e; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #ccd5de; padding: .3em .8em; text-align: center; }
-td { font-family: monospace; font-size: 1.2em; min-width: 5em; }
-.note { font-size: .85em; color: #555; }
+/* The gateway's header (gateway/static/sekisho.css), in short: same bars, colours, buttons. */
+*, *::before, *::after { box-sizing: border-box; }
+body { margin: 0; font-family: system-ui, "Hiragino Sans", "Noto Sans CJK JP", "Yu Gothic UI",
+  "Meiryo", sans-serif; color: #1b1f24; background: #f3f5f8; line-height: 1.6; }
+.brand-bar { background: #0b3d6e; color: #fff; }
+.brand-inner, .identity-inner { max-width: 64rem; margin: 0 auto; padding: .6rem 1rem;
+  display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: center;
+  justify-content: space-between; }
+.brand { margin: 0; font-weight: 700; font-size: 1.1rem; display: flex; gap: .6rem;
+  align-items: center; }
+.brand-mark { background: #fff; color: #0b3d6e; border-radius: 4px; padding: 0 .4rem;
+  font-size: .9rem; }
+.lang-switch ul { list-style: none; margin: 0; padding: 0; display: flex; gap: .8rem; }
+.lang-switch a { color: #fff; } .lang-switch [aria-current] { font-weight: 700; }
+.identity-bar { background: #fff; border-bottom: 1px solid #ccd5de; }
+.identity { display: flex; flex-wrap: wrap; gap: .2rem 1.4rem; margin: 0; font-size: .9rem; }
+.identity div { display: flex; gap: .4rem; } .identity dt { color: #555; }
+.identity dd { margin: 0; font-weight: 700; }
+.identity-actions { display: flex; gap: .5rem; flex-wrap: wrap; }
+.identity-actions form { margin: 0; display: flex; }
+.button { display: inline-flex; align-items: center; min-height: 36px; padding: .25rem .8rem;
+  font: inherit; font-size: .9rem; font-weight: 700; border: 2px solid #0b3d6e;
+  border-radius: 4px; background: #fff; color: #0b3d6e; text-decoration: none;
+  cursor: pointer; }
+.button:hover { background: #e8f0fa; }
+a:focus-visible, button:focus-visible { outline: 3px solid #ffd166; outline-offset: 2px; }
+main { max-width: 64rem; margin: 0 auto; display: flex; flex-wrap: wrap; gap: 1rem;
+  padding: 1rem; }
+main > * { flex: 1 1 18rem; min-width: 0; }
+section { background: #fff; border: 1px solid #ccd5de; border-radius: 4px;
+  padding: .8rem 1rem; }
+h1 { font-size: 1.2rem; margin: 0 0 .6rem; color: #0b3d6e; }
+h2 { font-size: 1rem; margin: 0 0 .6rem; color: #0b3d6e; }
+nav.menu ul { list-style: none; margin: 0; padding: 0; }
+nav.menu li { margin: .3rem 0; } nav.menu a { color: #0b3d6e; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border: 1px solid #ccd5de; padding: .3rem .4rem; text-align: center; }
+td { font-family: ui-monospace, monospace; font-size: 1.1rem; }
+.note { font-size: .85rem; color: #555; }
 </style>
 </head>
 <body>
 <header>
-<h1>外為Web為替予約サービス</h1>
-<dl>
-<div><dt>お客様名</dt><dd id="customer-name">{{ me.customer }}</dd></div>
-<div><dt>ユーザID</dt><dd id="user-id">{{ me.user_id }}</dd></div>
-<div><dt>ユーザ名</dt><dd id="user-name">{{ me.name }}</dd></div>
-<div><dt>権限</dt><dd id="user-role">{{ "管理者" if me.is_admin else "締結者" }}</dd></div>
-<div><dt>前回ログイン日時</dt><dd id="last-login">{{ last_login }}</dd></div>
+<div class="brand-bar"><div class="brand-inner">
+<p class="brand"><span class="brand-mark" aria-hidden="true">FX</span>
+<span>{{ t.service }}</span></p>
+<nav class="lang-switch" aria-label="{{ t.language }}"><ul>
+{% for code in languages %}
+{% if code == lang %}
+<li><span aria-current="true" lang="{{ code }}">{{ language_names[code] }}</span></li>
+{% else %}
+<li><a href="{{ path }}?lang={{ code }}" lang="{{ code }}" hreflang="{{ code }}">
+{{- language_names[code] }}</a></li>
+{% endif %}
+{% endfor %}
+</ul></nav>
+</div></div>
+<div class="identity-bar"><div class="identity-inner">
+<dl class="identity">
+<div><dt>{{ t.customer }}</dt><dd id="customer-name">{{ me.customer }}</dd></div>
+<div><dt>{{ t.user_id }}</dt><dd id="user-id">{{ me.user_id }}</dd></div>
+<div><dt>{{ t.user_name }}</dt><dd id="user-name">{{ me.name }}</dd></div>
+<div><dt>{{ t.role }}</dt>
+<dd id="user-role">{{ t.admin if me.is_admin else t.contractor }}</dd></div>
+<div><dt>{{ t.last_login }}</dt><dd id="last-login">{{ last_login }}</dd></div>
 </dl>
-<nav class="account" aria-label="アカウント">
-<a id="password-change" href="/auth/password">パスワード変更</a>
-<a id="logout" href="/auth/logout">ログアウト</a>
+<nav class="identity-actions" aria-label="{{ t.account }}">
+<a class="button" id="password-change" href="/auth/password">{{ t.password_change }}</a>
+<form method="post" action="/auth/logout"><input type="hidden" name="csrf" value="{{ csrf }}">
+<button type="submit" class="button" id="logout">{{ t.logout }}</button></form>
 </nav>
+</div></div>
 </header>
 <main>
 {% block main %}{% endblock %}
@@ -363,30 +452,34 @@ td { font-family: monospace; font-size: 1.2em; min-width: 5em; }
 """
 
 _HOME = """{% extends "base.html" %}
-{% block title %}初期画面{% endblock %}
+{% block title %}{{ t.home }}{% endblock %}
 {% block main %}
-<nav>
+<nav class="menu" aria-labelledby="menu-heading">
 <section>
-<h2>メニュー</h2>
+<h2 id="menu-heading">{{ t.menu }}</h2>
 <ul>
-{% for item, label in menu.items() %}
-<li><a href="/trade/{{ item }}">{{ label }}</a></li>
+{% for item in menu %}
+<li><a href="/trade/{{ item }}">{{ t[item] }}</a></li>
 {% endfor %}
 {% if me.is_admin %}
-<li><a href="/admin/restrictions">ユーザ制限設定</a></li>
+<li><a href="/admin/restrictions">{{ t.restrictions }}</a></li>
 {% endif %}
 </ul>
 </section>
 </nav>
-<section id="quote-board" data-updates="0">
-<h2>為替相場（参考スポットレート）</h2>
+<section id="quote-board" data-updates="0" data-live="{{ t.live }}"
+         data-reconnecting="{{ t.reconnecting }}">
+<h2>{{ t.rates }}</h2>
+<div class="table-wrap">
 <table>
 <tr><th colspan="2">USD/JPY</th><th colspan="2">EUR/JPY</th></tr>
-<tr><th>買い気配</th><th>売り気配</th><th>買い気配</th><th>売り気配</th></tr>
+<tr><th>{{ t.bid }}</th><th>{{ t.ask }}</th><th>{{ t.bid }}</th><th>{{ t.ask }}</th></tr>
 <tr><td id="usdjpy-bid">-</td><td id="usdjpy-ask">-</td>
 <td id="eurjpy-bid">-</td><td id="eurjpy-ask">-</td></tr>
 </table>
-<p class="note">更新: <span id="quote-at">-</span> <span id="quote-status">接続中</span></p>
+</div>
+<p class="note">{{ t.updated }}: <span id="quote-at">-</span>
+<span id="quote-zone">{{ t.jst }}</span> <span id="quote-status">{{ t.connecting }}</span></p>
 </section>
 <script nonce="{{ nonce }}">
 (function () {
@@ -395,11 +488,15 @@ _HOME = """{% extends "base.html" %}
   var status = document.getElementById("quote-status");
   var ids = {"USD/JPY": "usdjpy", "EUR/JPY": "eurjpy"};
   var updates = 0, delay = 1000;
+  // The quote's time in Japan time, as the gateway shows times (2013/08/06 09:01:41).
+  var format = new Intl.DateTimeFormat("ja-JP", {timeZone: "Asia/Tokyo", year: "numeric",
+    month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    hour12: false});
   function show(id, value) { document.getElementById(id).textContent = Number(value).toFixed(2); }
   function connect() {
     var scheme = location.protocol === "https:" ? "wss:" : "ws:";
     var ws = new WebSocket(scheme + "//" + location.host + "/ws/quotes");
-    ws.onopen = function () { status.textContent = "配信中"; delay = 1000; };
+    ws.onopen = function () { status.textContent = board.getAttribute("data-live"); delay = 1000; };
     ws.onmessage = function (event) {
       var quote;
       try { quote = JSON.parse(event.data); } catch (e) { return; }
@@ -407,13 +504,12 @@ _HOME = """{% extends "base.html" %}
       if (!id) { return; }
       show(id + "-bid", quote.bid);
       show(id + "-ask", quote.ask);
-      document.getElementById("quote-at").textContent =
-        new Date(quote.at).toLocaleTimeString("ja-JP", {timeZone: "Asia/Tokyo"});
+      document.getElementById("quote-at").textContent = format.format(new Date(quote.at));
       updates += 1;
       board.setAttribute("data-updates", String(updates));
     };
     ws.onclose = function () {
-      status.textContent = "再接続待ち";
+      status.textContent = board.getAttribute("data-reconnecting");
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
     };
@@ -428,23 +524,21 @@ _PLACEHOLDER = """{% extends "base.html" %}
 {% block title %}{{ title }}{% endblock %}
 {% block main %}
 <section>
-<h2>{{ title }}</h2>
-<p>このデモでは取引機能は実装していません。</p>
-<p class="note">This demo does not implement trading.</p>
-<p><a href="/">初期画面へ戻る</a></p>
+<h1>{{ title }}</h1>
+<p>{{ t.not_implemented }}</p>
+<p><a href="/">{{ t.back_home }}</a></p>
 </section>
 {% endblock %}
 """
 
 _RESTRICTIONS = """{% extends "base.html" %}
-{% block title %}ユーザ制限設定{% endblock %}
+{% block title %}{{ t.restrictions }}{% endblock %}
 {% block main %}
 <section>
-<h2>ユーザ制限設定</h2>
-<p>管理者権限ユーザのみ利用できます。</p>
-<p>このデモでは設定の変更は実装していません。</p>
-<p class="note">Admins only. This demo does not implement user restriction settings.</p>
-<p><a href="/">初期画面へ戻る</a></p>
+<h1>{{ t.restrictions }}</h1>
+<p>{{ t.admins_only }}</p>
+<p>{{ t.restrictions_demo }}</p>
+<p><a href="/">{{ t.back_home }}</a></p>
 </section>
 {% endblock %}
 """

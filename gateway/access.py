@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp_jinja2
@@ -158,7 +159,13 @@ def certificate_context(request: web.Request, certificate: ClientCertificate,
     now = request.app[CLOCK].now()
     return {"user_id": certificate.user_id, "not_before": certificate.not_before,
             "not_after": certificate.not_after,
-            "days_left": max(0, (certificate.not_after - now).days)}
+            "days_left": days_left(certificate.not_after, now)}
+
+
+def days_left(not_after: datetime, now: datetime) -> int:
+    """Days of validity left as the customer counts them: a started day counts, so a
+    certificate issued a moment ago for 365 days shows 365, not 364 (issue 15 item 9)."""
+    return max(0, -(-(not_after - now) // timedelta(days=1)))
 
 
 def in_renewal_window(request: web.Request, certificate: ClientCertificate) -> bool:

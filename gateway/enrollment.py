@@ -35,6 +35,7 @@ from gateway.access import (
     certificate_context,
     check_form_token,
     form_token,
+    in_renewal_window,
     read_form,
     redirect,
     render,
@@ -50,7 +51,7 @@ from gateway.errors import (
     Locked,
     Unauthorized,
 )
-from gateway.state import AUTH, CA, CLOCK, VERIFIER
+from gateway.state import AUTH, CA, CLOCK, CONFIG, USERS, VERIFIER
 from gateway.verify import ClientCertificate
 from policy.clock import Clock
 
@@ -185,8 +186,19 @@ async def download_page(request: web.Request) -> web.Response:
     """GET /auth/download: 証明書ダウンロード画面 with [ダウンロード] and import help."""
     pickup = _own(request.app[PICKUPS].peek(request.cookies.get(PICKUP_COOKIE)), request)
     minutes = int(request.app[PICKUPS].lifetime.total_seconds() // 60)
-    return render(request, "download.html", {"pickup": pickup, "pickup_minutes": minutes},
+    return render(request, "download.html", {"pickup": pickup, "pickup_minutes": minutes,
+                                             "kind": await _wording(request, pickup)},
                   status=200 if pickup else 404, form_token=form_token(request))
+
+
+async def _wording(request: web.Request, pickup: Pickup | None) -> str:
+    """Which instructions the download page gives (issue 15 item 5): a first acquisition
+    (log in with the temporary password next), a re-acquisition by a user who already chose
+    a password (new PC §2.9, expiry §2.10.2, a migration campaign) or a renewal."""
+    if pickup is None or pickup.kind != "acquire":
+        return pickup.kind if pickup else ""
+    user = await request.app[USERS].get(pickup.user_id)
+    return "acquire" if user is None or user.must_change else "reacquire"
 
 
 async def download(request: web.Request) -> web.Response:
@@ -258,8 +270,11 @@ async def acquire(request: web.Request) -> web.Response:
 async def renew_page(request: web.Request) -> web.Response:
     """GET /auth/renew: the renewal form for the presented certificate (§2.10.1(3))."""
     certificate = await request.app[VERIFIER].required(request)
-    return render(request, "renew.html", certificate_context(request, certificate),
-                  form_token=form_token(request))
+    context = certificate_context(request, certificate)
+    if not in_renewal_window(request, certificate):
+        # Issue 15 item 6: say when renewal opens before asking for anything.
+        context["opens_at"] = certificate.not_after - request.app[CONFIG].renewal_window
+    return render(request, "renew.html", context, form_token=form_token(request))
 
 
 async def _renew(request: web.Request, certificate: ClientCertificate,

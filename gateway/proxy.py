@@ -75,6 +75,8 @@ HEADER_CUSTOMER = "X-Sekisho-Customer"  # percent-encoded UTF-8
 HEADER_NAME = "X-Sekisho-Name"  # percent-encoded UTF-8
 HEADER_LAST_LOGIN = "X-Sekisho-Last-Login"  # ISO 8601, empty at the first login
 HEADER_CERT_SERIAL = "X-Sekisho-Cert-Serial"
+# The session's CSRF token, so the backend's header can offer the one-click ログアウト form (§3.1).
+HEADER_CSRF = "X-Sekisho-Csrf"
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Identity:
     name: str
     last_login: datetime | None
     serial: str
+    csrf: str = ""
 
     def headers(self) -> dict[str, str]:
         """The identity headers (non-ASCII values percent-encoded)."""
@@ -94,7 +97,7 @@ class Identity:
             HEADER_USER: self.user_id, HEADER_ROLE: self.role,
             HEADER_CUSTOMER: quote(self.customer, safe=""), HEADER_NAME: quote(self.name, safe=""),
             HEADER_LAST_LOGIN: self.last_login.isoformat() if self.last_login else "",
-            HEADER_CERT_SERIAL: self.serial,
+            HEADER_CERT_SERIAL: self.serial, HEADER_CSRF: self.csrf,
         }
 
 

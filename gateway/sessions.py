@@ -68,7 +68,8 @@ class Session:
         """Who the backend is told is asking, built once: nothing in it changes while the
         session lives, and every request of it presents the certificate it was created with."""
         return Identity(user_id=self.user_id, role=self.role, customer=self.customer,
-                        name=self.name, last_login=self.previous_login_at, serial=self.serial)
+                        name=self.name, last_login=self.previous_login_at, serial=self.serial,
+                        csrf=self.csrf)
 
     def csrf_matches(self, presented: str | None) -> bool:
         """Constant-time comparison of a form's CSRF token with this session's."""

@@ -4,7 +4,8 @@
  * - Forms marked `data-issuing` (certificate acquisition and renewal) show the issuing
  *   screen "証明書発行中" (§2.1(3), §2.10.1(4)) while their POST runs, and cannot be sent
  *   twice. Coming back with the browser's Back button shows the form again.
- * - The download form (`data-download`) says that the download started (§2.1(5)).
+ * - The download form (`data-download`) is used once: after the click its button is
+ *   disabled, reads "ダウンロード済み", and a note says the file was downloaded (§2.1(5)).
  * - An error summary (`role="alert"` with tabindex) takes the focus, so keyboard and screen
  *   reader users start where the problem is explained.
  * No inline code and no external resources: the pages run under `default-src 'self'`.
@@ -48,9 +49,24 @@
     });
 
     Array.prototype.forEach.call(document.querySelectorAll("form[data-download]"), function (form) {
-      form.addEventListener("submit", function () {
-        var note = document.getElementById("download-started");
-        if (note) { note.hidden = false; }
+      form.addEventListener("submit", function (event) {
+        // One use only (the server hands the file over once): after the click the button
+        // is disabled and says so, instead of leading to a "nothing to download" page.
+        var button = form.querySelector("button[type=submit]");
+        if (form.getAttribute("data-sent") === "true") {
+          event.preventDefault();
+          return;
+        }
+        form.setAttribute("data-sent", "true");
+        window.setTimeout(function () {
+          if (button) {
+            button.disabled = true;
+            button.setAttribute("aria-disabled", "true");
+            if (button.getAttribute("data-done")) { button.textContent = button.getAttribute("data-done"); }
+          }
+          var note = document.getElementById("download-started");
+          if (note) { note.hidden = false; }
+        }, 0);
       });
     });
 

@@ -66,7 +66,7 @@ class TestFirstScreen:
         response = await client.get("/", headers=identity())
         assert response.status == 200
         page = await response.text()
-        assert "外為Web為替予約サービス" in page
+        assert "外為Web 為替予約サービス" in page
         assert '<dd id="customer-name">株式会社ABC商事</dd>' in page
         assert '<dd id="user-id">2004000003</dd>' in page
         assert '<dd id="user-name">法人ユーザー1</dd>' in page
@@ -85,7 +85,34 @@ class TestFirstScreen:
         """An empty last-login header is shown as a first login."""
         headers = identity(**{"X-Sekisho-Last-Login": ""})
         page = await (await client.get("/", headers=headers)).text()
-        assert '<dd id="last-login">なし（初回ログイン）</dd>' in page
+        assert '<dd id="last-login">なし(初回ログイン)</dd>' in page  # the gateway's brackets
+
+    async def test_language_follows_the_lang_cookie_R_UI_3(self, client: Client) -> None:
+        """Japanese pages carry no English (and the manual's リブオーダー); the `lang` cookie
+        or `?lang=en` gives English pages; times carry their zone."""
+        japanese = await (await client.get("/", headers=identity())).text()
+        visible = re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", japanese,
+                         flags=re.S)
+        # Proper names and the manual's ユーザID only: service, pairs, customer, the switch.
+        for name in ("外為Web", "ユーザID", "USD/JPY", "EUR/JPY", "FX", "ABC", "English"):
+            visible = visible.replace(name, "")
+        assert not re.search(r"[A-Za-z]{2,}", visible), visible
+        assert "リブオーダー" in japanese and "リーブ" not in japanese
+        assert 'id="quote-zone">(日本時間)' in japanese
+        english = await (await client.get("/", headers={**identity(), "Cookie": "lang=en"})
+                         ).text()
+        assert '<html lang="en">' in english and "Leave order entry" in english
+        assert 'id="quote-zone">(Japan time)' in english
+        queried = await (await client.get("/trade/forward?lang=en", headers=identity())).text()
+        assert "This demo does not implement trading." in queried
+
+    async def test_logout_is_a_form_with_the_gateway_csrf_token_R_SES_3(
+            self, client: Client) -> None:
+        """§3.1: the header's ログアウト POSTs to the gateway with the session's token."""
+        page = await (await client.get("/", headers={**identity(),
+                                                      "X-Sekisho-Csrf": "tok-123"})).text()
+        assert '<form method="post" action="/auth/logout">' in page
+        assert '<input type="hidden" name="csrf" value="tok-123">' in page
 
     async def test_quote_board_is_self_contained(self, client: Client) -> None:
         """The board has stable ids and an update counter, and loads nothing from elsewhere."""
@@ -104,7 +131,7 @@ class TestFirstScreen:
     async def test_menu_by_role(self, client: Client, role: str, shown: bool) -> None:
         """Both roles see the four trading functions; only admins see ユーザ制限設定 (§1.3.2)."""
         page = await (await client.get("/", headers=identity(role))).text()
-        for item, label in [("forward", "為替予約取引入力"), ("leave-order", "リーブオーダー入力"),
+        for item, label in [("forward", "為替予約取引入力"), ("leave-order", "リブオーダー入力"),
                             ("confirm", "コンファーム"), ("manage", "取引管理")]:
             assert f'<a href="/trade/{item}">{label}</a>' in page
         assert ('<a href="/admin/restrictions">ユーザ制限設定</a>' in page) is shown
@@ -140,7 +167,7 @@ class TestAuthorization:
         """An admin gets the ユーザ制限設定 page (the twin of the 403 test)."""
         response = await client.get("/admin/restrictions", headers=identity("admin"))
         assert response.status == 200
-        assert "<h2>ユーザ制限設定</h2>" in await response.text()
+        assert "<h1>ユーザ制限設定</h1>" in await response.text()
 
     async def test_healthz_needs_no_identity(self, client: Client) -> None:
         """/healthz answers "ok" without identity headers."""
