@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from gateway.pages import JST
 from tests.gateway.conftest import GatewayHarness, csrf_of
 
 
@@ -110,9 +111,55 @@ class TestRenewal:
             assert wrong.status == 401
 
     async def test_renew_too_early_refused_R_CERT_6(self, gw: GatewayHarness) -> None:
-        """Outside the window the CA refuses and the page says when renewal opens."""
+        """Outside the window the page says when renewal opens, in Japan time, before asking
+        for anything (issue 15 item 6); a POST anyway is refused with the same date."""
         user = gw.enroll("600012")
+        opens = (user.not_after - timedelta(days=30)).astimezone(JST)
         async with gw.browser(user) as browser:
-            page = await browser.submit("/auth/renew", "/auth/renew",
-                                        {"password": user.password})
-            assert page.status == 409 and page.error == "renewal_not_open"
+            page = await browser.get("/auth/renew")
+            assert page.status == 200 and 'id="renewal-not-open"' in page.text
+            assert f"{opens:%Y/%m/%d %H:%M:%S} (日本時間)から可能です" in page.text
+            assert 'name="password"' not in page.text and 'action="/auth/renew"' not in page.text
+            token = csrf_of((await browser.get("/auth/login")).text)
+            refused = await browser.request("POST", "/auth/renew",
+                                             data={"csrf": token, "password": user.password})
+            assert refused.status == 409 and refused.error == "renewal_not_open"
+            assert "(日本時間)から可能です" in refused.text
+
+    async def test_days_left_counted_as_the_customer_does_R_CERT_1(
+            self, gw: GatewayHarness) -> None:
+        """A certificate issued a moment ago for 365 days shows 「残り365日」 (issue 15 item 9);
+        one second before expiry, 「残り1日」."""
+        user = gw.enroll("600013")
+        async with gw.browser(user) as browser:
+            gw.clock.advance(timedelta(seconds=5))
+            assert "(残り365日)" in (await browser.get("/auth/login")).text
+            gw.clock.set(user.not_after - timedelta(seconds=1))
+            assert "(残り1日)" in (await browser.get("/auth/login")).text
+
+
+class TestDownloadWording:
+    """Issue 15 item 5: first acquisition, re-acquisition and renewal each say what is next."""
+
+    async def _download_page(self, gw: GatewayHarness, user_id: str, password: str) -> str:
+        async with gw.browser() as browser:
+            ready = await browser.submit("/auth/acquire", "/auth/acquire", {
+                "user_id": user_id, "password": password,
+                "acquisition_password": gw.acquisition_password(user_id)})
+            assert ready.url == gw.url + "/auth/download", ready.text[:300]
+            return ready.text
+
+    async def test_first_acquisition_says_temporary_password(self, gw: GatewayHarness) -> None:
+        """A new user: log in with the temporary password next."""
+        page = await self._download_page(gw, "600020", gw.add_user("600020", password=None))
+        assert "電子証明書の発行が完了しました。" in page and "初回は仮パスワードで" in page
+
+    async def test_reacquisition_says_current_password(self, gw: GatewayHarness) -> None:
+        """A user who already chose a password (new PC, expiry, a campaign): log in with the
+        current login password, not a temporary one."""
+        page = await self._download_page(gw, "600021", gw.add_user("600021"))
+        assert "電子証明書の再発行が完了しました。" in page
+        assert "現在お使いのログインパスワードでログインしてください" in page
+        assert "(仮パスワードではありません)" in page
+        assert "初回は仮パスワードで" not in page
+        assert "証明書パスワード(電子証明書取得用パスワード)で保護されています" in page
