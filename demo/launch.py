@@ -2,16 +2,20 @@
 
 On first run it initialises the CA (random key passphrase in var/secrets, mode 0600) and
 creates a demo administrator through the helpdesk CLI, whose welcome letter (temporary
-password and acquisition password) is kept in var/demo/welcome.txt (0600) and shown on every
-start until the demo user has logged in. Ctrl-C stops everything.
+password and acquisition password) is kept in var/demo/welcome.txt (0600). Later starts show
+the letter only while it is still true (the demo user has never logged in and the helpdesk has
+not reset the password since); otherwise they say how to get new passwords (issue 15 item 17).
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +29,40 @@ from common.config import Address, load_raw
 from gateway.config import load_gateway_config
 
 DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
+
+
+def letter_still_true(database: Path, user_id: str, letter: Path) -> bool:
+    """Whether the welcome letter's temporary password still logs the demo user in: never
+    logged in, still on a temporary password, and not reset after the letter was written."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True,
+                                                timeout=10)) as db:
+            row = db.execute("SELECT must_change, password_set_at, last_login_at, disabled"
+                             " FROM users WHERE user_id = ?", (user_id,)).fetchone()
+    except sqlite3.Error:
+        return False
+    if row is None:
+        return False
+    must_change, password_set_at, last_login_at, disabled = row
+    # password_set_at has whole seconds; the letter is written just after the user is added.
+    return (bool(must_change) and last_login_at is None and not disabled
+            and password_set_at <= letter.stat().st_mtime + 1)
+
+
+def welcome_text(database: Path, user_id: str, letter: Path) -> str:
+    """What `make run` prints about the demo user: the letter, or how to get new passwords."""
+    if letter_still_true(database, user_id, letter):
+        return (f"Demo user (the welcome letter, kept in {letter}):\n"
+                f"{letter.read_text().rstrip()}\n"
+                "Acquire the certificate on the login page (電子証明書取得), import the .p12 "
+                "with\nthe acquisition password, then log in (電子証明書ログイン) with the "
+                "temporary\npassword.")
+    return (f"Demo user {user_id}: the first welcome letter ({letter}) no longer holds (the\n"
+            "user has logged in, or the password was reset). Log in with the password you\n"
+            "chose. Forgotten? A new temporary login password:\n"
+            f"  .venv/bin/sekisho-gateway users reset-password {user_id}\n"
+            "and, to acquire a certificate again (new PC, expiry), a new acquisition password:\n"
+            f"  .venv/bin/sekisho-ca acquisition-password {user_id}")
 
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -99,11 +137,7 @@ def main() -> int:
         print("\n" + "=" * 72)
         print(f"Sekisho is running. Open {url}/ in a browser.")
         print("The gateway's demo TLS certificate is self-signed: accept the warning once.")
-        print(f"Demo user (the welcome letter, kept in {welcome}):")
-        print(welcome.read_text().rstrip())
-        print("Acquire the certificate on the login page (電子証明書取得), import the .p12 with")
-        print("the acquisition password, then log in (電子証明書ログイン) with the temporary")
-        print("password.")
+        print(welcome_text(gateway.database, DEMO_USER[0], welcome))
         print("Ctrl-C stops everything.")
         print("=" * 72 + "\n")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
