@@ -6,7 +6,10 @@ saved as a screenshot under test-artifacts/browser/<test>/.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -126,6 +129,10 @@ def acquire_in_browser(chromium: Any, site: GatewayHarness, shots: Shots | None,
     pfx = site.directory / download.suggested_filename  # key material: not an artifact
     download.save_as(pfx)
     expect(page.locator("#download-started")).to_be_visible()
+    # One use only (issue 15 item 8): the button is disabled and says so.
+    expect(page.locator("#download")).to_be_disabled()
+    expect(page.locator("#download")).to_have_text("ダウンロード済み")
+    expect(page.locator("#download-started")).to_contain_text("ダウンロードしました")
     snap(page, "downloaded")
     # Once only: the page now says there is nothing left to download.
     page.reload()
@@ -202,7 +209,7 @@ def test_2_first_login_with_the_downloaded_file_R_PW_1_R_PW_2_R_UI_2(
 
     # §2.2(4): the temporary password leads only to the change page, with the header.
     expect(page).to_have_url(site.url + "/auth/password")
-    expect(page.locator("#must-change")).to_contain_text("初回ログイン")
+    expect(page.locator("#must-change")).to_contain_text("初回ログインのため")
     expect(page.locator("#user-name")).to_have_text("佐藤 花子")
     expect(page.locator("#customer")).to_have_text("株式会社ABC商事")
     expect(page.locator("#header-password")).to_have_text("パスワード変更")
@@ -233,10 +240,8 @@ def test_2_first_login_with_the_downloaded_file_R_PW_1_R_PW_2_R_UI_2(
                 "aria-invalid", "true")
         shots(page, f"rule-{label}")
 
+    # §2.2(5): after the required change, straight to the 初期画面 (issue 15 item 4).
     change_password(page, acquired.temporary, NEW_PASSWORD)
-    expect(page.locator("#changed")).to_have_text("パスワードを変更しました。")
-    shots(page, "changed")
-    page.click("#continue")
     expect_first_screen(page, site, acquired.user_id)
     expect(page.locator("#user-name")).to_have_text("佐藤 花子")
     shots(page, "first-screen")
@@ -262,8 +267,13 @@ def test_3_three_wrong_passwords_lock_until_helpdesk_unlocks_R_LOCK_1(
     expect(page.locator("h1")).to_have_text("ログインパスワードロック")
     expect(page.locator("main")).to_contain_text("お取引店またはヘルプデスク")
     shots(page, "locked")
-    log_in(page, site, user.password)  # the right password does not help (R-LOCK-1)
+    # Issue 15 item 10: from now on the password page itself is the lock page; no password
+    # is asked for that could not work.
+    page.goto(site.url + "/auth/")
+    page.click("#cert-login")
     expect(page.locator("#error")).to_have_attribute("data-code", "locked")
+    expect(page.get_by_label("パスワード", exact=True)).to_have_count(0)
+    shots(page, "locked-at-password-page")
 
     config = str(site.ca.config_path)
     assert off_thread(gateway_cli.main, ["--config", config, "users", "unlock", user.user_id],
@@ -403,11 +413,9 @@ def test_6_logout_timeout_and_relogin_R_SES_1_R_SES_2(
     expect_first_screen(page, site, user.user_id)
     expect(page.locator("#last-login")).to_contain_text("初回")
 
-    page.click("#logout")  # the backend's header link
+    # §3.1: one click on the backend's header button to the completion message.
+    page.click("#logout")
     expect(page).to_have_url(site.url + "/auth/logout")
-    expect(page.locator("#user-id")).to_have_text(user.user_id)  # the gateway's header
-    shots(page, "logout-confirm")
-    page.click("main #logout")
     expect(page.locator("#logged-out")).to_have_text("ログアウトが完了しました。")
     expect(page.locator(".identity")).to_have_count(0)
     shots(page, "logged-out")
@@ -485,6 +493,11 @@ def reacquire_and_log_in(chromium: Any, site: GatewayHarness, page: Any, user_id
     page.get_by_label("証明書パスワード").fill(acquisition)
     show_issuing_screen(page, shots)
     expect(page).to_have_url(site.url + "/auth/download")
+    # Issue 15 item 5: a re-acquisition is told to log in with the current password.
+    expect(page.locator("#issued")).to_have_text("電子証明書の再発行が完了しました。")
+    expect(page.locator("main")).to_contain_text("現在お使いのログインパスワードでログイン")
+    expect(page.locator("main")).not_to_contain_text("初回は仮パスワード")
+    shots(page, "reacquisition-download")
     with page.expect_download() as info:
         page.click("#download")
     fresh = site.directory / f"{user_id}-reacquired.p12"
@@ -558,3 +571,143 @@ def test_9_expired_certificate_says_get_a_new_one_R_GW_1_R_CERT_6(
     expect(page.locator("#password")).to_have_count(0)
     shots(page, "certificate-expired")
     reacquire_and_log_in(chromium, site, page, "910009", NEW_PASSWORD, acquisition, shots)
+
+
+def test_10_a_session_ended_elsewhere_says_why_R_SES_2(
+        chromium: Any, site: GatewayHarness, shots: Shots) -> None:
+    """Issue 15 item 1: the window whose session was ended by 再ログイン in another window,
+    and later by the helpdesk's reset (the real CLI), is told why and what to do."""
+    user = site.enroll("910010", customer="株式会社ABC商事")
+    first_context = open_context(chromium, site, who=user)
+    first = first_context.new_page()
+    log_in(first, site, user.password)
+    expect_first_screen(first, site, user.user_id)
+
+    second_context = open_context(chromium, site, who=user)
+    second = second_context.new_page()
+    log_in(second, site, user.password)
+    expect(second.locator("#relogin-offer")).to_be_visible()
+    second.get_by_label("パスワード", exact=True).fill(user.password)
+    second.click("#login")
+    expect_first_screen(second, site, user.user_id)
+
+    first.get_by_role("link", name="為替予約取引入力").click()
+    expect(first.locator("#error")).to_have_attribute("data-code", "session_ended_relogin")
+    expect(first.locator("h1")).to_have_text("ログインが終了しました")
+    expect(first.locator("#error")).to_contain_text("別の画面で再ログインされたため")
+    expect(first.locator("main")).to_contain_text("再ログインした画面をご利用ください")
+    shots(first, "ended-by-relogin")
+    first_context.close()
+
+    config = str(site.ca.config_path)
+    assert off_thread(gateway_cli.main, ["users", "reset-password", user.user_id,
+                                         "--config", config], clock=site.clock) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        second.get_by_role("link", name="コンファーム").click()
+        if second.locator("#error").count():
+            break
+        second.go_back()
+    expect(second.locator("#error")).to_have_attribute("data-code",
+                                                       "session_ended_password_reset")
+    expect(second.locator("main")).to_contain_text("仮パスワードでログインし")
+    shots(second, "ended-by-helpdesk-reset")
+    second.click("#error-action")
+    expect(second).to_have_url(site.url + "/auth/login")
+    second_context.close()
+
+
+def test_11_manual_change_logout_and_reset_wording_R_PW_2(
+        chromium: Any, site: GatewayHarness, shots: Shots) -> None:
+    """§2.5(3) 「パスワードを変更しました。」 at the top after a manual change; §3.1 the
+    gateway header's ログアウト is one click; §2.2(4) after a helpdesk reset the change page
+    says so (not 初回ログイン)."""
+    user = site.enroll("910011", customer="株式会社ABC商事")
+    context = open_context(chromium, site, who=user)
+    page = context.new_page()
+    log_in(page, site, user.password)
+    expect_first_screen(page, site, user.user_id)
+    page.click("#password-change")
+    change_password(page, user.password, NEW_PASSWORD)
+    expect(page).to_have_url(site.url + "/auth/password")
+    expect(page.locator("#changed")).to_have_text("パスワードを変更しました。")
+    box = page.locator("#changed").bounding_box()
+    assert box is not None and box["y"] < page.locator("#change").bounding_box()["y"]
+    shots(page, "manually-changed")
+    page.click("#header-logout")
+    expect(page.locator("#logged-out")).to_have_text("ログアウトが完了しました。")
+    shots(page, "logged-out-from-gateway-header")
+
+    config = str(site.ca.config_path)
+    temporary_out = io.StringIO()
+    with contextlib.redirect_stdout(temporary_out):
+        assert off_thread(gateway_cli.main, ["--config", config, "users", "reset-password",
+                                             user.user_id], clock=site.clock) == 0
+    temporary = re.search(r"temporary login password: (\S+)", temporary_out.getvalue())
+    assert temporary is not None
+    log_in(page, site, temporary.group(1))
+    expect(page.locator("#must-change")).to_have_attribute("data-case", "reset")
+    expect(page.locator("#must-change")).to_contain_text("ヘルプデスクにてパスワードの再設定")
+    expect(page.locator("#must-change")).not_to_contain_text("初回ログイン")
+    shots(page, "change-after-reset")
+    context.close()
+
+
+def test_12_renewal_not_open_and_days_left_R_CERT_6(
+        chromium: Any, site: GatewayHarness, shots: Shots) -> None:
+    """Issue 15 items 6 and 9: a new certificate shows 「残り365日」; /auth/renew outside the
+    window says when renewal opens (日本時間) and asks for nothing."""
+    user = site.enroll("910012", customer="株式会社ABC商事")
+    context = open_context(chromium, site, who=user)
+    page = context.new_page()
+    page.goto(site.url + "/auth/login")
+    expect(page.locator("#cert-validity")).to_contain_text("残り365日")
+    page.goto(site.url + "/auth/renew")
+    expect(page.locator("#renewal-not-open")).to_contain_text("(日本時間)から可能です")
+    expect(page.get_by_label("ログインパスワード")).to_have_count(0)
+    shots(page, "renewal-not-open")
+    context.close()
+
+
+def test_13_trading_screen_language_width_and_header_R_UI_3(
+        chromium: Any, site: GatewayHarness, shots: Shots) -> None:
+    """Issue 15 item 11: the demo's screen follows the lang cookie, says リブオーダー, shows
+    the quote time with its zone, and fits 390 px; its header is the gateway's."""
+    user = site.enroll("910013", name="高橋 美咲", customer="株式会社ABC商事")
+    context = open_context(chromium, site, who=user, viewport=PHONE, has_touch=True,
+                           is_mobile=True)
+    page = context.new_page()
+    log_in(page, site, user.password)
+    expect_first_screen(page, site, user.user_id)
+    expect(page.locator("main")).to_contain_text("リブオーダー入力")
+    expect(page.locator("#quote-zone")).to_have_text("(日本時間)")
+    expect(page.locator("#quote-at")).to_have_text(
+        re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d$"))
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], width
+    shots(page, "phone-trading-ja")
+    page.get_by_role("link", name="English").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("main")).to_contain_text("Leave order entry")
+    expect(page.locator("#logout")).to_have_text("Log out")
+    page.wait_for_function(
+        "() => Number(document.getElementById('quote-board').dataset.updates) >= 1")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    shots(page, "phone-trading-en")
+    page.click("#password-change")
+    expect(page.locator("html")).to_have_attribute("lang", "en")  # the gateway follows too
+    page.get_by_role("link", name="日本語").click()
+    context.close()
+
+    context = open_context(chromium, site, who=user)
+    page = context.new_page()
+    log_in(page, site, user.password)
+    expect(page.locator("#relogin-offer")).to_be_visible()
+    page.get_by_label("パスワード", exact=True).fill(user.password)
+    page.click("#login")
+    expect_first_screen(page, site, user.user_id)
+    shots(page, "desktop-trading")
+    page.click("#logout")
+    expect(page.locator("#logged-out")).to_be_visible()
+    context.close()
+
