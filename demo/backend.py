@@ -208,7 +208,7 @@ def _page(request: web.Request, template: str, **context: Any) -> web.Response:
          "csrf": request.headers.get(HEADER_CSRF, ""), **context},
     )
     response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}'; "
         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -369,54 +369,28 @@ _BASE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{% block title %}{% endblock %} | {{ t.service }}</title>
+<link rel="stylesheet" href="/auth/static/sekisho.css">
 <style nonce="{{ nonce }}">
-/* The gateway's header (gateway/static/sekisho.css), in short: same bars, colours, buttons. */
-*, *::before, *::after { box-sizing: border-box; }
-body { margin: 0; font-family: system-ui, "Hiragino Sans", "Noto Sans CJK JP", "Yu Gothic UI",
-  "Meiryo", sans-serif; color: #1b1f24; background: #f3f5f8; line-height: 1.6; }
-.brand-bar { background: #0b3d6e; color: #fff; }
-.brand-inner, .identity-inner { max-width: 64rem; margin: 0 auto; padding: .6rem 1rem;
-  display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: center;
-  justify-content: space-between; }
-.brand { margin: 0; font-weight: 700; font-size: 1.1rem; display: flex; gap: .6rem;
-  align-items: center; }
-.brand-mark { background: #fff; color: #0b3d6e; border-radius: 4px; padding: 0 .4rem;
-  font-size: .9rem; }
-.lang-switch ul { list-style: none; margin: 0; padding: 0; display: flex; gap: .8rem; }
-.lang-switch a { color: #fff; } .lang-switch [aria-current] { font-weight: 700; }
-.identity-bar { background: #fff; border-bottom: 1px solid #ccd5de; }
-.identity { display: flex; flex-wrap: wrap; gap: .2rem 1.4rem; margin: 0; font-size: .9rem; }
-.identity div { display: flex; gap: .4rem; } .identity dt { color: #555; }
-.identity dd { margin: 0; font-weight: 700; }
-.identity-actions { display: flex; gap: .5rem; flex-wrap: wrap; }
-.identity-actions form { margin: 0; display: flex; }
-.button { display: inline-flex; align-items: center; min-height: 36px; padding: .25rem .8rem;
-  font: inherit; font-size: .9rem; font-weight: 700; border: 2px solid #0b3d6e;
-  border-radius: 4px; background: #fff; color: #0b3d6e; text-decoration: none;
-  cursor: pointer; }
-.button:hover { background: #e8f0fa; }
-a:focus-visible, button:focus-visible { outline: 3px solid #ffd166; outline-offset: 2px; }
-main { max-width: 64rem; margin: 0 auto; display: flex; flex-wrap: wrap; gap: 1rem;
-  padding: 1rem; }
-main > * { flex: 1 1 18rem; min-width: 0; }
-section { background: #fff; border: 1px solid #ccd5de; border-radius: 4px;
-  padding: .8rem 1rem; }
-h1 { font-size: 1.2rem; margin: 0 0 .6rem; color: #0b3d6e; }
-h2 { font-size: 1rem; margin: 0 0 .6rem; color: #0b3d6e; }
-nav.menu ul { list-style: none; margin: 0; padding: 0; }
-nav.menu li { margin: .3rem 0; } nav.menu a { color: #0b3d6e; }
+/* The header is the gateway's own stylesheet (above, served by the gateway); this is only
+   the demo's content. */
+.demo-grid { display: flex; flex-wrap: wrap; gap: 1rem; }
+.demo-grid > * { flex: 1 1 18rem; min-width: 0; }
+.demo-card { background: #fff; border: 1px solid #c9d3dd; border-radius: 6px;
+  padding: .9rem 1.1rem; }
+.demo-card h1, .demo-card h2 { font-size: 1.05rem; margin: 0 0 .6rem; color: #0b3d6e; }
+.menu ul { list-style: none; margin: 0; padding: 0; } .menu li { margin: .35rem 0; }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; }
-th, td { border: 1px solid #ccd5de; padding: .3rem .4rem; text-align: center; }
+th, td { border: 1px solid #c9d3dd; padding: .3rem .4rem; text-align: center; }
 td { font-family: ui-monospace, monospace; font-size: 1.1rem; }
-.note { font-size: .85rem; color: #555; }
+.note { font-size: .85rem; color: #4a5866; }
 </style>
 </head>
 <body>
-<header>
+<header class="site-header">
 <div class="brand-bar"><div class="brand-inner">
 <p class="brand"><span class="brand-mark" aria-hidden="true">FX</span>
-<span>{{ t.service }}</span></p>
+<span class="brand-name">{{ t.service }}</span></p>
 <nav class="lang-switch" aria-label="{{ t.language }}"><ul>
 {% for code in languages %}
 {% if code == lang %}
@@ -438,14 +412,16 @@ td { font-family: ui-monospace, monospace; font-size: 1.1rem; }
 <div><dt>{{ t.last_login }}</dt><dd id="last-login">{{ last_login }}</dd></div>
 </dl>
 <nav class="identity-actions" aria-label="{{ t.account }}">
-<a class="button" id="password-change" href="/auth/password">{{ t.password_change }}</a>
+<a class="button small" id="password-change" href="/auth/password">{{ t.password_change }}</a>
 <form method="post" action="/auth/logout"><input type="hidden" name="csrf" value="{{ csrf }}">
-<button type="submit" class="button" id="logout">{{ t.logout }}</button></form>
+<button type="submit" class="button small" id="logout">{{ t.logout }}</button></form>
 </nav>
 </div></div>
 </header>
-<main>
+<main id="main">
+<div class="demo-grid">
 {% block main %}{% endblock %}
+</div>
 </main>
 </body>
 </html>
@@ -455,7 +431,7 @@ _HOME = """{% extends "base.html" %}
 {% block title %}{{ t.home }}{% endblock %}
 {% block main %}
 <nav class="menu" aria-labelledby="menu-heading">
-<section>
+<section class="demo-card">
 <h2 id="menu-heading">{{ t.menu }}</h2>
 <ul>
 {% for item in menu %}
@@ -467,7 +443,7 @@ _HOME = """{% extends "base.html" %}
 </ul>
 </section>
 </nav>
-<section id="quote-board" data-updates="0" data-live="{{ t.live }}"
+<section class="demo-card" id="quote-board" data-updates="0" data-live="{{ t.live }}"
          data-reconnecting="{{ t.reconnecting }}">
 <h2>{{ t.rates }}</h2>
 <div class="table-wrap">
@@ -523,7 +499,7 @@ _HOME = """{% extends "base.html" %}
 _PLACEHOLDER = """{% extends "base.html" %}
 {% block title %}{{ title }}{% endblock %}
 {% block main %}
-<section>
+<section class="demo-card">
 <h1>{{ title }}</h1>
 <p>{{ t.not_implemented }}</p>
 <p><a href="/">{{ t.back_home }}</a></p>
@@ -534,7 +510,7 @@ _PLACEHOLDER = """{% extends "base.html" %}
 _RESTRICTIONS = """{% extends "base.html" %}
 {% block title %}{{ t.restrictions }}{% endblock %}
 {% block main %}
-<section>
+<section class="demo-card">
 <h1>{{ t.restrictions }}</h1>
 <p>{{ t.admins_only }}</p>
 <p>{{ t.restrictions_demo }}</p>
