@@ -103,7 +103,8 @@ class SessionStore:
         # Tombstones of ended sessions (token hash -> reason, when): their next click gets the
         # page saying why (§2.8's timeout page, or re-login, lock, helpdesk, revocation), once.
         # Bounded; entries older than the absolute timeout are dropped.
-        self._ended: OrderedDict[bytes, tuple[EndReason, datetime]] = OrderedDict()
+        # The certificate's fingerprint is kept too: only the owner's certificate learns why.
+        self._ended: OrderedDict[bytes, tuple[EndReason, datetime, str]] = OrderedDict()
 
     def create(self, *, user_id: str, name: str, customer: str, role: str,
                previous_login_at: datetime | None, fingerprint: str, serial: str,
@@ -142,9 +143,10 @@ class SessionStore:
         key = _key(token)
         session = self._by_key.get(key)
         if session is None:
-            ended = self._ended.pop(key, None)
-            if ended is None:
+            ended = self._ended.get(key)
+            if ended is None or not hmac.compare_digest(ended[2], fingerprint):
                 raise SessionRequired("please log in")
+            del self._ended[key]
             if ended[0] is EndReason.TIMEOUT:
                 raise SessionExpired("the session has timed out")
             raise SessionEnded(f"the session was ended: {ended[0].value}",
@@ -188,14 +190,14 @@ class SessionStore:
         for relay in list(session.relays):
             relay.cancel()
         if reason is not EndReason.LOGOUT:
-            self._remember(key, reason)
+            self._remember(key, reason, session.fingerprint)
         return session
 
-    def _remember(self, key: bytes, reason: EndReason) -> None:
+    def _remember(self, key: bytes, reason: EndReason, fingerprint: str) -> None:
         """Leave a tombstone; drop the oldest beyond the bound or the absolute timeout."""
         now = self._clock.now()
         self._ended.pop(key, None)
-        self._ended[key] = (reason, now)
+        self._ended[key] = (reason, now, fingerprint)
         while self._ended and (
             len(self._ended) > MAX_REMEMBERED_TIMEOUTS
             or next(iter(self._ended.values()))[1] < now - self.policy.absolute_timeout

@@ -444,6 +444,8 @@ class UserStore(SqliteStore):
                 (user_id,),
             )
             failures, locked = (int(row[0]), bool(row[1])) if row else (0, False)
+            if now_locked and known:  # every gateway process ends the user's sessions
+                await self._end_sessions(db, user_id, "locked")
             await self._audit(
                 db, "login.locked" if now_locked else "login.failed", user_id, actor,
                 {"failures": failures, "known": known},

@@ -110,3 +110,19 @@ async def test_helpdesk_reset_closes_the_websocket_relay_R_SES_2(gw: GatewayHarn
             await wait_closed_by_server(ws)
         page = await browser.get("/trade/forward")
         assert page.status == 401 and page.error == "session_ended_password_reset"
+
+
+def test_a_lock_in_one_gateway_process_ends_the_session_in_another_R_LOCK_1(
+        gw: GatewayHarness, second_gateway: GatewayHarness) -> None:
+    """Three wrong passwords on one gateway (here the in-process one, over HTTPS) lock the
+    user; the session the user holds on the other gateway process ends, saying why."""
+    user = gw.enroll("720005")
+    jar, login = second_gateway.curl_login(user, "-L")
+    assert login.stdout.endswith("\n200"), login.stdout[-300:]
+    wrong_jar = str(gw.directory / "curl-wrong.txt")
+    page = gw.curl("/auth/login", user, "-c", wrong_jar, "-b", wrong_jar)
+    for _ in range(3):
+        gw.curl("/auth/login", user, "-c", wrong_jar, "-b", wrong_jar,
+                "--data-urlencode", f"csrf={csrf_of(page.stdout)}",
+                "--data-urlencode", "password=wrong-pass1")
+    _ended_within(second_gateway, user, jar, "session_ended_locked")
