@@ -44,11 +44,6 @@ _VERIFYING_SSLMODES = frozenset({"verify-ca", "verify-full"})
 # SQLSTATEs after which the whole transaction may be run again: serialization_failure and
 # deadlock_detected (PostgreSQL docs, "Serialization Failure Handling").
 _RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
-# What a dropped or unusable connection raises.
-_CONNECTION_LOST = (OSError, asyncio.TimeoutError, asyncpg.exceptions.InterfaceError,
-                    asyncpg.exceptions.PostgresConnectionError,
-                    asyncpg.exceptions.AdminShutdownError,
-                    asyncpg.exceptions.ConnectionDoesNotExistError)
 
 
 class PostgresConfigError(ValueError):
@@ -79,6 +74,8 @@ def check_dsn(dsn: str) -> None:
     hosts = [host for value in query.get("host", []) for host in value.split(",")]
     if parts.hostname:
         hosts.append(parts.hostname)
+    if not hosts and os.environ.get("PGHOST"):
+        hosts = os.environ["PGHOST"].split(",")  # where asyncpg goes when the DSN is silent
     remote = [host for host in hosts if not _is_local(host)]
     sslmode = query.get("sslmode", [""])[-1]
     if remote and sslmode not in _VERIFYING_SSLMODES:
@@ -327,16 +324,19 @@ class ChannelListener:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            # Any failure (not only a lost connection: too many connections, a password
+            # file made unreadable, the consumer's callback) means connect again later; this
+            # task must never die while the process relies on it.
             try:
                 conn = await self._settings.connect(
                     application_name=f"{self._settings.application_name}:listen")
-            except (*_CONNECTION_LOST, PostgresConfigError) as exc:
+            except Exception as exc:
                 log.warning("LISTEN %s: cannot connect (%s); retrying", self.channel, exc)
                 await self._backoff.wait(self._stopping)
                 continue
             try:
                 await self._listen_on(conn)
-            except _CONNECTION_LOST as exc:
+            except Exception as exc:
                 log.warning("LISTEN %s: connection lost (%s); reconnecting", self.channel, exc)
             finally:
                 self.listening.clear()
@@ -460,13 +460,13 @@ class LeaderElection:
             while not self._stopping.is_set():
                 try:
                     conn = await self._settings.connect(application_name=self.application_name)
-                except (*_CONNECTION_LOST, PostgresConfigError) as exc:
+                except Exception as exc:  # whatever it is, contend again later (see above)
                     log.warning("leader %s: cannot connect (%s); retrying", self.name, exc)
                     await self._backoff.wait(self._stopping)
                     continue
                 try:
                     await self._contend(conn)
-                except _CONNECTION_LOST as exc:
+                except Exception as exc:
                     log.warning("leader %s: lock connection lost (%s)", self.name, exc)
                 finally:
                     conn.terminate()

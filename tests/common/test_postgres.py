@@ -34,6 +34,7 @@ from common.postgres import (
     schema_version,
 )
 from tests.support.pgworker import RACE_MIGRATIONS
+from tests.support.postgres import start_throwaway_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 _roles = itertools.count(1)
@@ -134,6 +135,33 @@ class TestThrowawayCluster:
         if os.geteuid() == 0:
             assert pwd.getpwuid(server_uid).pw_name == pgdev.SERVER_USER
 
+    @pytest.mark.parametrize(("ci", "outcome"), [("", pytest.skip.Exception),
+                                                  ("true", pytest.fail.Exception)])
+    def test_missing_binaries_skip_locally_and_fail_in_ci(
+            self, monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[Exception]) -> None:
+        """Without initdb the PostgreSQL tests skip on a developer's machine but fail under CI
+        (the browser tests' rule), saying what to install."""
+        monkeypatch.setenv("SEKISHO_PG_BINDIR", "/nonexistent/postgresql/bin")
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(outcome, match="apt-get install postgresql"):
+            start_throwaway_cluster()
+
+    def test_a_server_that_cannot_start_fails_clearly(self,
+                                                      postgres_cluster: LocalCluster) -> None:
+        """A bad setting: start() fails within its bound with the server log's reason, and
+        destroy() leaves nothing behind."""
+        cluster = LocalCluster.throwaway()
+        try:
+            cluster.init()
+            with (cluster.data / "postgresql.conf").open("a") as conf:
+                conf.write("shared_buffers = 'plenty'\n")
+            with pytest.raises(pgdev.ClusterError, match=r"did not start(.|\n)*shared_buffers"):
+                cluster.start(timeout=20)
+            assert not cluster.is_running()
+        finally:
+            cluster.destroy()
+        assert not cluster.folder.exists()
+
     @pytest.mark.parametrize("turn", [1, 2])
     async def test_each_test_has_its_own_database(self, superuser: asyncpg.Connection,
                                                   turn: int) -> None:
@@ -181,6 +209,14 @@ class TestSettings:
         else:
             with pytest.raises(PostgresConfigError, match="sslmode=verify-full"):
                 PostgresSettings(dsn)
+
+    def test_a_remote_pghost_counts_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A DSN without a host goes where PGHOST says: the same rule applies."""
+        monkeypatch.setenv("PGHOST", "db.bank.example")
+        with pytest.raises(PostgresConfigError, match=r"db\.bank\.example"):
+            PostgresSettings("postgresql://app@/sekisho")
+        monkeypatch.setenv("PGHOST", "/run/postgresql")
+        PostgresSettings("postgresql://app@/sekisho")
 
     @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o660, 0o644])
     def test_password_file_with_group_or_other_bits_is_refused(self, tmp_path: Path,
@@ -431,6 +467,31 @@ class TestChannelListener:
         finally:
             await listener.close()
         assert not listener.listening.is_set()
+
+    async def test_keeps_trying_through_errors_other_than_a_lost_connection(
+            self, postgres_cluster: LocalCluster, postgres_database: str, tmp_path: Path,
+            superuser: asyncpg.Connection) -> None:
+        """While the password file is unusable (chmod 644) reconnecting fails with a config
+        error; the listener keeps trying and resumes once the file is fixed."""
+        role = role_with_password(postgres_cluster, "listen-password")
+        path = secret_file(tmp_path, "listen-password", 0o600)
+        received: asyncio.Queue[str] = asyncio.Queue()
+        listener = ChannelListener(
+            PostgresSettings(postgres_cluster.dsn(postgres_database, user=role),
+                             password_file=path), "c", received.put_nowait)
+        await listener.start()
+        try:
+            path.chmod(0o644)
+            await superuser.fetchval("SELECT pg_terminate_backend($1)", listener.backend_pid)
+            await _wait_until(lambda: not listener.listening.is_set(), 5)
+            await asyncio.sleep(0.5)  # several refused reconnections
+            assert not listener.listening.is_set()
+            path.chmod(0o600)
+            await asyncio.wait_for(listener.listening.wait(), 5)
+            await notify(superuser, "c", "back")
+            assert await asyncio.wait_for(received.get(), 1.0) == "back"
+        finally:
+            await listener.close()
 
     async def test_notifications_inside_a_transaction_arrive_at_commit(
             self, postgres_dsn: str, superuser: asyncpg.Connection) -> None:
