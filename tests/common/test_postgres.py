@@ -564,7 +564,9 @@ class TestLeaderElection:
             first = await _first_elected(workers, within=10)
             other = next(node for node in workers if node != first)
             workers[first].process.send_signal(signal.SIGSTOP)
+            frozen_at = time.monotonic()
             await workers[other].expect(f"ELECTED {other}", 10)
+            print(f"failover after a freeze: {time.monotonic() - frozen_at:.3f} s")
             workers[first].process.send_signal(signal.SIGCONT)
             await workers[first].expect(f"LOST {first}", 10)
         finally:
