@@ -469,11 +469,24 @@ class LeaderElection:
                 except Exception as exc:
                     log.warning("leader %s: lock connection lost (%s)", self.name, exc)
                 finally:
-                    conn.terminate()
-                    await self._step_down()
+                    await self._step_down()  # first: never lead without the lock
+                    await self._release(conn)
                 await self._backoff.wait(self._stopping)
         finally:
             await self._step_down()
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        """Unlock and close (a handover the next leader sees at once); a connection that
+        does not answer within a second is dropped, which releases the lock too."""
+        try:
+            if not conn.is_closed():
+                await conn.execute("SELECT pg_advisory_unlock_all()", timeout=1.0)
+                await conn.close(timeout=1.0)
+        except Exception:  # dead or stuck: the server frees the lock when the session ends
+            log.debug("leader %s: unlock failed; dropping the connection", self.name)
+        finally:
+            if not conn.is_closed():
+                conn.terminate()
 
     async def _contend(self, conn: asyncpg.Connection) -> None:
         lost = asyncio.Event()

@@ -35,6 +35,7 @@ from common.postgres import (
 )
 from tests.support.pgworker import RACE_MIGRATIONS
 from tests.support.postgres import start_throwaway_cluster
+from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 _roles = itertools.count(1)
@@ -110,12 +111,69 @@ async def _wait_until(condition: object, within: float) -> None:
         await asyncio.sleep(0.02)
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def _folder_mode_and_server_uid(cluster: LocalCluster) -> tuple[int, int]:
     """The cluster folder's mode and the uid the postmaster runs as (from /proc)."""
     postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
     uid_line = next(line for line in Path(f"/proc/{postmaster}/status").read_text()
                     .splitlines() if line.startswith("Uid:"))
     return cluster.folder.stat().st_mode & 0o777, int(uid_line.split()[1])
+
+
+class Partition:
+    """A loopback TCP relay to the cluster's Unix socket whose `cut()` drops the network
+    silently: nothing is relayed any more and no close is passed on, in either direction
+    (what a dead switch does; no FIN, no RST)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self._socket_path = socket_path
+        self._cut = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.port = free_port()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+
+    async def _relay(self, client_reader: asyncio.StreamReader,
+                     client_writer: asyncio.StreamWriter) -> None:
+        self._writers.append(client_writer)
+        if self._cut.is_set():
+            return  # accepted, then silence
+        server_reader, server_writer = await asyncio.open_unix_connection(self._socket_path)
+        self._writers.append(server_writer)
+        for source, sink in ((client_reader, server_writer), (server_reader, client_writer)):
+            task = asyncio.create_task(self._pump(source, sink))
+            self._tasks.add(task)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if self._cut.is_set():
+                await asyncio.Event().wait()  # hold everything, forever
+            sink.write(data)
+            await sink.drain()
+        if not self._cut.is_set():
+            sink.close()
 
 
 class TestThrowawayCluster:
@@ -145,6 +203,31 @@ class TestThrowawayCluster:
         monkeypatch.setenv("CI", ci)
         with pytest.raises(outcome, match="apt-get install postgresql"):
             start_throwaway_cluster()
+
+    def test_the_cluster_is_removed_when_tests_fail(self, tmp_path: Path,
+                                                   postgres_cluster: LocalCluster) -> None:
+        """A pytest run whose test fails still stops its server and deletes its folder."""
+        (tmp_path / "conftest.py").write_text(
+            "from tests.support.postgres import postgres_cluster  # noqa: F401\n")
+        (tmp_path / "test_fails.py").write_text(
+            "from pathlib import Path\n"
+            "def test_fails(postgres_cluster):\n"
+            f"    Path({str(tmp_path / 'seen')!r}).write_text(\n"
+            "        str(postgres_cluster.folder) + ' ' +\n"
+            "        (postgres_cluster.data / 'postmaster.pid').read_text().split()[0])\n"
+            "    raise AssertionError('this test fails on purpose')\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+            cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True,
+            text=True, timeout=120, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "this test fails on purpose" in result.stdout
+        folder, postmaster = (tmp_path / "seen").read_text().split()
+        assert not Path(folder).exists()
+        deadline = time.monotonic() + 10  # an orphan's exit is reaped by init, not by us
+        while _running(int(postmaster)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(int(postmaster))
 
     def test_a_server_that_cannot_start_fails_clearly(self,
                                                       postgres_cluster: LocalCluster) -> None:
@@ -572,6 +655,39 @@ class TestLeaderElection:
         finally:
             for worker in workers.values():
                 await worker.stop()
+
+    async def test_a_partitioned_leader_steps_down_before_another_leads(
+            self, postgres_cluster: LocalCluster, postgres_database: str) -> None:
+        """The network between the leader and PostgreSQL drops silently: the leader's
+        heartbeat fails and it steps down; only later (idle_session_timeout) does the server
+        free the lock and the other contender lead; the two never lead at once."""
+        partition = Partition(postgres_cluster.socket)
+        await partition.start()
+        moments: dict[str, float] = {}
+        over_network = LeaderElection(
+            PostgresSettings(f"postgresql://postgres@127.0.0.1:{partition.port}/"
+                             f"{postgres_database}", connect_timeout=2),
+            "campaign", node="a", on_lost=lambda: moments.setdefault("a lost", time.monotonic()))
+        direct = LeaderElection(
+            PostgresSettings(postgres_cluster.dsn(postgres_database)), "campaign", node="b",
+            on_elected=lambda: moments.setdefault("b elected", time.monotonic()))
+        await over_network.start()
+        try:
+            await asyncio.wait_for(over_network.elected.wait(), 5)
+            await direct.start()
+            await asyncio.sleep(1.0)
+            assert not direct.is_leader
+            partition.cut()
+            cut_at = time.monotonic()
+            await asyncio.wait_for(direct.elected.wait(), 10)
+            assert not over_network.is_leader
+            assert moments["a lost"] < moments["b elected"]
+            print(f"partition: leader stepped down after {moments['a lost'] - cut_at:.2f} s, "
+                  f"the other leads after {moments['b elected'] - cut_at:.2f} s")
+        finally:
+            await over_network.close()
+            await direct.close()
+            await partition.close()
 
     async def test_terminated_lock_connection_loses_leadership(
             self, postgres_dsn: str, superuser: asyncpg.Connection) -> None:
