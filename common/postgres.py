@@ -115,8 +115,9 @@ def read_password_file(path: Path) -> str:
 class PostgresSettings:
     """Where the database is and how to talk to it (issue 12: "a `postgresql://` DSN").
 
-    `password_file` and `password_env` are mutually exclusive; with neither, no password is
-    sent (peer or trust authentication on a Unix socket, or a client certificate).
+    `password_file` and `password_env` are mutually exclusive; with neither, asyncpg's
+    defaults apply (PGPASSWORD, ~/.pgpass) or none is needed (peer or trust authentication on a
+    Unix socket, a client certificate).
     `statement_cache_size = 0` for PgBouncer's transaction pooling mode (module docstring).
     """
 
@@ -156,7 +157,10 @@ class PostgresSettings:
 
     def _connect_kwargs(self, application_name: str | None) -> dict[str, Any]:
         return {
-            "password": self.password,  # asyncpg calls it for each new connection
+            # asyncpg calls it for each new connection (a rotated file needs no restart);
+            # with no source configured, asyncpg's own defaults apply (PGPASSWORD, ~/.pgpass,
+            # which libpq's rules also keep out of config.toml).
+            "password": self.password if self.password_file or self.password_env else None,
             "statement_cache_size": self.statement_cache_size,
             "timeout": self.connect_timeout,
             "command_timeout": self.command_timeout,
