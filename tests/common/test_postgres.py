@@ -535,8 +535,10 @@ class TestChannelListener:
                                    received.put_nowait, on_listening=on_listening)
         await listener.start()
         try:
+            sent_at = time.monotonic()
             await notify(superuser, "session_end", "user-1")
             assert await asyncio.wait_for(received.get(), 1.0) == "user-1"
+            print(f"NOTIFY -> callback: {(time.monotonic() - sent_at) * 1000:.1f} ms")
 
             killed = listener.backend_pid
             assert await superuser.fetchval("SELECT pg_terminate_backend($1)", killed)
