@@ -22,6 +22,11 @@ from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
 from common.tlsfiles import tls_client_context
 from policy.clock import FakeClock
+from tests.support.postgres import (  # noqa: F401 - fixtures: a real PostgreSQL (issue 12)
+    postgres_cluster,
+    postgres_database,
+    postgres_dsn,
+)
 from tests.support.servers import LoopThread, free_port
 
 
