@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca import key_commands
 from ca.api.views import certificate_view
 from ca.config import CaConfig, load_ca_config
 from ca.crl import REASONS
@@ -444,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--csv", help="write one row per affected user to this file")
     status.set_defaults(handler=cmd_campaign_status)
 
+    key_commands.add_parser(commands)
+
     audit_cmd = commands.add_parser("audit", help="audit log commands")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_sub.add_parser("verify", help="verify the audit hash chain").set_defaults(
@@ -457,6 +460,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     args = build_parser().parse_args(argv)
     if args.command == "check-crl":
         return run_check_crl(args, clock or SystemClock())
+    if args.command == "keys" and args.keys_command == "check":
+        return key_commands.run_keys_check(args, clock or SystemClock())
     try:
         config = load_ca_config(args.config)
         configure_logging("warning" if args.command != "serve" else config.log_level,

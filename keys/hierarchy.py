@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,8 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keys.errors import KeyCustodyError, KeyExists, KeyNotFound
-from keys.file_signer import FileKeyStore
 from keys.signer import ForwardingEcSigner, signature_hash_for
+
+if TYPE_CHECKING:
+    from keys.custody import KeyStore
 
 ROOT_LABEL = "root"
 ROOT_VALIDITY = timedelta(days=20 * 365 + 5)
@@ -81,10 +84,15 @@ def _whole_seconds(when: datetime) -> datetime:
 class Hierarchy:
     """Creates and opens the root, the issuing generations and their OCSP responders."""
 
-    def __init__(self, keystore: FileKeyStore, directory: Path, organization: str) -> None:
+    def __init__(self, keystore: KeyStore, directory: Path, organization: str) -> None:
         self._keystore = keystore
         self._directory = directory
         self._organization = organization
+
+    @property
+    def keystore(self) -> KeyStore:
+        """Where the keys live (file or token), for `keys list`, `keys check`, `keys import`."""
+        return self._keystore
 
     # -- reading -------------------------------------------------------------------------
 
