@@ -13,6 +13,9 @@ import pytest
 
 from tests.conftest import CaHarness, openssl
 
+# R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
+pytestmark = pytest.mark.key_backends
+
 
 def _issue_from_csr(ca: CaHarness, tmp_path: Path, user_id: str, cn: str | None = None) -> str:
     key = tmp_path / f"{user_id}.key"
