@@ -29,7 +29,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pkcs11
@@ -109,6 +109,7 @@ class Pkcs11Token:
         # One lock for the module when it may not be called from several threads at once.
         self._serial = threading.Lock() if sessions == 1 else None
         self._generation = 0
+        self._key_epoch = 0
         self._closed = False
         self._idle.put(self._open_session())  # fails at start-up with a clear line
 
@@ -160,7 +161,7 @@ class Pkcs11Token:
         return _PooledSession(session, generation)
 
     @contextmanager
-    def session(self) -> Iterator[Any]:
+    def session(self) -> Iterator[_PooledSession]:
         """A session for the caller's thread alone; a failing session is dropped."""
         if self._closed:
             raise TokenUnavailable(f"token {self.token_label!r}: the key store is closed")
@@ -169,9 +170,9 @@ class Pkcs11Token:
         try:
             if self._serial is not None:
                 with self._serial:
-                    yield pooled.session
+                    yield pooled
             else:
-                yield pooled.session
+                yield pooled
         except _SESSION_LOST:
             healthy = False
             raise
@@ -200,10 +201,36 @@ class Pkcs11Token:
 
     def run(self, action: Callable[[Any], T]) -> T:
         """Run `action(session)`; a lost session is replaced once before giving up."""
+        return self._run(lambda pooled: action(pooled.session))
+
+    def with_private_key(self, key_id: bytes, action: Callable[[Any], T]) -> T:
+        """Run `action(private key object)` for the key with CKA_ID `key_id`. The object is
+        found once per session and kept: a search per signature (C_FindObjects*) costs more
+        than the signature in SoftHSM2."""
+
+        def act(pooled: _PooledSession) -> T:
+            if pooled.key_epoch != self._key_epoch:
+                pooled.keys.clear()
+                pooled.key_epoch = self._key_epoch
+            key = pooled.keys.get(key_id)
+            if key is None:
+                key = pooled.session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=key_id)
+                pooled.keys[key_id] = key
+            return action(key)
+
+        return self._run(act)
+
+    def keys_changed(self) -> None:
+        """Labels now name other objects (a responder key was replaced): forget the keys each
+        session found."""
+        with self._lock:
+            self._key_epoch += 1
+
+    def _run(self, action: Callable[[_PooledSession], T]) -> T:
         for attempt in (1, 2):
             try:
-                with self.session() as session:
-                    return action(session)
+                with self.session() as pooled:
+                    return action(pooled)
             except _SESSION_LOST as exc:
                 if attempt == 2:
                     raise TokenUnavailable(
@@ -239,6 +266,8 @@ class Pkcs11Token:
 class _PooledSession:
     session: Any
     generation: int
+    keys: dict[bytes, Any] = field(default_factory=dict)
+    key_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -273,11 +302,14 @@ class Pkcs11Backend:
     # the token, a network HSM's round trip included.
     signs_off_loop = True
 
-    def __init__(self, token: Pkcs11Token, label: str, object_label: str,
+    def __init__(self, token: Pkcs11Token, label: str, object_label: str, key_id: bytes,
                  public_key: ec.EllipticCurvePublicKey) -> None:
         self._token = token
         self._label = label
         self._object_label = object_label
+        # Bound to the key (CKA_ID), not the label: a signer opened before its label moved to
+        # a fresh key (responder re-keying) keeps signing with the key its certificate names.
+        self._key_id = key_id
         self._public_key = public_key
         self._coordinate_bytes = (public_key.curve.key_size + 7) // 8
 
@@ -294,13 +326,10 @@ class Pkcs11Backend:
             raise KeyCustodyError(f"{self._label}: only ECDSA with SHA-2 is supported")
         digest = digest_of(data).digest()
 
-        def sign(session: Any) -> bytes:
-            key = session.get_key(object_class=ObjectClass.PRIVATE_KEY,
-                                  label=self._object_label)
-            return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
-
         try:
-            raw = self._token.run(sign)
+            raw = self._token.with_private_key(
+                self._key_id,
+                lambda key: bytes(key.sign(digest, mechanism=Mechanism.ECDSA)))
         except p11.NoSuchKey:
             raise TokenUnavailable(
                 f"key {self._object_label!r} is no longer in token {self._token.token_label!r}"
@@ -421,8 +450,13 @@ class Pkcs11KeyStore:
                 "not sensitive; refusing to sign with a key that can leave the token"
             )
         public_key = _public_key_of(public[0])
+        key_id = bytes(private[0][Attribute.ID])
+        if key_id != bytes(public[0][Attribute.ID]):
+            raise KeyCustodyError(
+                f"key {object_label!r} in token {self.token.token_label!r}: the private and "
+                "public objects do not belong together (CKA_ID differs)")
         return ForwardingEcSigner(
-            Pkcs11Backend(self.token, label, object_label, public_key), label)
+            Pkcs11Backend(self.token, label, object_label, key_id, public_key), label)
 
     def replace(self, label: str, algorithm: str) -> ForwardingEcSigner:
         """Generate a fresh key under `label`; the previous one is kept as `<label>.old`
@@ -447,6 +481,7 @@ class Pkcs11KeyStore:
                     obj[Attribute.LABEL] = object_label
 
         self.token.run(swap)
+        self.token.keys_changed()
         return self.load(label)
 
     def import_key(self, label: str, private_key: ec.EllipticCurvePrivateKey) -> None:

@@ -89,9 +89,14 @@ class TestKeysInTheToken:
 
     def test_replace_keeps_the_previous_key_as_old(self, store: Pkcs11KeyStore) -> None:
         """Responder re-keying: a new key under the label, the previous one as `.old`."""
-        before = store.create("g1-ocsp", "p256").public_key().public_numbers()
+        old_signer = store.create("g1-ocsp", "p256")
+        before = old_signer.public_key().public_numbers()
         after = store.replace("g1-ocsp", "p256").public_key().public_numbers()
         assert before != after
+        # A signer opened before the re-key (the OCSP service until it reloads) keeps signing
+        # with the key its certificate names, not with whatever now has the label.
+        signature = old_signer.sign(b"late answer", ec.ECDSA(hashes.SHA256()))
+        old_signer.public_key().verify(signature, b"late answer", ec.ECDSA(hashes.SHA256()))
         assert store.load("g1-ocsp").public_key().public_numbers() == after
         assert store.load("g1-ocsp.old").public_key().public_numbers() == before
         third = store.replace("g1-ocsp", "p256").public_key().public_numbers()
