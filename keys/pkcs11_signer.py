@@ -60,6 +60,9 @@ _SESSION_LOST: tuple[type[Exception], ...] = (
     p11.SessionClosed, p11.SessionHandleInvalid, p11.DeviceRemoved, p11.TokenNotPresent,
     p11.TokenNotRecognised, p11.DeviceError, p11.DeviceMemory, p11.UserNotLoggedIn,
     p11.PinExpired, p11.PinLocked, p11.GeneralError, p11.FunctionFailed,
+    # A key object the session had found is gone (deleted, or the module was reset): a fresh
+    # session looks it up again.
+    p11.KeyHandleInvalid, p11.ObjectHandleInvalid, p11.OperationActive,
 )
 
 
@@ -188,7 +191,11 @@ class Pkcs11Token:
             may_open = self._open_count < self._size
         if may_open:
             return self._open_session()
-        return self._idle.get(timeout=30)
+        try:
+            return self._idle.get(timeout=30)
+        except queue.Empty:
+            raise TokenUnavailable(
+                f"token {self.token_label!r}: no session became free within 30 s") from None
 
     def _give_back(self, pooled: _PooledSession, healthy: bool) -> None:
         if healthy and not self._closed and pooled.generation == self._generation:

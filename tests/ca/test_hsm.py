@@ -164,6 +164,20 @@ class TestStartUpFailures:
         assert "key 'absent-g1' not found in token 'sekisho-test'" in line
 
 
+class TestConfiguration:
+    """The PIN never goes in the config file."""
+
+    def test_pin_in_config_refused(self, ca: CaHarness, capsys: pytest.CaptureFixture[str],
+                                   ) -> None:
+        """R-KEY-1: a `pin` key in [keys] stops the CA with one line naming the fix."""
+        text = ca.config_path.read_text().replace('backend = "pkcs11"',
+                                                  'backend = "pkcs11"\npin = "123456"')
+        ca.config_path.write_text(text)
+        assert ca.cli("keys", "list") == 1
+        err = capsys.readouterr().err
+        assert "never goes in the config file" in err and "123456" not in err
+
+
 class TestTokenUnavailable:
     """The token stops signing: issuance fails closed, OCSP answers from what it pre-signed."""
 
