@@ -68,6 +68,7 @@ def signatures_per_second(signer: ForwardingEcSigner, count: int, threads: int =
             signer.sign(DATA, algorithm)
 
     workers = [threading.Thread(target=work) for _ in range(threads)]
+    signer.sign(DATA, algorithm)  # warm-up: the first call opens a session and finds the key
     started = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -96,7 +97,7 @@ def issue_one(config_path: Path, workdir: Path) -> Path:
 
 def nonce_ocsp(config_path: Path, config: CaConfig, workdir: Path, requests: int,
                rounds: int) -> float:
-    """Median requests/s of nonce OCSP requests (c=16, keep-alive) against the daemon."""
+    """Median requests/s of nonce OCSP requests (c=16, keep-alive) against a fresh daemon."""
     leaf = x509.load_pem_x509_certificate(issue_one(config_path, workdir).read_bytes())
     issuer = x509.load_pem_x509_certificate(
         (config.keys.directory / "g1.crt.pem").read_bytes())
@@ -123,7 +124,8 @@ def nonce_ocsp(config_path: Path, config: CaConfig, workdir: Path, requests: int
 
 def crl_resign(config: CaConfig, workdir: Path, rows: list[tuple[object, ...]], name: str,
                repeat: int) -> float:
-    """Median seconds of publish('g1') over `rows` revoked entries."""
+    """Median seconds of publish('g1') over `rows` revoked entries (the first run of a fresh
+    store: the entry encodings are not cached yet, as after a daemon restart)."""
     database = workdir / f"crl-{name}.sqlite3"
     asyncio.run(create_store(database))
     insert_rows(database, rows)
@@ -152,32 +154,49 @@ def main() -> None:
         "file": make_ca(kdf_rounds=2048),
         "token": make_ca(kdf_rounds=2048, keys=softhsm.keys_config(workdir, "bench-")),
     }
-    results: dict[str, dict[str, float]] = {name: {} for name in configs}
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
+
+    def record(name: str, key: str, value: float) -> None:
+        samples[name].setdefault(key, []).append(value)
+
     try:
+        # Rounds alternate the backends (file, token, token, file, ...) so that load from
+        # elsewhere on the machine falls on both alike.
+        orders = [list(configs) if n % 2 == 0 else list(reversed(configs))
+                  for n in range(args.rounds)]
         pin_self(1)
+        signers = {}
         for name, path in configs.items():
-            config = load_ca_config(path)
-            hierarchy = open_hierarchy(config)
-            signer = hierarchy.load_generation("g1").signer
-            runs = [signatures_per_second(signer, args.signatures) for _ in range(args.rounds)]
-            results[name]["sign"] = median(runs)
-            results[name]["sign2"] = signatures_per_second(signer, args.signatures, threads=2)
+            hierarchy = open_hierarchy(load_ca_config(path))
+            signers[name] = (hierarchy, hierarchy.load_generation("g1").signer)
+        for order in orders:
+            for name in order:
+                signer = signers[name][1]
+                record(name, "sign", signatures_per_second(signer, args.signatures))
+                record(name, "sign2", signatures_per_second(signer, args.signatures, 2))
+        for hierarchy, _ in signers.values():
             close_keystore(hierarchy.keystore)
-        for name, path in configs.items():
-            config = load_ca_config(path)
-            folder = workdir / f"ocsp-{name}"
-            folder.mkdir()
-            results[name]["ocsp"] = nonce_ocsp(path, config, folder, args.requests, args.rounds)
+        for number, order in enumerate(orders):
+            for name in order:
+                path = configs[name]
+                folder = workdir / f"ocsp-{name}-{number}"
+                folder.mkdir()
+                record(name, "ocsp", nonce_ocsp(path, load_ca_config(path), folder,
+                                                args.requests, 1))
         rows = revoked_rows(args.crl_entries, random.Random(20260101))
         pin_self(0)
-        for name, path in configs.items():
-            config = load_ca_config(path)
-            results[name]["crl"] = crl_resign(config, workdir, rows, name,
-                                              1 if args.quick else args.rounds)
+        for name in configs:  # warm-up, not recorded: first-use costs of the CRL path
+            crl_resign(load_ca_config(configs[name]), workdir, rows[:1000], name, 1)
+        for order in orders:
+            for name in order:
+                record(name, "crl", crl_resign(load_ca_config(configs[name]), workdir, rows,
+                                               name, 1))
     finally:
         for path in configs.values():
             shutil.rmtree(path.parent, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
+    results = {name: {key: median(values) for key, values in figures.items()}
+               for name, figures in samples.items()}
 
     file, token = results["file"], results["token"]
     print()
