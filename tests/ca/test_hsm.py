@@ -164,6 +164,40 @@ class TestStartUpFailures:
         assert "key 'absent-g1' not found in token 'sekisho-test'" in line
 
 
+class TestResponderKeysInFiles:
+    """`ocsp_keys = "file"`: CA keys in the token, responder keys as encrypted files."""
+
+    def test_responder_key_is_a_file_and_renews(self, tmp_path: Path, softhsm: SoftHsm,
+                                                key_backend: str, clock: FakeClock) -> None:
+        """R-KEY-1: only g1-ocsp.key.pem is on disk; the token holds root and g1; OCSP
+        answers verify with openssl and a renewed responder gets a fresh file key."""
+        prefix = f"ocspfile{os.getpid()}-"
+        config_path = init_ca(tmp_path, clock, keys_extra=softhsm.keys_config(
+            tmp_path, prefix, ocsp_keys="file"))
+        keys_dir = tmp_path / "var" / "keys"
+        assert sorted(p.name for p in keys_dir.glob("*.key.pem")) == ["g1-ocsp.key.pem"]
+        listed = softhsm.pkcs11_tool("--login", "--pin", softhsm.pin, "--list-objects",
+                                     "--type", "privkey")
+        labels = {line.split(":", 1)[1].strip() for line in listed.stdout.splitlines()
+                  if line.strip().startswith("label:") and prefix in line}
+        assert labels == {f"{prefix}root", f"{prefix}g1"}
+        ca = start_ca(config_path, clock)
+        try:
+            _, leaf = ca.issue_csr("700030", tmp_path)
+            files = ca.issuer_files()
+            answered = openssl("ocsp", "-issuer", str(files["g1"]), "-CAfile",
+                               str(files["chain"]), "-url", f"{ca.public_url}/ocsp",
+                               "-cert", str(leaf))
+            assert "Response verify OK" in answered.stdout + answered.stderr
+            before = (keys_dir / "g1-ocsp.key.pem").read_bytes()
+            ca.clock.advance(timedelta(days=61))
+            ca.time_passed()
+            assert (keys_dir / "g1-ocsp.key.pem").read_bytes() != before
+            assert ca.cli("keys", "check") == 0
+        finally:
+            ca.stop()
+
+
 class TestConfiguration:
     """The PIN never goes in the config file."""
 

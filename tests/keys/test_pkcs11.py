@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from keys.custody import import_file_key, load_pin
 from keys.errors import InsecureKeyFile, KeyCustodyError, KeyExists, KeyNotFound
@@ -81,6 +82,21 @@ class TestKeysInTheToken:
         again = store.load("g1")
         assert again.public_key().public_numbers() == first.public_key().public_numbers()
         assert store.exists("g1") and not store.exists("g2")
+
+    def test_extractable_key_under_our_label_is_refused(
+            self, store: Pkcs11KeyStore, softhsm: SoftHsm) -> None:
+        """R-KEY-1: a key someone else put under our label that can leave the token is
+        never used for signing."""
+        token = pkcs11.lib(softhsm.module).get_token(token_label=softhsm.token_label)
+        with token.open(rw=True) as session:
+            parameters = session.create_domain_parameters(
+                pkcs11.KeyType.EC,
+                {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+            parameters.generate_keypair(
+                store=True, label=store.object_label("g1"), id=b"planted",
+                private_template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True})
+        with pytest.raises(KeyCustodyError, match="extractable or not sensitive"):
+            store.load("g1")
 
     def test_missing_label_is_one_clear_error(self, store: Pkcs11KeyStore) -> None:
         """R-KEY-1: a missing key label names the label and the token."""
