@@ -178,6 +178,11 @@ def run_keys_check(args: argparse.Namespace, clock: Clock) -> int:
 async def cmd_keys_import(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Move a file key into the token (non-extractable from then on); the file is deleted
     unless --keep-file."""
+    if _where(config, args.label) == "file":
+        raise KeyCustodyError(
+            f"{args.label} stays a file key with this configuration (keys.backend = "
+            f'"{config.keys.backend}", keys.ocsp_keys = "{config.keys.ocsp_keys}"); nothing '
+            "imported")
     hierarchy = open_hierarchy(config)
     try:
         token_store = token_store_of(hierarchy.keystore)

@@ -189,6 +189,8 @@ class TestResponderKeysInFiles:
                                str(files["chain"]), "-url", f"{ca.public_url}/ocsp",
                                "-cert", str(leaf))
             assert "Response verify OK" in answered.stdout + answered.stderr
+            assert ca.cli("keys", "import", "g1-ocsp") == 1  # it is meant to stay a file
+            assert (keys_dir / "g1-ocsp.key.pem").exists()
             before = (keys_dir / "g1-ocsp.key.pem").read_bytes()
             ca.clock.advance(timedelta(days=61))
             ca.time_passed()
