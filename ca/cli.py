@@ -29,6 +29,7 @@ from ca.store import Store
 from common.config import DEFAULT_CONFIG, ConfigError, parse_duration, to_utc_datetime
 from common.eventloop import loop_factory
 from common.logging import configure_logging
+from keys.custody import close_keystore
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
 from policy.clock import Clock, SystemClock
@@ -58,11 +59,14 @@ async def cmd_init(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
     if args.generate_passphrase and not config.keys.passphrase_file.exists():
         write_owner_only(config.keys.passphrase_file, secrets.token_urlsafe(32).encode())
     hierarchy = open_hierarchy(config)
-    generation = hierarchy.init(
-        clock.now(), root_algorithm=config.keys.root_algorithm,
-        generation_algorithm=config.keys.generation_algorithm,
-        ocsp_validity=config.ocsp_responder_validity,
-    )
+    try:
+        generation = hierarchy.init(
+            clock.now(), root_algorithm=config.keys.root_algorithm,
+            generation_algorithm=config.keys.generation_algorithm,
+            ocsp_validity=config.ocsp_responder_validity,
+        )
+    finally:
+        close_keystore(hierarchy.keystore)
     store = await Store.open(config.database)
     try:
         await store.audit(at=clock.now(), actor=OFFICER, action="ca.initialised",
@@ -289,8 +293,11 @@ def run_check_crl(args: argparse.Namespace, clock: Clock) -> int:
 async def cmd_issuer_new(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Create the next issuing generation under the same root."""
     hierarchy = open_hierarchy(config)
-    generation = hierarchy.new_generation(clock.now(), algorithm=args.algorithm,
-                                          ocsp_validity=config.ocsp_responder_validity)
+    try:
+        generation = hierarchy.new_generation(clock.now(), algorithm=args.algorithm,
+                                              ocsp_validity=config.ocsp_responder_validity)
+    finally:
+        close_keystore(hierarchy.keystore)
     store = await Store.open(config.database)
     try:
         await store.audit(at=clock.now(), actor=OFFICER, action="issuer.created",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import queue
 import threading
@@ -64,6 +65,12 @@ _SESSION_LOST: tuple[type[Exception], ...] = (
     # session looks it up again.
     p11.KeyHandleInvalid, p11.ObjectHandleInvalid, p11.OperationActive,
 )
+
+
+# (module, token label) -> SHA-256 of the PIN this process logged in with: a later store in
+# the same process is logged in already and must not get in with another PIN.
+_LOGINS: dict[tuple[str, str], bytes] = {}
+_LOGINS_LOCK = threading.Lock()
 
 
 class TokenUnavailable(KeyCustodyError):
@@ -137,12 +144,21 @@ class Pkcs11Token:
 
     def _open_session(self) -> _PooledSession:
         token = self._find_token()
+        login = (self.module, self.token_label)
+        pin_digest = hashlib.sha256(self._pin.encode()).digest()
         try:
             try:
                 session = token.open(rw=True, user_pin=self._pin)
+                with _LOGINS_LOCK:
+                    _LOGINS[login] = pin_digest
             except p11.UserAlreadyLoggedIn:
-                # The login belongs to the application, not the session (PKCS#11 §5.6):
-                # a second session shares the first one's.
+                # The login belongs to the application, not the session (PKCS#11 §5.6): a
+                # second session shares the first one's, and the token does not check this
+                # PIN again, so we compare it with the one that logged in.
+                with _LOGINS_LOCK:
+                    known = _LOGINS.get(login)
+                if known is not None and not hmac.compare_digest(known, pin_digest):
+                    raise p11.PinIncorrect() from None
                 session = token.open(rw=True)
         except p11.PinIncorrect:
             raise WrongPin(

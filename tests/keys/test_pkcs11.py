@@ -161,6 +161,16 @@ class TestStartUpFailures:
             Pkcs11Token(softhsm.module, softhsm.token_label, "0000wrong")
         assert "0000wrong" not in str(caught.value)
 
+    def test_wrong_pin_while_this_process_is_logged_in(self, store: Pkcs11KeyStore,
+                                                       softhsm: SoftHsm) -> None:
+        """R-KEY-1: the login is per application, so the token would not check a second
+        store's PIN; ours does, and refuses a wrong one."""
+        store.create("g1", "p256")  # this process is logged in now
+        with pytest.raises(WrongPin, match="refused the PIN"):
+            Pkcs11Token(softhsm.module, softhsm.token_label, "0000wrong")
+        second = Pkcs11Token(softhsm.module, softhsm.token_label, softhsm.pin)
+        second.close()
+
     def test_missing_module(self, tmp_path: Path) -> None:
         """R-KEY-1: a module path that does not exist."""
         with pytest.raises(KeyCustodyError, match="cannot load the PKCS#11 module"):
