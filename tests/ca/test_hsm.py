@@ -86,6 +86,48 @@ class TestIndependentClients:
             assert "sensitive" in block and "never extractable" in block
 
 
+class TestUnderLoad:
+    """Nonce OCSP and CRL signing through the token at the same time (bounded load)."""
+
+    def test_nonce_ocsp_and_crl_signing_concurrently(self, ca: CaHarness,
+                                                     tmp_path: Path) -> None:
+        """R-KEY-1: 200 nonce requests from 8 threads while CRLs are re-signed: every answer
+        is successful, echoes its own nonce and verifies with the responder's key; every
+        CRL verifies with g1's key."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        _, leaf_path = ca.issue_csr("700040", tmp_path)
+        files = ca.issuer_files()
+        leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
+        g1 = x509.load_pem_x509_certificate(files["g1"].read_bytes())
+        responder_key = x509.load_pem_x509_certificate(
+            files["g1-ocsp"].read_bytes()).public_key()
+
+        def ask(_: int) -> tuple[bytes, ocsp.OCSPResponse]:
+            nonce = os.urandom(16)
+            request = ocsp.OCSPRequestBuilder().add_certificate(
+                leaf, g1, hashes.SHA256()).add_extension(
+                x509.OCSPNonce(nonce), critical=False).build()
+            return nonce, ocsp.load_der_ocsp_response(
+                _post_ocsp(ca, request.public_bytes(serialization.Encoding.DER)))
+
+        with ThreadPoolExecutor(8) as pool:
+            asked = pool.map(ask, range(200), timeout=120)
+            crls = [ca.call(ca.runtime.crls.publish("g1")) for _ in range(5)]
+            answers = list(asked)
+        for nonce, answer in answers:
+            assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+            assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+            echoed = answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+            assert echoed == nonce
+            responder_key.verify(answer.signature, answer.tbs_response_bytes,  # type: ignore[call-arg, union-attr]
+                                 ec.ECDSA(hashes.SHA256()))
+        for published in crls:
+            assert x509.load_der_x509_crl(published.der).is_signature_valid(g1.public_key())  # type: ignore[arg-type]
+
+
 class TestKeyCommands:
     """`keys list` and `keys check`, the ceremony and monitoring commands."""
 
