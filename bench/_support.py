@@ -41,8 +41,9 @@ def summary(samples: Sequence[float]) -> str:
             f"mean {statistics.fmean(samples) * 1000:.1f} ms")
 
 
-def make_ca(kdf_rounds: int = 600_000, extra: str = "") -> Path:
-    """Initialise a CA in a temporary folder; returns its config path."""
+def make_ca(kdf_rounds: int = 600_000, extra: str = "", keys: str = "") -> Path:
+    """Initialise a CA in a temporary folder; returns its config path. `keys` adds lines to
+    [keys] (e.g. the pkcs11 backend's, bench/hsm.py)."""
     directory = Path(tempfile.mkdtemp(prefix="sekisho-bench-"))
     public, internal = free_port(), free_port()
     config = directory / "config.toml"
@@ -56,6 +57,7 @@ def make_ca(kdf_rounds: int = 600_000, extra: str = "") -> Path:
         max_body_bytes = 65536
         [keys]
         passphrase_env = "SEKISHO_BENCH_UNSET"
+    """) + keys + textwrap.dedent(f"""
         [certificate]
         pkcs12_kdf_rounds = {kdf_rounds}
     """) + textwrap.dedent(extra))

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca import key_commands
 from ca.api.views import certificate_view
 from ca.config import CaConfig, load_ca_config
 from ca.crl import REASONS
@@ -31,6 +32,7 @@ from common.cli import add_common_options, config_path, operator_name
 from common.config import ConfigError, load_raw, parse_duration, resolve_path, to_utc_datetime
 from common.eventloop import loop_factory
 from common.logging import configure_logging
+from keys.custody import close_keystore
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
 from policy.clock import Clock, SystemClock
@@ -65,11 +67,14 @@ async def cmd_init(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
     if args.generate_passphrase and not config.keys.passphrase_file.exists():
         write_owner_only(config.keys.passphrase_file, secrets.token_urlsafe(32).encode())
     hierarchy = open_hierarchy(config)
-    generation = hierarchy.init(
-        clock.now(), root_algorithm=config.keys.root_algorithm,
-        generation_algorithm=config.keys.generation_algorithm,
-        ocsp_validity=config.ocsp_responder_validity,
-    )
+    try:
+        generation = hierarchy.init(
+            clock.now(), root_algorithm=config.keys.root_algorithm,
+            generation_algorithm=config.keys.generation_algorithm,
+            ocsp_validity=config.ocsp_responder_validity,
+        )
+    finally:
+        close_keystore(hierarchy.keystore)
     store = await Store.open(config.database)
     try:
         await store.audit(at=clock.now(), actor=_officer(args), action="ca.initialised",
@@ -333,8 +338,11 @@ def run_check_crl(args: argparse.Namespace, clock: Clock) -> int:
 async def cmd_issuer_new(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Create the next issuing generation under the same root."""
     hierarchy = open_hierarchy(config)
-    generation = hierarchy.new_generation(clock.now(), algorithm=args.algorithm,
-                                          ocsp_validity=config.ocsp_responder_validity)
+    try:
+        generation = hierarchy.new_generation(clock.now(), algorithm=args.algorithm,
+                                              ocsp_validity=config.ocsp_responder_validity)
+    finally:
+        close_keystore(hierarchy.keystore)
     store = await Store.open(config.database)
     try:
         await store.audit(at=clock.now(), actor=_officer(args), action="issuer.created",
@@ -493,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--csv", help="write one row per affected user to this file")
     status.set_defaults(handler=cmd_campaign_status)
 
+    key_commands.add_parser(commands)
+
     audit_cmd = commands.add_parser("audit", help="audit log commands")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_sub.add_parser("verify", help="verify the audit hash chain").set_defaults(
@@ -507,6 +517,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     args = build_parser().parse_args(argv)
     if args.command == "check-crl":
         return run_check_crl(args, clock or SystemClock())
+    if args.command == "keys" and args.keys_command == "check":
+        return key_commands.run_keys_check(args, clock or SystemClock())
     try:
         config = load_ca_config(config_path(args))
         configure_logging("warning" if args.command != "serve" else config.log_level,

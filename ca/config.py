@@ -24,6 +24,16 @@ class KeysConfig:
     passphrase_env: str
     root_algorithm: str
     generation_algorithm: str
+    # R-KEY-1: "file" (encrypted PEM files) or "pkcs11" (keys generated in a token); see
+    # keys/custody.py. The PIN comes from pin_file (0600) or pin_env, never from this file.
+    backend: str = "file"
+    pkcs11_module: str = ""
+    token_label: str = ""
+    pin_file: Path = Path("var/secrets/token-pin")
+    pin_env: str = "SEKISHO_TOKEN_PIN"
+    pkcs11_sessions: int = 1
+    key_label_prefix: str = "sekisho-"
+    ocsp_keys: str = "token"
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,17 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
     for key in ("root_algorithm", "generation_algorithm"):
         if keys.str(key, "p256") not in ("p256", "p384"):
             raise ConfigError(f"keys.{key} must be p256 or p384")
+    backend = keys.str("backend", "file")
+    if backend not in ("file", "pkcs11"):
+        raise ConfigError('keys.backend must be "file" or "pkcs11"')
+    if "pin" in keys.values or "user_pin" in keys.values:
+        raise ConfigError("the token PIN never goes in the config file; use keys.pin_file "
+                          "(mode 0600) or the variable named by keys.pin_env")
+    if backend == "pkcs11" and not (keys.str("pkcs11_module", "") and
+                                    keys.str("token_label", "")):
+        raise ConfigError('keys.backend = "pkcs11" needs keys.pkcs11_module and keys.token_label')
+    if keys.str("ocsp_keys", "token") not in ("token", "file"):
+        raise ConfigError('keys.ocsp_keys must be "token" or "file"')
     return CaConfig(
         organization=ca.str("organization", "Sekisho"),
         public_url=public_url,
@@ -112,6 +133,14 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
             passphrase_env=keys.str("passphrase_env", "SEKISHO_CA_PASSPHRASE"),
             root_algorithm=keys.str("root_algorithm", "p384"),
             generation_algorithm=keys.str("generation_algorithm", "p256"),
+            backend=backend,
+            pkcs11_module=keys.str("pkcs11_module", ""),
+            token_label=keys.str("token_label", ""),
+            pin_file=keys.path("pin_file", "var/secrets/token-pin"),
+            pin_env=keys.str("pin_env", "SEKISHO_TOKEN_PIN"),
+            pkcs11_sessions=keys.int("pkcs11_sessions", 1, minimum=1),
+            key_label_prefix=keys.str("key_label_prefix", "sekisho-"),
+            ocsp_keys=keys.str("ocsp_keys", "token"),
         ),
         profile=profile,
         pkcs12_kdf_rounds=cert.int("pkcs12_kdf_rounds", 600_000, minimum=PKCS12_MIN_KDF_ROUNDS),

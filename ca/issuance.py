@@ -9,6 +9,7 @@ as issued before anything is returned (R-CERT-3).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -287,9 +288,11 @@ class CertificateAuthority:
         )
         der: bytes | None = None
         try:
-            certificate = _build_client_certificate(
-                generation, public_key, serial, spec.common_name, spec.not_before,
-                spec.not_after, spec.crl_url, spec.ocsp_url,
+            # Off the event loop: with keys.backend = "pkcs11" this waits on the token
+            # (R-KEY-1); a token that cannot sign fails the issuance here (fail-closed).
+            certificate = await asyncio.to_thread(
+                _build_client_certificate, generation, public_key, serial, spec.common_name,
+                spec.not_before, spec.not_after, spec.crl_url, spec.ocsp_url,
             )
             der = certificate.public_bytes(serialization.Encoding.DER)
             delivery = await deliver(der, generation.name) if deliver is not None else der

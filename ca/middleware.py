@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from ca.errors import BadRequest, CaError, Unauthorized
+from keys.errors import KeyCustodyError
 from policy import errors as policy_errors
 
 _log = structlog.get_logger("ca.http")
@@ -46,6 +47,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = _POLICY_STATUS.get(type(exc), 409)
         details = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
         return json_error(status, exc.code, str(exc), **details)
+    except KeyCustodyError as exc:
+        # R-KEY-1: the token (or key file) cannot sign now; nothing was issued (fail-closed).
+        _log.error("signing_unavailable", error=str(exc))
+        return json_error(503, "signing_unavailable",
+                          "the CA cannot sign right now; try again later")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

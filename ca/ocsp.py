@@ -353,6 +353,7 @@ def _status_only(status: str) -> bytes:
 _MALFORMED = _status_only("malformed_request")
 _INTERNAL_ERROR = _status_only("internal_error")
 _UNAUTHORIZED = _status_only("unauthorized")
+_TRY_LATER = _status_only("try_later")
 
 
 def malformed_response() -> bytes:
@@ -363,6 +364,12 @@ def malformed_response() -> bytes:
 def internal_error_response() -> bytes:
     """OCSPResponse with status internalError (2): the responder failed, not the client."""
     return _INTERNAL_ERROR
+
+
+def try_later_response() -> bytes:
+    """OCSPResponse with status tryLater (3): the responder cannot sign now (R-KEY-1: the
+    token is unavailable and no pre-signed answer is still valid)."""
+    return _TRY_LATER
 
 
 def unauthorized_response() -> bytes:

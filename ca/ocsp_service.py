@@ -42,9 +42,11 @@ from ca.ocsp import (
     find_issuer,
     malformed_response,
     parse_request,
+    try_later_response,
 )
 from ca.store import CertRecord, Store
 from common.sqlite import from_epoch
+from keys.errors import KeyCustodyError
 from keys.hierarchy import Hierarchy
 from policy.clock import Clock
 
@@ -101,6 +103,7 @@ class OcspService:
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._keys_of: dict[int, set[bytes]] = {}
         self._counters: dict[str, Any] = {}
+        self._revision = 0  # bumped by every issuance and revocation
         self._load_responders()
 
     def _load_responders(self) -> None:
@@ -112,6 +115,9 @@ class OcspService:
             responder.issuer: name
             for responder, name in zip(self._responders, self._issuers.generations, strict=True)
         }
+        # R-KEY-1: responder keys in a token are signed with from a worker thread.
+        self._signs_off_loop = any(getattr(g.ocsp_signer, "signs_off_loop", False)
+                                   for g in self._issuers.generations.values())
         self._cache.clear()
         self._keys_of = {}
 
@@ -128,6 +134,7 @@ class OcspService:
         """A new certificate is good from this moment."""
         serial = int(record.serial, 16)
         self._index[serial] = _Entry(record.generation, None, None)
+        self._revision += 1
         self._drop(serial)
 
     async def on_revoked(self, records: list[CertRecord]) -> None:
@@ -136,6 +143,7 @@ class OcspService:
             serial = int(record.serial, 16)
             self._index[serial] = _Entry(record.generation, record.revoked_at,
                                          record.revocation_reason)
+            self._revision += 1
             self._drop(serial)
 
     def _drop(self, serial: int) -> None:
@@ -154,7 +162,19 @@ class OcspService:
         request, issuers, missing = lookup
         for serial in missing:
             await self._load_from_store(serial)
-        return self._answer(request_der, request, issuers)
+        if not self._signs_off_loop:
+            return self._answer(request_der, request, issuers)
+        # R-KEY-1: the token signs in a worker thread; a revocation or issuance while it
+        # does keeps the answer out of the cache (it may describe the moment before).
+        revision = self._revision
+        answers, now, next_update = self._statuses(request, issuers)
+        try:
+            der = await asyncio.to_thread(build_response, answers, self._responders, now,
+                                          next_update, request.nonce)
+        except KeyCustodyError as exc:
+            return self._unavailable(request_der, exc)
+        return self._finish(request_der, request, issuers, answers, der, now, next_update,
+                            cache=revision == self._revision)
 
     def try_respond(self, request_der: bytes) -> OcspAnswer | PendingLookup:
         """The answer, without waiting, when no store lookup is needed (malformed input gets
@@ -178,26 +198,53 @@ class OcspService:
         missing = [cert_id.serial_number
                    for cert_id, issuer in zip(request.cert_ids, issuers, strict=True)
                    if issuer is not None and cert_id.serial_number not in self._index]
-        if missing:
+        if missing or self._signs_off_loop:
             return request, issuers, missing
         return self._answer(request_der, request, issuers)
 
     def _answer(self, request_der: bytes, request: ParsedRequest,
                 issuers: list[IssuerIdentity | None]) -> OcspAnswer:
         # Nothing here awaits, so a revocation cannot slip between lookup and signing.
+        answers, now, next_update = self._statuses(request, issuers)
+        try:
+            der = build_response(answers, self._responders, now, next_update, request.nonce)
+        except KeyCustodyError as exc:
+            return self._unavailable(request_der, exc)
+        return self._finish(request_der, request, issuers, answers, der, now, next_update)
+
+    def _statuses(self, request: ParsedRequest, issuers: list[IssuerIdentity | None],
+                  ) -> tuple[list[Answer], datetime, datetime]:
         answers: list[Answer] = [
             (cert_id, issuer, self._status(cert_id.serial_number, issuer))
             for cert_id, issuer in zip(request.cert_ids, issuers, strict=True)
         ]
         now = self._clock.now().replace(microsecond=0)
-        next_update = now + self._config.ocsp_response_validity
-        der = build_response(answers, self._responders, now, next_update, request.nonce)
+        return answers, now, now + self._config.ocsp_response_validity
+
+    def _unavailable(self, request_der: bytes, exc: KeyCustodyError) -> OcspAnswer:
+        """R-KEY-1: the responder key cannot sign now. A pre-signed answer to the same
+        request is served until its nextUpdate (not only its first half); otherwise tryLater,
+        never an unsigned or made-up status."""
+        _log.error("ocsp_signing_unavailable", error=str(exc))
+        cached = self._cache.get(request_der)
+        now = self._clock.now()
+        if (cached is not None and cached.answer.next_update is not None
+                and cached.answer.this_update is not None
+                and cached.answer.this_update <= now < cached.answer.next_update):
+            self._count("cached_while_unavailable")
+            return cached.answer
+        self._count("try_later")
+        return OcspAnswer(try_later_response())
+
+    def _finish(self, request_der: bytes, request: ParsedRequest,
+                issuers: list[IssuerIdentity | None], answers: list[Answer], der: bytes,
+                now: datetime, next_update: datetime, *, cache: bool = True) -> OcspAnswer:
         if not any(issuer is not None for issuer in issuers):
             self._count("unauthorized")
             return OcspAnswer(der)
         for _, _, status in answers:
             self._count(status.status)
-        cacheable = request.nonce is None and len(request.cert_ids) == 1
+        cacheable = cache and request.nonce is None and len(request.cert_ids) == 1
         if not cacheable or answers[0][2].status == "unknown":
             # Unknown answers are not kept: the serial may be issued a moment later by the
             # officer CLI in another process, which this cache would not hear of.

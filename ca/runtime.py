@@ -16,16 +16,26 @@ from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
 from ca.store import CertRecord, Store
 from common.passwords import PasswordHasher
-from keys.file_signer import FileKeyStore, ensure_owner_only, load_passphrase, write_owner_only
+from keys.custody import Pkcs11Settings, close_keystore, open_keystore
+from keys.file_signer import ensure_owner_only, write_owner_only
 from keys.hierarchy import Hierarchy
 from policy.clock import Clock
 
 
 def open_hierarchy(config: CaConfig) -> Hierarchy:
-    """The key hierarchy, with the passphrase from the environment or the 0600 file."""
-    passphrase = load_passphrase(config.keys.passphrase_file, config.keys.passphrase_env)
-    keystore = FileKeyStore(config.keys.directory, passphrase)
-    return Hierarchy(keystore, config.keys.directory, config.organization)
+    """The key hierarchy: keys in encrypted files (passphrase from the environment or the 0600
+    file) or in a PKCS#11 token (PIN likewise), as `keys.backend` says (R-KEY-1)."""
+    keys = config.keys
+    settings = None
+    if keys.backend == "pkcs11":
+        settings = Pkcs11Settings(
+            module=keys.pkcs11_module, token_label=keys.token_label, pin_file=keys.pin_file,
+            pin_env=keys.pin_env, sessions=keys.pkcs11_sessions,
+            label_prefix=keys.key_label_prefix, ocsp_keys_in_token=keys.ocsp_keys == "token",
+        )
+    keystore = open_keystore(keys.backend, keys.directory, keys.passphrase_file,
+                             keys.passphrase_env, settings)
+    return Hierarchy(keystore, keys.directory, config.organization)
 
 
 def create_api_token(path: Path) -> str:
@@ -105,6 +115,7 @@ class CaRuntime:
                    hierarchy, crls, metrics, ocsp)
 
     async def close(self) -> None:
-        """Release the store and the worker processes."""
+        """Release the store, the worker processes and the token's sessions."""
         self.workers.close()
         await self.store.close()
+        close_keystore(self.hierarchy.keystore)

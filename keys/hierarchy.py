@@ -1,8 +1,9 @@
 """The two-tier hierarchy: a root CA, issuing CA generations under it, and per generation a
 delegated OCSP responder (RFC 5280 profiles, RFC 6960 §4.2.2.2).
 
-Files in the key folder: `<label>.key.pem` (encrypted, 0600) and `<label>.crt.pem` for
-`root`, each generation (`g1`, `g2`, ...) and its responder (`g1-ocsp`, ...).
+Files in the key folder: `<label>.crt.pem` for `root`, each generation (`g1`, `g2`, ...) and
+its responder (`g1-ocsp`, ...); the keys of the same labels live in the key store
+(keys/custody.py): `<label>.key.pem` files (encrypted, 0600) or objects in a PKCS#11 token.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,8 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keys.errors import KeyCustodyError, KeyExists, KeyNotFound
-from keys.file_signer import FileKeyStore
 from keys.signer import ForwardingEcSigner, signature_hash_for
+
+if TYPE_CHECKING:
+    from keys.custody import KeyStore
 
 ROOT_LABEL = "root"
 ROOT_VALIDITY = timedelta(days=20 * 365 + 5)
@@ -81,10 +85,15 @@ def _whole_seconds(when: datetime) -> datetime:
 class Hierarchy:
     """Creates and opens the root, the issuing generations and their OCSP responders."""
 
-    def __init__(self, keystore: FileKeyStore, directory: Path, organization: str) -> None:
+    def __init__(self, keystore: KeyStore, directory: Path, organization: str) -> None:
         self._keystore = keystore
         self._directory = directory
         self._organization = organization
+
+    @property
+    def keystore(self) -> KeyStore:
+        """Where the keys live (file or token), for `keys list`, `keys check`, `keys import`."""
+        return self._keystore
 
     # -- reading -------------------------------------------------------------------------
 
@@ -128,8 +137,13 @@ class Hierarchy:
         ocsp_validity: timedelta,
     ) -> IssuerGeneration:
         """Create the root and generation g1 with its responder; refuses to overwrite."""
-        if self.is_initialised() or self._keystore.exists(ROOT_LABEL):
+        if self.is_initialised():
             raise KeyExists(f"a CA already exists in {self._directory}; refusing to overwrite it")
+        if self._keystore.exists(ROOT_LABEL):
+            # No root certificate but a root key: an interrupted init, or another CA using the
+            # same token labels. Deleting a key is the key officer's decision, never ours.
+            raise KeyExists("a root key already exists in the key store but no root "
+                            f"certificate in {self._directory}; refusing to overwrite it")
         now = _whole_seconds(now)
         root_signer = self._keystore.create(ROOT_LABEL, root_algorithm)
         subject = _name(self._organization, f"{self._organization} Root CA")

@@ -53,6 +53,12 @@ class ForwardingEcSigner(ec.EllipticCurvePrivateKey):
         return key
 
     @property
+    def signs_off_loop(self) -> bool:
+        """Whether a signature may wait on a device (an HSM), so callers on an event loop
+        should sign from a worker thread."""
+        return bool(getattr(self._backend, "signs_off_loop", False))
+
+    @property
     def curve(self) -> ec.EllipticCurve:
         """The curve of the delegated key."""
         return self.public_key().curve

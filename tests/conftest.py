@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from tests.support.postgres import (  # noqa: F401 - fixtures: a real PostgreSQL
     postgres_dsn,
 )
 from tests.support.servers import LoopThread, free_port
+from tests.support.softhsm import SoftHsm, create_softhsm
 
 
 @pytest.fixture
@@ -41,8 +43,10 @@ def clock() -> FakeClock:
 
 
 def write_config(directory: Path, *, public_port: int, internal_port: int,
-                 extra: str = "", kdf_rounds: int = 2048, internal_tls: bool = False) -> Path:
-    """A config.toml for a test CA under `directory` (cheap PKCS#12 rounds unless asked)."""
+                 extra: str = "", kdf_rounds: int = 2048, internal_tls: bool = False,
+                 keys_extra: str = "") -> Path:
+    """A config.toml for a test CA under `directory` (cheap PKCS#12 rounds unless asked);
+    `keys_extra` adds lines to [keys] (e.g. the pkcs11 backend's)."""
     path = directory / "config.toml"
     path.write_text(textwrap.dedent(f"""
         [paths]
@@ -61,6 +65,7 @@ def write_config(directory: Path, *, public_port: int, internal_port: int,
         directory = "var/keys"
         passphrase_file = "var/secrets/ca-passphrase"
         passphrase_env = "SEKISHO_TEST_UNSET_PASSPHRASE"
+    """) + keys_extra + textwrap.dedent(f"""
         [certificate]
         pkcs12_kdf_rounds = {kdf_rounds}
     """) + textwrap.dedent(extra))
@@ -197,10 +202,43 @@ def start_ca(config_path: Path, clock: FakeClock) -> CaHarness:
     )
 
 
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    """A throwaway SoftHSM2 token for this test session (R-KEY-1)."""
+    return create_softhsm(tmp_path_factory.mktemp("softhsm"))
+
+
 @pytest.fixture
-def ca(tmp_path: Path, clock: FakeClock) -> Iterator[CaHarness]:
-    """A freshly initialised CA, running on loopback with the fake clock."""
-    harness = start_ca(init_ca(tmp_path, clock), clock)
+def key_backend() -> str:
+    """Where the test CA keeps its keys: "file" unless the test is marked `key_backends`,
+    which runs it with "pkcs11" (SoftHSM2) as well (see pytest_generate_tests)."""
+    return "file"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `key_backends` run once per key backend: encrypted files and a token."""
+    if ("key_backend" in metafunc.fixturenames
+            and metafunc.definition.get_closest_marker("key_backends") is not None):
+        metafunc.parametrize("key_backend", ["file", "pkcs11"])
+
+
+def key_backend_config(key_backend: str, directory: Path, request: pytest.FixtureRequest,
+                       ) -> str:
+    """The [keys] lines for `key_backend`: nothing for files; for pkcs11, the session's
+    SoftHSM2 token with a key-label prefix of this CA's own."""
+    if key_backend == "file":
+        return ""
+    token: SoftHsm = request.getfixturevalue("softhsm")
+    return token.keys_config(directory, f"t{secrets.token_hex(4)}-")
+
+
+@pytest.fixture
+def ca(tmp_path: Path, clock: FakeClock, key_backend: str,
+       request: pytest.FixtureRequest) -> Iterator[CaHarness]:
+    """A freshly initialised CA, running on loopback with the fake clock; its keys in files,
+    or in a SoftHSM2 token for tests marked `key_backends`."""
+    keys_extra = key_backend_config(key_backend, tmp_path, request)
+    harness = start_ca(init_ca(tmp_path, clock, keys_extra=keys_extra), clock)
     yield harness
     harness.stop()
 

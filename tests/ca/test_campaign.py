@@ -14,7 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from policy.clock import FakeClock
-from tests.conftest import CaHarness, init_ca, openssl, start_ca
+from tests.conftest import CaHarness, init_ca, key_backend_config, openssl, start_ca
+
+# R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
+pytestmark = pytest.mark.key_backends
 
 JST = timezone(timedelta(hours=9))
 SECOND = timedelta(seconds=1)
@@ -33,10 +36,11 @@ effective_at = 2021-02-24T00:00:00+09:00
 
 
 @pytest.fixture
-def notice(tmp_path: Path) -> CaHarness:
+def notice(tmp_path: Path, key_backend: str, request: pytest.FixtureRequest) -> CaHarness:
     """A CA created in 2020 that gained generation g2 and the notice's cutover."""
     clock = FakeClock(datetime(2020, 6, 1, 9, 0, tzinfo=JST))
-    config_path = init_ca(tmp_path, clock)
+    config_path = init_ca(tmp_path, clock,
+                          keys_extra=key_backend_config(key_backend, tmp_path, request))
     first = start_ca(config_path, clock)
     first.stop()
     assert first.cli("issuer", "new") == 0

@@ -13,6 +13,9 @@ import pytest
 
 from tests.conftest import CaHarness, openssl
 
+# R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
+pytestmark = pytest.mark.key_backends
+
 
 def _issue_from_csr(ca: CaHarness, tmp_path: Path, user_id: str, cn: str | None = None) -> str:
     key = tmp_path / f"{user_id}.key"
@@ -123,3 +126,27 @@ class TestAudit:
         capsys.readouterr()
         assert ca.cli("audit", "verify") == 1
         assert message in capsys.readouterr().out
+
+
+class TestKeyCustodyCommands:
+    """`keys check` and `keys list` with either key backend (R-KEY-1)."""
+
+    def test_keys_check_and_list(self, ca: CaHarness, capsys) -> None:
+        """Every key signs and matches its certificate (exit 0); the list names all three."""
+        assert ca.cli("keys", "check") == 0
+        where = "token" if ca.config.keys.backend == "pkcs11" else "file"
+        assert capsys.readouterr().out.startswith(
+            f"KEYS OK - 3 keys sign and verify: root ({where}), g1 ({where}), g1-ocsp ({where})")
+        assert ca.cli("keys", "list") == 0
+        out = capsys.readouterr().out
+        for label in ("root", "g1", "g1-ocsp"):
+            assert f"\n{label} " in out
+
+    def test_keys_check_critical_when_a_key_does_not_match(self, ca: CaHarness, capsys) -> None:
+        """A certificate replaced by one for another key is CRITICAL (exit 2)."""
+        files = ca.issuer_files()
+        files["g1-ocsp"].write_bytes(files["g1"].read_bytes())
+        assert ca.cli("keys", "check") == 2
+        assert capsys.readouterr().out.startswith(
+            "KEYS CRITICAL - g1-ocsp: the key does not match its certificate")
+

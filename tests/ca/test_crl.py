@@ -14,6 +14,9 @@ from policy.clock import FakeClock
 from tests.conftest import CaHarness, init_ca, openssl, start_ca
 from tests.support.servers import http_get
 
+# R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
+pytestmark = pytest.mark.key_backends
+
 
 def _crl_pem(ca: CaHarness, tmp_path: Path) -> Path:
     status, headers, der = http_get(f"{ca.public_url}/crl/g1.crl")

@@ -17,6 +17,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import CaHarness, openssl
 
+# R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
+pytestmark = pytest.mark.key_backends
+
 SECOND = timedelta(seconds=1)
 
 
@@ -31,7 +34,15 @@ class TestKeyCustody:
     """Keys encrypted at rest, owner-only, never overwritten (R-OPS-3)."""
 
     def test_keys_encrypted_and_owner_only_R_OPS_3(self, ca: CaHarness) -> None:
-        """Every CA and responder key file is encrypted PKCS#8 with mode 0600."""
+        """Every CA and responder key file is encrypted PKCS#8 with mode 0600; with the
+        pkcs11 backend (R-KEY-1) no file under var/ holds any private key at all."""
+        if ca.config.keys.backend == "pkcs11":
+            var = ca.directory / "var"
+            holding_keys = [path for path in var.rglob("*") if path.is_file()
+                            and b"PRIVATE KEY" in path.read_bytes()]
+            assert holding_keys == []
+            assert [path.name for path in var.rglob("*.key.pem")] == []
+            return
         keys = sorted(ca.config.keys.directory.glob("*.key.pem"))
         assert [k.name for k in keys] == ["g1-ocsp.key.pem", "g1.key.pem", "root.key.pem"]
         for key in keys:
@@ -40,15 +51,21 @@ class TestKeyCustody:
         assert stat.S_IMODE(ca.config.api_token_file.stat().st_mode) == 0o600
 
     def test_init_refuses_to_overwrite_R_OPS_3(self, ca: CaHarness, capsys) -> None:
-        """A second `init` fails with one line and leaves the keys alone."""
-        before = (ca.config.keys.directory / "root.key.pem").read_bytes()
+        """A second `init` fails with one line and leaves the keys alone (file or token)."""
+        root_cert = ca.issuer_files()["root"]
+        before = (root_cert.read_bytes(),
+                  ca.runtime.hierarchy.keystore.load("root").public_key().public_numbers())
         assert ca.cli("init") == 1
         assert "refusing to overwrite" in capsys.readouterr().err
-        assert (ca.config.keys.directory / "root.key.pem").read_bytes() == before
+        assert (root_cert.read_bytes(),
+                ca.runtime.hierarchy.keystore.load("root").public_key().public_numbers()
+                ) == before
 
     def test_group_readable_key_refused_R_OPS_3(self, ca: CaHarness, capsys) -> None:
-        """A key file readable by others stops the CA from opening its keys."""
-        key = ca.config.keys.directory / "g1.key.pem"
+        """A key file (or, R-KEY-1, the token's PIN file) readable by others stops the CA
+        from opening its keys."""
+        key = (ca.config.keys.pin_file if ca.config.keys.backend == "pkcs11"
+               else ca.config.keys.directory / "g1.key.pem")
         key.chmod(0o640)
         assert ca.cli("acquisition-password", "100009") == 1
         assert "chmod 600" in capsys.readouterr().err
