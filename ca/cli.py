@@ -25,6 +25,7 @@ from ca.errors import BadRequest, CaError
 from ca.issuance import parse_reason
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
+from common.errors import Unavailable
 from common.config import DEFAULT_CONFIG, ConfigError, parse_duration, to_utc_datetime
 from common.eventloop import loop_factory
 from common.logging import configure_logging
@@ -465,7 +466,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
             return int(runner.run(args.handler(config, clock or SystemClock(), args)))
     except (CaError, PolicyViolation, KeyCustodyError, ConfigError, CliError, BadRequest,
             ValueError) as exc:
-        print(f"sekisho-ca: error: {exc}", file=sys.stderr)
+        code = f"{exc.code}: " if isinstance(exc, Unavailable) else ""
+        print(f"sekisho-ca: error: {code}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

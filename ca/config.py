@@ -55,6 +55,9 @@ class CaConfig:
     data_dir: Path
     generations: dict[str, GenerationDates]
     cutovers: tuple[Cutover, ...]
+    # R-FAULT-2/3: how long an intent or a counted password try may stay unfinished. Below
+    # the gateway's 10 s CA timeout, so nothing is issued after its requester gave up.
+    request_deadline: timedelta = timedelta(seconds=8)
 
 
 def load_ca_config(path: Path) -> CaConfig:
@@ -127,4 +130,5 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         data_dir=raw.section("paths").path("data_dir", "var"),
         generations=generation_dates(raw),
         cutovers=tuple(load_cutovers(raw)),
+        request_deadline=ca.duration("request_deadline", "8s"),
     )

@@ -9,9 +9,11 @@ from ca.errors import NotFound
 
 
 async def crl(request: web.Request) -> web.Response:
-    """The current CRL; 304 when the client's ETag still matches."""
+    """The current CRL, re-signed first if the store has revocations it does not list yet
+    (R-FAULT-1); 304 when the client's ETag still matches."""
     runtime = request.app[RUNTIME]
-    published = runtime.crls.current(request.match_info["generation"])
+    published = await runtime.crls.covering(request.match_info["generation"],
+                                            runtime.feed.last_seq)
     if published is None:
         raise NotFound(f"no CRL for generation {request.match_info['generation']!r}")
     headers = published.headers(runtime.clock.now())
