@@ -126,10 +126,10 @@ class CrlPublisher:
             if due or name in self._dirty:
                 await self.publish(name)
 
-    async def covering(self, generation: str, seq: int, timeout: float = 3.0,
+    async def covering(self, generation: str, seq: int, wait_seconds: float = 3.0,
                        ) -> PublishedCrl | None:
         """The CRL of `generation`, re-signed first when it does not cover revocation `seq`
-        yet (R-FAULT-1). Waits at most `timeout`; if signing cannot finish (e.g. the store is
+        yet (R-FAULT-1). Waits at most `wait_seconds`; if signing cannot finish (e.g. the store is
         full) the last signed CRL is served: still valid, and OCSP already says "revoked"."""
         published = self._current.get(generation)
         if published is None or published.revocation_seq >= seq:
@@ -139,7 +139,7 @@ class CrlPublisher:
             self._resign_task = asyncio.create_task(self._resign_dirty(), name="crl-resign")
         # A failure is logged by _resign_dirty; a timeout leaves the signing running.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._resign_task), timeout)
+            await asyncio.wait_for(asyncio.shield(self._resign_task), wait_seconds)
         return self._current.get(generation)
 
     async def on_revoked(self, records: list[CertRecord]) -> None:

@@ -16,7 +16,17 @@ import aiosqlite
 
 from common import audit as audit_log
 from common.errors import Unavailable
-from common.sqlite import SqliteStore, connect, connect_reader, from_epoch, to_epoch
+from common.sqlite import (
+    DEAD_OWNER as _DEAD_OWNER,
+)
+from common.sqlite import (
+    Owner,
+    SqliteStore,
+    connect,
+    connect_reader,
+    from_epoch,
+    to_epoch,
+)
 
 # Each migration runs once, in order; the index + 1 is the schema version it produces.
 MIGRATIONS: tuple[str, ...] = (
@@ -74,9 +84,6 @@ MIGRATIONS: tuple[str, ...] = (
 # An intent still counts (blocks another acquisition, may still become issued) only while
 # its deadline has not passed; rows from before migration 2 have none and are stale.
 _LIVE = "NOT (state = 'intended' AND COALESCE(deadline, 0) < ?)"
-# Whose reservations are dead when a process starts: those of earlier runs of the same
-# instance name (one daemon per store), e.g. "ca-daemon:%" but not the new run's own id.
-_DEAD_OWNER = "(COALESCE({column}, '') LIKE ? AND {column} != ?)"
 
 
 def serial_hex(serial: int) -> str:
@@ -114,26 +121,6 @@ class IntentExpired(Unavailable):
     intent meanwhile): it is not stored as issued and never delivered (R-CERT-3)."""
 
     code = "issuance_deadline_passed"
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who holds reservations: `instance` names the process role (one per store, e.g.
-    "ca-daemon"), `run` this start of it. A new run of an instance declares the earlier
-    runs' reservations dead at once; reservations of other instances wait for their deadline."""
-
-    instance: str
-    run: str
-
-    @property
-    def id(self) -> str:
-        """The value stored in owner columns."""
-        return f"{self.instance}:{self.run}"
-
-    @property
-    def earlier_runs(self) -> tuple[str, str]:
-        """Parameters of _DEAD_OWNER: the LIKE pattern and our own id."""
-        return f"{self.instance}:%", self.id
 
 
 @dataclass(frozen=True)

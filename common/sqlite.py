@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import sqlite3
 
 import aiosqlite
 
@@ -42,6 +42,33 @@ def to_epoch(when: datetime) -> int:
 def from_epoch(seconds: int) -> datetime:
     """Unix seconds -> aware UTC datetime."""
     return datetime.fromtimestamp(seconds, UTC)
+
+
+# Whose reservations are dead when a process starts: those of earlier runs of the same
+# instance name (one daemon per store), e.g. "ca-daemon:%" but not the new run's own id.
+# Parameters: Owner.earlier_runs.
+DEAD_OWNER = "(COALESCE({column}, '') LIKE ? AND {column} != ?)"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds reservations: `instance` names the process role (one per store, e.g.
+    "ca-daemon"), `run` this start of it. A new run of an instance declares the earlier
+    runs' reservations dead at once; reservations of other instances wait for their deadline."""
+
+    instance: str
+    run: str
+
+    @property
+    def id(self) -> str:
+        """The value stored in owner columns."""
+        return f"{self.instance}:{self.run}"
+
+    @property
+    def earlier_runs(self) -> tuple[str, str]:
+        """Parameters of _DEAD_OWNER: the LIKE pattern and our own id."""
+        return f"{self.instance}:%", self.id
+
 
 
 def store_error(exc: BaseException, what: str) -> Unavailable | None:

@@ -207,17 +207,31 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
     return app
 
 
-async def _sweep(sessions: SessionStore) -> None:
+async def _sweep(sessions: SessionStore, app: web.Application) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         sessions.sweep()
+        await _expire_attempts(app)
+
+
+async def _expire_attempts(app: web.Application) -> None:
+    """Counted login tries whose check can no longer complete count as failures (R-FAULT-3)."""
+    try:
+        expired = await app[USERS].expire_attempts(app[CONFIG].lockout_max_failures)
+    except Exception as exc:  # e.g. a full disk: named in one line, retried on the schedule
+        _log.error("login_attempt_expiry_failed", error=getattr(exc, "code", type(exc).__name__),
+                   message=str(exc))
+        return
+    for user_id in expired:
+        _log.warning("login_attempt_expired", user_id=user_id)
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Proxy pool, revocation feed follower, session sweeper; all stopped at shutdown."""
+    await _expire_attempts(app)  # the tries a killed gateway left pending
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
-    sweeper = asyncio.create_task(_sweep(app[SESSIONS]), name="session-sweeper")
+    sweeper = asyncio.create_task(_sweep(app[SESSIONS], app), name="session-sweeper")
     yield
     for task in (follower, sweeper):
         task.cancel()
