@@ -77,6 +77,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE acquisition_secrets ADD COLUMN pending_attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE acquisition_secrets ADD COLUMN pending_until INTEGER;
     ALTER TABLE acquisition_secrets ADD COLUMN pending_owner TEXT;
+    CREATE INDEX acquisition_pending ON acquisition_secrets (pending_until)
+        WHERE pending_attempts > 0;
     ALTER TABLE crl_state ADD COLUMN revocation_seq INTEGER NOT NULL DEFAULT 0;
     """,
 )

@@ -83,6 +83,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE unknown_attempts ADD COLUMN pending_attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE unknown_attempts ADD COLUMN pending_until INTEGER;
     ALTER TABLE unknown_attempts ADD COLUMN pending_owner TEXT;
+    CREATE INDEX users_pending ON users (pending_until) WHERE pending_attempts > 0;
+    CREATE INDEX unknown_pending ON unknown_attempts (pending_until) WHERE pending_attempts > 0;
     """,
 )
 
