@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,3 +52,30 @@ def ca_process_factory(tmp_path: Path, clock: FakeClock,
     yield make
     for process in made:
         process.kill9()
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """mount(2) for real: a small tmpfs, or a read-only bind mount; unmounted afterwards."""
+    mounts: list[Path] = []
+
+    def mount(kind: str, source: Path | None = None) -> Path:
+        target = tmp_path / f"mnt-{len(mounts)}"
+        target.mkdir()
+        commands = ([["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(target)]]
+                    if kind == "tmpfs" else
+                    [["mount", "--bind", str(source), str(target)],
+                     ["mount", "-o", "remount,bind,ro", str(target)]])
+        for command in commands:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                if mounts or target.is_mount():
+                    subprocess.run(["umount", str(target)], check=False)
+                pytest.skip(f"cannot mount here ({' '.join(command[:3])}: "
+                            f"{done.stderr.strip() or 'not permitted'}); needs root")
+        mounts.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounts):
+        subprocess.run(["umount", "-l", str(target)], check=False)

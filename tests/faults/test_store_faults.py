@@ -12,14 +12,19 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from common.errors import Unavailable
+from common.passwords import PasswordHasher
+from gateway.auth import Authenticator
+from gateway.users import UserStore
+from policy.clock import SystemClock
+from policy.password import PasswordPolicy
 from tests.support.faults import (
     Answer,
     CaProcess,
@@ -159,33 +164,6 @@ class TestBusyStore:
 # -- real file systems -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """mount(2) for real: a small tmpfs, or a read-only bind mount; unmounted afterwards."""
-    mounts: list[Path] = []
-
-    def mount(kind: str, source: Path | None = None) -> Path:
-        target = tmp_path / f"mnt-{len(mounts)}"
-        target.mkdir()
-        commands = ([["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(target)]]
-                    if kind == "tmpfs" else
-                    [["mount", "--bind", str(source), str(target)],
-                     ["mount", "-o", "remount,bind,ro", str(target)]])
-        for command in commands:
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                if mounts or target.is_mount():
-                    subprocess.run(["umount", str(target)], check=False)
-                pytest.skip(f"cannot mount here ({' '.join(command[:3])}: "
-                            f"{done.stderr.strip() or 'not permitted'}); needs root")
-        mounts.append(target)
-        return target
-
-    yield mount
-    for target in reversed(mounts):
-        subprocess.run(["umount", "-l", str(target)], check=False)
-
-
 def _move_database(ca: CaProcess, folder: Path) -> None:
     """Put the (closed, checkpointed) CA database into `folder` and point the config at it."""
     target = folder / "ca.sqlite3"
@@ -256,3 +234,41 @@ class TestStorageErrors:
         assert done.returncode == 1, done
         assert "Traceback" not in done.stderr + done.stdout
         assert "store_unwritable" in done.stderr, done.stderr
+
+
+class TestGatewayStorageErrors:
+    """R-FAULT-5 at the gateway: its user store on a full disk is named, then recovers."""
+
+    async def test_login_on_a_full_disk_is_a_named_503_then_recovers(
+            self, mounted: Callable[..., Path]) -> None:
+        """The gateway's database on a full 3 MiB tmpfs: a login raises Unavailable
+        store_full (the middleware renders a 503 page, not a 500), and works again once
+        space returns, on the same connection."""
+        disk = mounted("tmpfs")
+        store = await UserStore.open(disk / "gateway.sqlite3", SystemClock())
+        hasher = PasswordHasher(time_cost=1, memory_cost_kib=1024)
+        try:
+            auth = Authenticator(store, hasher, PasswordPolicy(), clock=SystemClock())
+            _, temporary = await auth.add_user("890001", name="Sato", customer="ABC",
+                                               role="contractor", actor="helpdesk:test")
+            filler = disk / "filler"
+            with filler.open("wb") as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            failure: Unavailable | None = None
+            for _ in range(200):
+                try:
+                    await auth.login("890001", "wrong-password-1")
+                    await store.unlock("890001", actor="helpdesk:test")
+                except Unavailable as exc:
+                    failure = exc
+                    break
+            assert failure is not None and failure.code == "store_full"
+            assert failure.status == 503
+            filler.unlink()
+            result = await auth.login("890001", temporary)
+            assert result.authenticated, result
+        finally:
+            await store.close()
+            hasher.close()
