@@ -199,6 +199,7 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
 
     revocation.listeners.append(on_revocation)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_expiring_attempts)
     login.add_routes(app)
     enrollment.add_routes(app)
     pages.add_static_route(app)
@@ -207,11 +208,25 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
     return app
 
 
-async def _sweep(sessions: SessionStore, app: web.Application) -> None:
+async def _sweep(sessions: SessionStore) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         sessions.sweep()
-        await _expire_attempts(app)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Proxy pool, revocation feed follower, session sweeper; all stopped at shutdown."""
+    await app[PROXY].start()
+    follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
+    sweeper = asyncio.create_task(_sweep(app[SESSIONS]), name="session-sweeper")
+    yield
+    for task in (follower, sweeper):
+        task.cancel()
+    for task in (follower, sweeper):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await app[PROXY].close()
+    await app[CA].close()
 
 
 async def _expire_attempts(app: web.Application) -> None:
@@ -226,17 +241,18 @@ async def _expire_attempts(app: web.Application) -> None:
         _log.warning("login_attempt_expired", user_id=user_id)
 
 
-async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Proxy pool, revocation feed follower, session sweeper; all stopped at shutdown."""
-    await _expire_attempts(app)  # the tries a killed gateway left pending
-    await app[PROXY].start()
-    follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
-    sweeper = asyncio.create_task(_sweep(app[SESSIONS], app), name="session-sweeper")
+async def _expire_attempts_periodically(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        await _expire_attempts(app)
+
+
+async def _expiring_attempts(app: web.Application) -> AsyncIterator[None]:
+    """At start, the tries a killed gateway left pending; then on the sweeper's schedule."""
+    await _expire_attempts(app)
+    task = asyncio.create_task(_expire_attempts_periodically(app), name="attempt-expiry")
     yield
-    for task in (follower, sweeper):
-        task.cancel()
-    for task in (follower, sweeper):
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await app[PROXY].close()
-    await app[CA].close()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+

@@ -324,8 +324,7 @@ class UserStore(SqliteStore):
     async def unlock(self, user_id: str, *, actor: str) -> None:
         """Helpdesk unlock (§2.7): the failure count starts again from zero."""
         await self._admin_update(
-            user_id, "UPDATE users SET locked = 0, failed_attempts = 0, pending_attempts = 0"
-            " WHERE user_id = ?",
+            user_id, "UPDATE users SET locked = 0, failed_attempts = 0 WHERE user_id = ?",
             "user.unlocked", actor,
         )
 
