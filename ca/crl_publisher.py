@@ -157,6 +157,8 @@ class CrlPublisher:
             # Revocations keep arriving during a bulk run: sign at most once per gap.
             await asyncio.sleep(max(0.0, self._last_resign + self._resign_min_gap
                                     - time.monotonic()))
+            if not self._dirty:  # the schedule (tick) signed it meanwhile
+                break
             name = sorted(self._dirty)[0]
             self._last_resign = time.monotonic()
             try:
