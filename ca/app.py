@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import structlog
 from aiohttp import web
 
 from ca.api import crl, internal, ocsp, public
 from ca.api.internal import RUNTIME
 from ca.middleware import error_middleware, token_middleware
 from ca.runtime import CaRuntime
+from common.errors import Unavailable
+
+_log = structlog.get_logger("ca.recovery")
+RECOVERY_INTERVAL_SECONDS = 2.0
 
 
 def build_internal_app(runtime: CaRuntime, token: str) -> web.Application:
@@ -45,9 +50,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[RUNTIME]
+    # Before the listener accepts anything: settle what a crash left (R-FAULT-2/3), then bring
+    # every CRL up to the store's revocations (R-FAULT-1).
+    await _recover(runtime := app[RUNTIME])
     await runtime.crls.start()
     tasks = [
+        asyncio.create_task(_recover_periodically(runtime), name="recovery"),
         asyncio.create_task(runtime.feed.run(), name="revocation-feed"),
         asyncio.create_task(runtime.crls.run(), name="crl-schedule"),
         asyncio.create_task(runtime.ocsp.run(), name="ocsp-maintenance"),
@@ -58,3 +66,19 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _recover(runtime: CaRuntime) -> None:
+    """One recovery pass; a store that cannot be written is named in one line and retried."""
+    try:
+        await runtime.authority.recover()
+    except Unavailable as exc:
+        _log.error("recovery_deferred", error=exc.code, message=str(exc))
+
+
+async def _recover_periodically(runtime: CaRuntime) -> None:
+    """Settle intents and tries whose deadline passed while the daemon ran (a full disk
+    that made a request's own clean-up fail, a stuck worker)."""
+    while True:
+        await asyncio.sleep(RECOVERY_INTERVAL_SECONDS)
+        await _recover(runtime)

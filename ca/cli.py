@@ -25,11 +25,13 @@ from ca.api.views import certificate_view
 from ca.config import CaConfig, load_ca_config
 from ca.crl import REASONS
 from ca.errors import BadRequest, CaError
-from ca.issuance import parse_reason
+from ca.issuance import parse_reason, parse_serial
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
-from ca.store import Store
+from ca.store import CertRecord, Store
+from common import faults
 from common.cli import add_common_options, config_path, operator_name
 from common.config import ConfigError, load_raw, parse_duration, resolve_path, to_utc_datetime
+from common.errors import Unavailable
 from common.eventloop import loop_factory
 from common.logging import configure_logging
 from keys.custody import close_keystore
@@ -182,16 +184,27 @@ async def cmd_issue(config: CaConfig, clock: Clock, args: argparse.Namespace) ->
     return await _with_runtime(config, clock, run)
 
 
+# A bulk revocation commits this many certificates per transaction: each batch holds SQLite's
+# write lock for well under a second, so the daemon's acquisitions and revocations wait for at
+# most one batch (R-FAULT-4). A short pause between batches lets waiting writers in (SQLite's
+# busy handler polls, it does not queue).
+BULK_BATCH_SIZE = 500
+BULK_PAUSE_SECONDS = 0.05
+
+
 async def _bulk_revoke(runtime: CaRuntime, args: argparse.Namespace) -> int:
-    """Revoke every usable certificate issued before a date, optionally of one generation."""
+    """Revoke every usable certificate issued before a date, optionally of one generation.
+
+    In batches, each atomic; the whole is idempotent (already revoked certificates are
+    skipped), so a run that was interrupted is finished by running the same command again.
+    """
     issued_before = to_utc_datetime(args.issued_before, "--issued-before")
     reason = parse_reason(args.reason)
     now = runtime.clock.now()
     targets = [
         record for record in await runtime.store.list_certificates(
-            generation=args.generation, issued_before=issued_before)
-        if record.not_before < issued_before and record.revoked_at is None
-        and record.not_after >= now
+            generation=args.generation, issued_before=issued_before, unrevoked=True)
+        if record.not_before < issued_before and record.not_after >= now
     ]
     users = sorted({record.user_id for record in targets})
     scope = f"issued before {issued_before:%Y-%m-%d %H:%M:%S}Z" + (
@@ -204,15 +217,20 @@ async def _bulk_revoke(runtime: CaRuntime, args: argparse.Namespace) -> int:
         if len(users) > 50:
             print(f"  ... and {len(users) - 50} more users")
         return 0
-    revoked = await runtime.authority.revoke_many(
-        [r.serial for r in targets], reason, actor=_officer(args),
-        details={"bulk": scope},
-    )
+    revoked = 0
+    for start in range(0, len(targets), BULK_BATCH_SIZE):
+        if start:
+            await faults.reached("ca.bulk_between_batches")
+            await asyncio.sleep(BULK_PAUSE_SECONDS)
+        batch = targets[start:start + BULK_BATCH_SIZE]
+        revoked += len(await runtime.authority.revoke_many(
+            [r.serial for r in batch], reason, actor=_officer(args), details={"bulk": scope},
+        ))
     await runtime.store.audit(at=now, actor=_officer(args), action="certificate.bulk_revoked",
                               subject=args.generation or "*",
                               details={"scope": scope, "reason": reason,
-                                       "certificates": len(revoked), "users": len(users)})
-    print(f"revoked {len(revoked)} certificates of {len(users)} users {scope} (reason {reason})")
+                                       "certificates": revoked, "users": len(users)})
+    print(f"revoked {revoked} certificates of {len(users)} users {scope} (reason {reason})")
     return 0
 
 
@@ -242,8 +260,9 @@ async def cmd_list(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
     """List certificates as a table or JSON."""
 
     async def run(runtime: CaRuntime) -> int:
-        records = await runtime.store.list_certificates(user_id=args.user)
-        views = [certificate_view(r, runtime.authority.state_of(r)) for r in records]
+        states = ("issued", "intended", "abandoned") if args.all else ("issued", "intended")
+        records = await runtime.store.list_certificates(user_id=args.user, states=states)
+        views = [_view(runtime, r) for r in records]
         if args.status:
             views = [v for v in views if v["state"] == args.status]
         if args.json:
@@ -265,16 +284,37 @@ async def cmd_list(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
     return await _with_runtime(config, clock, run)
 
 
+def _view(runtime: CaRuntime, record: CertRecord) -> dict[str, Any]:
+    """A row for list/show; a row that is not issued shows why (R-FAULT-2): "intended" while
+    its request may still finish, "intended (stale)" once it cannot (settled by the daemon
+    within seconds), "abandoned" (never delivered; revoked if it was ever signed)."""
+    if record.state == "issued":
+        return certificate_view(record, runtime.authority.state_of(record))
+    state = record.state
+    if record.stale(runtime.clock.now()):
+        state = "intended (stale)"
+    if record.revoked_at is not None:
+        state += ", revoked"
+    return certificate_view(record, state)
+
+
 async def cmd_show(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
-    """Show one certificate in detail."""
+    """Show one certificate (or an intent that never became one) in detail."""
 
     async def run(runtime: CaRuntime) -> int:
-        record = await runtime.authority.certificate(args.serial)
-        view = certificate_view(record, runtime.authority.state_of(record))
-        for key, value in view.items():
+        serial = parse_serial(args.serial)
+        record = await runtime.store.get(serial)
+        if record is None:
+            raise CliError(f"no certificate with serial {serial}")
+        for key, value in _view(runtime, record).items():
             print(f"{key:20} {value if value is not None else '-'}")
-        certificate = x509.load_der_x509_certificate(record.der or b"")
-        print(certificate.public_bytes(serialization.Encoding.PEM).decode(), end="")
+        if record.state != "issued":
+            deadline = f"{record.deadline:%Y-%m-%d %H:%M:%S} UTC" if record.deadline else "-"
+            print(f"{'owner':20} {record.owner or '-'}")
+            print(f"{'deadline':20} {deadline}")
+        if record.der is not None:
+            certificate = x509.load_der_x509_certificate(record.der)
+            print(certificate.public_bytes(serialization.Encoding.PEM).decode(), end="")
         return 0
 
     return await _with_runtime(config, clock, run)
@@ -464,7 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list certificates")
     listing.add_argument("--user")
     listing.add_argument("--status", choices=["valid", "expired", "revoked", "not_yet_valid",
-                                              "cut_over"])
+                                              "cut_over", "intended", "intended (stale)",
+                                              "abandoned"])
+    listing.add_argument("--all", action="store_true",
+                         help="also abandoned rows (intents that were never delivered)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_list)
 
@@ -527,7 +570,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
             return int(runner.run(args.handler(config, clock or SystemClock(), args)))
     except (CaError, PolicyViolation, KeyCustodyError, ConfigError, CliError, BadRequest,
             ValueError) as exc:
-        print(f"sekisho-ca: error: {exc}", file=sys.stderr)
+        code = f"{exc.code}: " if isinstance(exc, Unavailable) else ""
+        print(f"sekisho-ca: error: {code}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

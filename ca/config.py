@@ -65,6 +65,10 @@ class CaConfig:
     data_dir: Path
     generations: dict[str, GenerationDates]
     cutovers: tuple[Cutover, ...]
+    # R-FAULT-2/3: how long an intent or a counted password try may stay unfinished while
+    # its process lives (a dead process's are settled at its restart). Above the longest
+    # queue a burst builds: 2,000 acquisitions at 600,000 PBKDF2 rounds take ~7 min on 2 cores.
+    request_deadline: timedelta = timedelta(minutes=10)
 
 
 def load_ca_config(path: Path) -> CaConfig:
@@ -156,4 +160,5 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         data_dir=raw.section("paths").path("data_dir", "var"),
         generations=generation_dates(raw),
         cutovers=tuple(load_cutovers(raw)),
+        request_deadline=ca.duration("request_deadline", "10m"),
     )

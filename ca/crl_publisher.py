@@ -2,7 +2,12 @@
 
 - Re-signed on a schedule (`crl.resign_interval`, well before `crl.validity` runs out) even when
   nothing was revoked, and after every revocation. Revocations that arrive while a CRL is being
-  signed are coalesced into one more signing, so a bulk revocation costs two signings, not N.
+  signed are coalesced into one more signing, and revocation-triggered signings are at least
+  `resign_min_gap` apart, so a bulk revocation in batches costs at most one signing per gap.
+- Each stored CRL records the revocation sequence it covers (R-FAULT-1). At start, and on every
+  tick, a CRL behind the store's sequence is re-signed (revocations the officer CLI committed
+  while the daemon was down, or just before a crash), and the CRL endpoint waits for that
+  re-sign before serving: a served CRL is never older than the store.
 - The CRL number only grows and is persisted with the CRL (`crl_state`), so a restart never
   reuses or lowers it.
 - Building runs in a worker thread, and the DER is encoded by hand (ca.crl) with each entry's
@@ -16,8 +21,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +36,7 @@ from ca.config import CaConfig
 from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers, crl_etag
 from ca.issuers import Issuers
 from ca.store import CertRecord, Store
+from common.sqlite import store_error
 from policy.clock import Clock
 
 _log = structlog.get_logger("ca.crl")
@@ -44,6 +52,7 @@ class PublishedCrl:
     next_update: datetime
     der: bytes
     entries: int
+    revocation_seq: int = 0  # every revocation up to this sequence is on it
 
     @functools.cached_property
     def etag(self) -> str:
@@ -60,12 +69,15 @@ class CrlPublisher:
     """Signs, stores and serves the CRL of every generation."""
 
     def __init__(self, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
-                 tick_seconds: float = 5.0) -> None:
+                 tick_seconds: float = 5.0, resign_min_gap: float = 1.0) -> None:
         self._config = config
         self._clock = clock
         self._store = store
         self._issuers = issuers
         self._tick_seconds = tick_seconds
+        self._resign_min_gap = resign_min_gap
+        self._last_resign = 0.0  # time.monotonic() of the last revocation-triggered signing
+        self.signings = 0  # how many CRLs this process signed (bench/faults.py reports it)
         self._current: dict[str, PublishedCrl] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._dirty: set[str] = set()
@@ -81,9 +93,9 @@ class CrlPublisher:
         stored = await self._store.load_crl(generation)
         if stored is None:
             return None
-        number, this_update, next_update, der = stored
+        number, this_update, next_update, der, seq = stored
         return PublishedCrl(generation, number, this_update, next_update, der,
-                            _count_entries(der))
+                            _count_entries(der), seq)
 
     async def start(self) -> None:
         """Load stored CRLs and sign fresh ones where they are missing or due."""
@@ -91,18 +103,44 @@ class CrlPublisher:
             published = await self.load(name)
             if published is not None:
                 self._set(published)
-        await self.tick()
+        try:
+            await self.tick()
+        except Exception as exc:
+            named = store_error(exc, "CA database")
+            if named is None or not self._current:
+                raise
+            # A full store at start: serve the stored CRLs; the schedule retries (R-FAULT-5).
+            _log.error("crl_resign_failed", error=named.code, message=str(named))
 
     async def tick(self) -> None:
-        """Re-sign every CRL that is due (by schedule) or dirty (after revocations)."""
+        """Re-sign every CRL that is due (by schedule), dirty (after revocations) or behind
+        the store's revocation sequence (R-FAULT-1)."""
         now = self._clock.now()
+        last_seq = await self._store.last_revocation_seq()
         for name in list(self._issuers.generations):
             published = self._current.get(name)
             due = (published is None
                    or now >= published.this_update + self._config.crl_resign_interval
-                   or now < published.this_update)
+                   or now < published.this_update
+                   or published.revocation_seq < last_seq)
             if due or name in self._dirty:
                 await self.publish(name)
+
+    async def covering(self, generation: str, seq: int, wait_seconds: float = 3.0,
+                       ) -> PublishedCrl | None:
+        """The CRL of `generation`, re-signed first when it does not cover revocation `seq`
+        yet (R-FAULT-1). Waits at most `wait_seconds`; if signing cannot finish (e.g. the store is
+        full) the last signed CRL is served: still valid, and OCSP already says "revoked"."""
+        published = self._current.get(generation)
+        if published is None or published.revocation_seq >= seq:
+            return published
+        self._dirty.add(generation)
+        if self._resign_task is None or self._resign_task.done():
+            self._resign_task = asyncio.create_task(self._resign_dirty(), name="crl-resign")
+        # A failure is logged by _resign_dirty; a timeout leaves the signing running.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._resign_task), wait_seconds)
+        return self._current.get(generation)
 
     async def on_revoked(self, records: list[CertRecord]) -> None:
         """Revocation listener: schedule a re-sign of the affected generations.
@@ -116,12 +154,23 @@ class CrlPublisher:
 
     async def _resign_dirty(self) -> None:
         while self._dirty:
+            # Revocations keep arriving during a bulk run: sign at most once per gap.
+            await asyncio.sleep(max(0.0, self._last_resign + self._resign_min_gap
+                                    - time.monotonic()))
+            if not self._dirty:  # the schedule (tick) signed it meanwhile
+                break
             name = sorted(self._dirty)[0]
+            self._last_resign = time.monotonic()
             try:
                 await self.publish(name)  # discards `name` from the dirty set when it starts
-            except Exception:
-                _log.exception("crl_resign_failed", generation=name)
-                self._dirty.discard(name)  # the schedule retries within resign_interval
+            except Exception as exc:
+                named = store_error(exc, "CA database")
+                if named is not None:  # one line naming the cause, no traceback
+                    _log.error("crl_resign_failed", generation=name, error=named.code,
+                               message=str(named))
+                else:
+                    _log.exception("crl_resign_failed", generation=name)
+                self._dirty.discard(name)  # the schedule retries every tick
 
     async def settle(self) -> None:
         """Wait until every scheduled re-sign is done (tests, shutdown)."""
@@ -136,14 +185,18 @@ class CrlPublisher:
             now = self._clock.now().replace(microsecond=0)
             issuer = self._issuers.get(generation)
             number = await self._store.crl_number(generation) + 1
+            # Read before the entries: the CRL then covers at least this sequence.
+            seq = await self._store.last_revocation_seq()
             expired_before = now if self._config.crl_drop_expired else None
             rows = await self._store.revoked_entries(generation, expired_before=expired_before)
             next_update = now + self._config.crl_validity
             der = await asyncio.to_thread(
                 _build, issuer.certificate, issuer.signer, rows, number, now, next_update
             )
-            await self._store.save_crl(generation, number, now, next_update, der)
-            published = PublishedCrl(generation, number, now, next_update, der, len(rows))
+            # Persisted before it is served, so a restart never reuses its number.
+            await self._store.save_crl(generation, number, now, next_update, der, seq)
+            self.signings += 1
+            published = PublishedCrl(generation, number, now, next_update, der, len(rows), seq)
             self._set(published)
             _log.info("crl_published", generation=generation, number=number,
                       entries=len(rows), next_update=next_update.isoformat())
@@ -160,8 +213,12 @@ class CrlPublisher:
             await asyncio.sleep(self._tick_seconds)
             try:
                 await self.tick()
-            except Exception:
-                _log.exception("crl_schedule_failed")
+            except Exception as exc:
+                named = store_error(exc, "CA database")
+                if named is None:
+                    _log.exception("crl_schedule_failed")
+                else:  # e.g. a full disk: one line naming it; the old CRL is still served
+                    _log.error("crl_schedule_failed", error=named.code, message=str(named))
 
 
 # One EntryEncoder per issuer certificate, kept between builds: a re-sign then only encodes

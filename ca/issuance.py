@@ -10,8 +10,10 @@ as issued before anything is returned (R-CERT-3).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +30,8 @@ from ca.config import CaConfig
 from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
 from ca.issuers import Issuers
 from ca.pkcs12 import KeyWorkers, public_key_of
-from ca.store import CertRecord, Store, serial_hex
+from ca.store import CertRecord, Owner, Store, serial_hex
+from common import faults
 from common.passwords import PasswordHasher, generate_secret
 from keys.hierarchy import IssuerGeneration
 from keys.signer import signature_hash_for
@@ -96,6 +99,7 @@ class CertificateAuthority:
     def __init__(
         self, *, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
         workers: KeyWorkers, hasher: PasswordHasher, cutovers: Sequence[Cutover] = (),
+        owner: Owner | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -105,6 +109,8 @@ class CertificateAuthority:
         self._hasher = hasher
         self.cutovers = tuple(cutovers)
         self._is_cut_over = cut_over_test(self.cutovers)
+        # Holds this process's intents and counted tries (R-FAULT-2/3).
+        self.owner = owner or Owner("ca-process", secrets.token_hex(8))
         self.revocation_listeners: list[RevocationListener] = []
         self.issuance_listeners: list[IssuanceListener] = []
 
@@ -125,7 +131,11 @@ class CertificateAuthority:
         if secret is None:
             await self._hasher.verify(None, password)
             raise Unauthorized("user ID or acquisition password is wrong", code="bad_credentials")
-        reservation = await self._store.reserve_acquisition_attempt(user_id, lockout.max_failures)
+        now = self._clock.now()
+        reservation = await self._store.reserve_acquisition_attempt(
+            user_id, lockout.max_failures, now=now, deadline=now + self._config.request_deadline,
+            owner=self.owner,
+        )
         if reservation == "busy":
             raise Busy("other tries with this acquisition password are being checked; retry")
         if reservation == "locked":
@@ -134,9 +144,15 @@ class CertificateAuthority:
                 "to issue a new one",
                 code="acquisition_locked",
             )
+        await faults.reached("ca.after_attempt_counted")
         if await self._hasher.verify(secret.password_hash, password):
-            await self._store.acquisition_succeeded(user_id, self._clock.now())
-            return
+            if await self._store.acquisition_succeeded(user_id, self._clock.now()):
+                return
+            raise Locked(
+                "the acquisition password is locked after too many wrong tries; ask the bank "
+                "to issue a new one",
+                code="acquisition_locked",
+            )
         failures, locked = await self._store.acquisition_failed(
             user_id, self._clock.now(), lockout.max_failures, actor
         )
@@ -212,6 +228,11 @@ class CertificateAuthority:
         window = self._config.profile.renewal_window
 
         def check(existing: list[CertRecord]) -> None:
+            # `existing` holds the intents still in progress too: a renewal (or acquisition)
+            # under way for this user refuses a second one, as acquisition does (R-CERT-6).
+            if any(record.state == "intended" for record in existing):
+                raise Conflict("a certificate for this user is being issued right now",
+                               code="attempt_in_progress")
             issued = [record for record in existing if record.state == "issued"]
             newest = issued[-1].serial if issued else serial
             rules.check_may_renew(facts(current), newest, now, window, self._is_cut_over)
@@ -284,8 +305,10 @@ class CertificateAuthority:
         await self._store.reserve(
             serial=serial_text, user_id=user_id, generation=generation.name, kind=kind,
             not_before=spec.not_before, not_after=spec.not_after, now=now,
-            check=check, actor=actor,
+            check=check, actor=actor, owner=self.owner.id,
+            deadline=self._clock.now() + self._config.request_deadline,
         )
+        await faults.reached("ca.after_intent")
         der: bytes | None = None
         try:
             # Off the event loop: with keys.backend = "pkcs11" this waits on the token
@@ -296,12 +319,18 @@ class CertificateAuthority:
             )
             der = certificate.public_bytes(serialization.Encoding.DER)
             delivery = await deliver(der, generation.name) if deliver is not None else der
+            await faults.reached("ca.after_sign")
+            record = await self._store.complete(
+                serial_text, der, hashlib.sha256(der).hexdigest(), self._clock.now(), actor
+            )
         except BaseException as exc:
-            await self._store.abandon(serial_text, der, self._clock.now(), type(exc).__name__)
+            # Not stored as issued, so never delivered. On a full disk this fails too; the
+            # intent then stays until its deadline and `recover` settles it (R-FAULT-2).
+            with contextlib.suppress(Exception):
+                await self._store.abandon(serial_text, der, self._clock.now(),
+                                          type(exc).__name__)
             raise
-        record = await self._store.complete(
-            serial_text, der, hashlib.sha256(der).hexdigest(), self._clock.now(), actor
-        )
+        await faults.reached("ca.after_issued")
         _log.info(
             "certificate_issued", user_id=user_id, serial=serial_text, generation=generation.name,
             kind=kind, not_after=record.not_after.isoformat(), renewed_from=renewed_from,
@@ -317,8 +346,10 @@ class CertificateAuthority:
         serial = parse_serial(serial)
         reason = parse_reason(reason)
         record = await self._store.get(serial)
-        if record is None or record.state != "issued":
-            raise NotFound(f"no issued certificate with serial {serial}", code="unknown_serial")
+        # Intended and abandoned rows too (R-FAULT-2): revoking one puts its serial on the CRL
+        # and makes sure it can never be issued.
+        if record is None:
+            raise NotFound(f"no certificate with serial {serial}", code="unknown_serial")
         if record.revoked_at is not None:
             raise Conflict(
                 f"certificate {serial} was already revoked at {record.revoked_at:%Y-%m-%d %H:%M}"
@@ -363,6 +394,24 @@ class CertificateAuthority:
             for listener in self.revocation_listeners:
                 await listener(revoked)
         return revoked
+
+    # -- crash recovery (R-FAULT-2, R-FAULT-3) ------------------------------------------
+
+    async def recover(self) -> tuple[list[tuple[str, str]], list[str]]:
+        """Settle what no request can finish any more: intents and counted acquisition
+        tries past their deadline or left by an earlier run of this process's instance.
+        Run at start-up (before listening) and every few seconds. Returns both lists."""
+        now = self._clock.now()
+        intents = await self._store.reconcile_intents(now, self.owner)
+        attempts = await self._store.expire_acquisition_attempts(
+            now, self._config.acquisition_lockout.max_failures, self.owner)
+        for serial, user_id in intents:
+            _log.warning("intent_abandoned", serial=serial, user_id=user_id,
+                         why="its request can no longer complete")
+        for user_id in attempts:
+            _log.warning("acquisition_attempt_expired", user_id=user_id,
+                         why="its check can no longer complete; counted as a failure")
+        return intents, attempts
 
     # -- queries -------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ import structlog
 from aiohttp import web
 
 from ca.errors import BadRequest, CaError, Unauthorized
+from common.errors import Unavailable
+from common.sqlite import store_error
 from keys.errors import KeyCustodyError
 from policy import errors as policy_errors
 
@@ -41,6 +43,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Map CA and policy errors to JSON; an unexpected exception is a 500 with a request ID."""
     try:
         return await handler(request)
+    except Unavailable as exc:
+        return _unavailable(exc, request)
     except CaError as exc:
         return json_error(exc.status, exc.code, str(exc), **exc.details)
     except policy_errors.PolicyViolation as exc:
@@ -57,10 +61,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = "too_large" if exc.status == 413 else exc.reason.lower().replace(" ", "_")
         return json_error(exc.status, code, exc.reason)
-    except Exception:
+    except Exception as exc:
+        named = store_error(exc, "CA database")
+        if named is not None:
+            return _unavailable(named, request)
         request_id = uuid.uuid4().hex
         _log.exception("unhandled_error", request_id=request_id, path=request.path)
         return json_error(500, "internal_error", "internal error", request_id=request_id)
+
+
+def _unavailable(exc: Unavailable, request: web.Request) -> web.Response:
+    """503 + Retry-After + the stable code naming the cause (R-FAULT-4/5), one log line."""
+    _log.error("store_unavailable", error=exc.code, message=str(exc), path=request.path)
+    response = json_error(503, exc.code, str(exc), retry_after=exc.retry_after)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -14,7 +14,7 @@ from ca.issuers import Issuers
 from ca.metrics import CaMetrics
 from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
-from ca.store import CertRecord, Store
+from ca.store import CertRecord, Owner, Store
 from common.passwords import PasswordHasher
 from keys.custody import Pkcs11Settings, close_keystore, open_keystore
 from keys.file_signer import ensure_owner_only, write_owner_only
@@ -78,7 +78,10 @@ class CaRuntime:
         """Open keys (checking modes), the store and the service.
 
         `publishing` is for the daemon: it re-signs CRLs and refreshes OCSP after revocations.
-        A CLI command leaves that to the daemon, which notices the CLI's commits.
+        A CLI command leaves that to the daemon, which notices the CLI's commits. The daemon's
+        reservations belong to instance "ca-daemon" (one daemon per store), so a restarted
+        daemon settles those of the run that died at once (R-FAULT-2/3); a CLI's wait for
+        their deadline.
         """
         hierarchy = open_hierarchy(config)
         issuers = Issuers(hierarchy, config.generations)
@@ -88,6 +91,7 @@ class CaRuntime:
         authority = CertificateAuthority(
             config=config, clock=clock, store=store, issuers=issuers, workers=key_workers,
             hasher=hasher, cutovers=config.cutovers,
+            owner=Owner("ca-daemon" if publishing else "ca-cli", secrets.token_hex(8)),
         )
         feed = RevocationFeed(store)
         await feed.start()

@@ -15,7 +15,18 @@ from typing import Any
 import aiosqlite
 
 from common import audit as audit_log
-from common.sqlite import SqliteStore, connect, from_epoch, to_epoch
+from common.errors import Unavailable
+from common.sqlite import (
+    DEAD_OWNER as _DEAD_OWNER,
+)
+from common.sqlite import (
+    Owner,
+    SqliteStore,
+    connect,
+    connect_reader,
+    from_epoch,
+    to_epoch,
+)
 
 # Each migration runs once, in order; the index + 1 is the schema version it produces.
 MIGRATIONS: tuple[str, ...] = (
@@ -55,7 +66,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """
     + audit_log.SCHEMA,
+    # 2: crash recovery (R-FAULT-1..3). An intent belongs to a process (`owner`) and has a
+    # `deadline` after which it can never become issued; a counted acquisition try is
+    # "pending" until its result is recorded, with the same owner and deadline; a CRL records
+    # the revocation sequence it covers, so a restart can tell whether it is behind the store.
+    """
+    ALTER TABLE certificates ADD COLUMN owner TEXT;
+    ALTER TABLE certificates ADD COLUMN deadline INTEGER;
+    CREATE INDEX certificates_intended ON certificates (deadline) WHERE state = 'intended';
+    ALTER TABLE acquisition_secrets ADD COLUMN pending_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE acquisition_secrets ADD COLUMN pending_until INTEGER;
+    ALTER TABLE acquisition_secrets ADD COLUMN pending_owner TEXT;
+    CREATE INDEX acquisition_pending ON acquisition_secrets (pending_until)
+        WHERE pending_attempts > 0;
+    ALTER TABLE crl_state ADD COLUMN revocation_seq INTEGER NOT NULL DEFAULT 0;
+    """,
 )
+
+# An intent still counts (blocks another acquisition, may still become issued) only while
+# its deadline has not passed; rows from before migration 2 have none and are stale.
+_LIVE = "NOT (state = 'intended' AND COALESCE(deadline, 0) < ?)"
 
 
 def serial_hex(serial: int) -> str:
@@ -80,6 +110,19 @@ class CertRecord:
     revocation_reason: str | None
     revocation_seq: int | None
     created_at: datetime
+    owner: str | None = None
+    deadline: datetime | None = None
+
+    def stale(self, now: datetime) -> bool:
+        """An intent whose request can no longer complete (R-FAULT-2)."""
+        return self.state == "intended" and (self.deadline is None or self.deadline < now)
+
+
+class IntentExpired(Unavailable):
+    """The certificate was signed after its intent's deadline (or the officer revoked the
+    intent meanwhile): it is not stored as issued and never delivered (R-CERT-3)."""
+
+    code = "issuance_deadline_passed"
 
 
 @dataclass(frozen=True)
@@ -95,7 +138,7 @@ class AcquisitionSecret:
 
 _CERT_COLUMNS = (
     "serial, user_id, generation, kind, state, not_before, not_after, der, fingerprint_sha256,"
-    " revoked_at, revocation_reason, revocation_seq, created_at"
+    " revoked_at, revocation_reason, revocation_seq, created_at, owner, deadline"
 )
 
 
@@ -106,42 +149,48 @@ def _cert(row: Sequence[Any]) -> CertRecord:
         fingerprint_sha256=row[8],
         revoked_at=from_epoch(row[9]) if row[9] is not None else None,
         revocation_reason=row[10], revocation_seq=row[11], created_at=from_epoch(row[12]),
+        owner=row[13], deadline=from_epoch(row[14]) if row[14] is not None else None,
     )
 
 
 class Store(SqliteStore):
     """Certificates, acquisition secrets, CRL state and the audit log of one CA."""
 
+    what = "CA database"
+
     @classmethod
     async def open(cls, path: Path) -> Store:
         """Open (creating and migrating if needed) the database at `path`."""
-        return cls(await connect(path, MIGRATIONS, name="CA"))
+        db = await connect(path, MIGRATIONS, name="CA")
+        return cls(db, await connect_reader(path))
 
     # -- certificates ------------------------------------------------------------------
 
     async def reserve(
         self, *, serial: str, user_id: str, generation: str, kind: str, not_before: datetime,
         not_after: datetime, now: datetime, check: Callable[[list[CertRecord]], None],
-        actor: str,
+        actor: str, owner: str, deadline: datetime,
     ) -> None:
         """Record the intent to issue (STYLE 5), after `check` accepted the user's certificates.
 
         `check` runs inside the write transaction, so two concurrent requests for the same user
-        cannot both pass a rule such as "holds no usable certificate".
+        cannot both pass a rule such as "holds no usable certificate"; it sees issued rows and
+        the intents still in progress (before their deadline), never stale ones (R-FAULT-2).
         """
         async with self.transaction() as db:
             async with db.execute(
                 f"SELECT {_CERT_COLUMNS} FROM certificates WHERE user_id = ?"  # noqa: S608
-                " AND state != 'abandoned' ORDER BY not_before, created_at",
-                (user_id,),
+                f" AND state != 'abandoned' AND {_LIVE} ORDER BY not_before, created_at",
+                (user_id, to_epoch(now)),
             ) as cursor:
                 existing = [_cert(row) for row in await cursor.fetchall()]
             check(existing)
             await db.execute(
                 "INSERT INTO certificates (serial, user_id, generation, kind, state, not_before,"
-                " not_after, created_at) VALUES (?, ?, ?, ?, 'intended', ?, ?, ?)",
+                " not_after, created_at, owner, deadline)"
+                " VALUES (?, ?, ?, ?, 'intended', ?, ?, ?, ?, ?)",
                 (serial, user_id, generation, kind, to_epoch(not_before), to_epoch(not_after),
-                 to_epoch(now)),
+                 to_epoch(now), owner, to_epoch(deadline)),
             )
             await audit_log.append(
                 db, at=now, actor=actor, action="certificate.intended", subject=user_id,
@@ -151,13 +200,22 @@ class Store(SqliteStore):
     async def complete(
         self, serial: str, der: bytes, fingerprint: str, now: datetime, actor: str
     ) -> CertRecord:
-        """Store the signed certificate; it counts as issued from this commit on."""
+        """Store the signed certificate; it counts as issued from this commit on.
+
+        Only an intent that is still live (before its deadline, not revoked by the officer)
+        becomes issued; otherwise `IntentExpired` and nothing may be delivered (R-FAULT-2).
+        """
         async with self.transaction() as db:
-            await db.execute(
+            cursor = await db.execute(
                 "UPDATE certificates SET state = 'issued', der = ?, fingerprint_sha256 = ?"
-                " WHERE serial = ? AND state = 'intended'",
-                (der, fingerprint, serial),
+                " WHERE serial = ? AND state = 'intended' AND deadline >= ?"
+                " AND revoked_at IS NULL",
+                (der, fingerprint, serial, to_epoch(now)),
             )
+            if cursor.rowcount != 1:
+                raise IntentExpired(
+                    "the certificate could not be issued in time (the CA was overloaded or"
+                    " restarted); nothing was delivered: try again", code=IntentExpired.code)
             row = await self._select_one(db, serial)
             await audit_log.append(
                 db, at=now, actor=actor, action="certificate.issued", subject=row.user_id,
@@ -170,20 +228,63 @@ class Store(SqliteStore):
         async with self.transaction() as db:
             if der is None:
                 await db.execute(
-                    "UPDATE certificates SET state = 'abandoned' WHERE serial = ?", (serial,)
+                    "UPDATE certificates SET state = 'abandoned' WHERE serial = ?"
+                    " AND state = 'intended'", (serial,)
                 )
             else:
                 await db.execute(
-                    "UPDATE certificates SET state = 'abandoned', der = ?, revoked_at = ?,"
-                    " revocation_reason = 'cessationOfOperation', revocation_seq ="
-                    " (SELECT COALESCE(MAX(revocation_seq), 0) + 1 FROM certificates)"
-                    " WHERE serial = ?",
+                    "UPDATE certificates SET state = 'abandoned', der = ?, revoked_at ="
+                    " COALESCE(revoked_at, ?), revocation_reason = COALESCE(revocation_reason,"
+                    " 'cessationOfOperation'), revocation_seq = COALESCE(revocation_seq,"
+                    " (SELECT COALESCE(MAX(revocation_seq), 0) + 1 FROM certificates))"
+                    " WHERE serial = ? AND state IN ('intended', 'abandoned')",
                     (der, to_epoch(now), serial),
                 )
             await audit_log.append(
                 db, at=now, actor="ca", action="certificate.abandoned", subject=serial,
                 details={"why": reason},
             )
+
+    async def reconcile_intents(self, now: datetime, owner: Owner) -> list[tuple[str, str]]:
+        """Settle every intent whose request can no longer complete (R-FAULT-2): past its
+        deadline, or held by an earlier run of `owner`'s instance (it died). Returns (serial,
+        user ID) of each.
+
+        An intent never holds a DER: `complete` stores the DER and the state in one
+        statement, so a stale intent was never stored and never delivered (R-CERT-3) and is
+        simply abandoned; OCSP answers "unknown" for it, never "good". Should an intent ever
+        hold a DER, it is abandoned *and revoked* (cessationOfOperation), one statement each.
+        """
+        pattern, me = owner.earlier_runs
+        dead_owner = _DEAD_OWNER.format(column="owner")
+        stale = f"state = 'intended' AND (COALESCE(deadline, 0) < ? OR {dead_owner})"
+        params = (to_epoch(now), pattern, me)
+        settled: list[tuple[str, str]] = []
+        async with self.transaction() as db:
+            async with db.execute(
+                f"UPDATE certificates SET state = 'abandoned' WHERE {stale}"  # noqa: S608
+                " AND der IS NULL RETURNING serial, user_id", params,
+            ) as cursor:
+                settled += [(row[0], row[1]) for row in await cursor.fetchall()]
+            while True:
+                async with db.execute(
+                    "UPDATE certificates SET state = 'abandoned', revoked_at = ?,"  # noqa: S608
+                    " revocation_reason = 'cessationOfOperation', revocation_seq ="
+                    " (SELECT COALESCE(MAX(revocation_seq), 0) + 1 FROM certificates)"
+                    f" WHERE serial = (SELECT serial FROM certificates WHERE {stale}"
+                    " AND der IS NOT NULL LIMIT 1) RETURNING serial, user_id",
+                    (to_epoch(now), *params),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    break
+                settled.append((row[0], row[1]))
+            for serial, user_id in settled:
+                await audit_log.append(
+                    db, at=now, actor="ca", action="certificate.abandoned", subject=serial,
+                    details={"why": "intent_stale", "user_id": user_id},
+                )
+        return settled
 
     @staticmethod
     async def _select_one(db: aiosqlite.Connection, serial: str) -> CertRecord:
@@ -214,10 +315,13 @@ class Store(SqliteStore):
     async def list_certificates(
         self, *, user_id: str | None = None, generation: str | None = None,
         issued_before: datetime | None = None, limit: int | None = None,
+        states: Sequence[str] = ("issued",), unrevoked: bool = False,
     ) -> list[CertRecord]:
-        """Issued certificates, newest first, optionally filtered."""
-        clauses: list[str] = ["state = 'issued'"]
-        params: list[Any] = []
+        """Certificates in `states` (issued ones by default), newest first, optionally filtered."""
+        clauses: list[str] = [f"state IN ({', '.join('?' * len(states))})"]
+        params: list[Any] = list(states)
+        if unrevoked:
+            clauses.append("revoked_at IS NULL")
         if user_id is not None:
             clauses.append("user_id = ?")
             params.append(user_id)
@@ -239,23 +343,21 @@ class Store(SqliteStore):
         self, serials: Sequence[str], *, at: datetime, reason: str, actor: str,
         details: dict[str, Any] | None = None,
     ) -> list[CertRecord]:
-        """Revoke the given certificates in one transaction; already revoked ones are skipped."""
+        """Revoke the given certificates in one transaction; already revoked ones are skipped
+        (so a bulk run can be repeated or resumed). An intent (in progress or stale) can be
+        revoked too: it becomes abandoned, can never be issued, and its serial is listed on the
+        CRL and answered "revoked" by OCSP (R-FAULT-2)."""
         revoked: list[CertRecord] = []
         async with self.transaction() as db:
-            async with db.execute(
-                "SELECT COALESCE(MAX(revocation_seq), 0) FROM certificates"
-            ) as cursor:
-                (seq,) = await cursor.fetchone()  # type: ignore[misc]
             for serial in serials:
-                seq += 1
                 cursor = await db.execute(
                     "UPDATE certificates SET revoked_at = ?, revocation_reason = ?,"
-                    " revocation_seq = ? WHERE serial = ? AND state = 'issued'"
-                    " AND revoked_at IS NULL",
-                    (to_epoch(at), reason, seq, serial),
+                    " revocation_seq = (SELECT COALESCE(MAX(revocation_seq), 0) + 1"
+                    " FROM certificates), state = CASE state WHEN 'intended' THEN 'abandoned'"
+                    " ELSE state END WHERE serial = ? AND revoked_at IS NULL",
+                    (to_epoch(at), reason, serial),
                 )
                 if cursor.rowcount != 1:
-                    seq -= 1
                     continue
                 record = await self._select_one(db, serial)
                 revoked.append(record)
@@ -304,7 +406,7 @@ class Store(SqliteStore):
             tuple(row)
             for row in await self._fetchall(
                 "SELECT serial, generation, revoked_at, revocation_reason FROM certificates"
-                " WHERE der IS NOT NULL"
+                " WHERE der IS NOT NULL OR revoked_at IS NOT NULL"
             )
         ]
 
@@ -319,6 +421,7 @@ class Store(SqliteStore):
                 "INSERT INTO acquisition_secrets (user_id, password_hash, failed_attempts, locked,"
                 " issued_at, updated_at) VALUES (?, ?, 0, 0, ?, ?) ON CONFLICT (user_id) DO UPDATE"
                 " SET password_hash = excluded.password_hash, failed_attempts = 0, locked = 0,"
+                " pending_attempts = 0, pending_owner = NULL, pending_until = NULL,"
                 " issued_at = excluded.issued_at, updated_at = excluded.updated_at",
                 (user_id, password_hash, to_epoch(now), to_epoch(now)),
             )
@@ -337,18 +440,27 @@ class Store(SqliteStore):
             return None
         return AcquisitionSecret(row[0], row[1], row[2], bool(row[3]), from_epoch(row[4]))
 
-    async def reserve_acquisition_attempt(self, user_id: str, max_failures: int) -> str:
+    async def reserve_acquisition_attempt(
+        self, user_id: str, max_failures: int, *, now: datetime, deadline: datetime,
+        owner: Owner,
+    ) -> str:
         """Count a try before checking it (R-CERT-5): "reserved", "locked" or "busy".
 
         Counting first means at most `max_failures` passwords are ever evaluated before an
         officer reissues the password, however many requests arrive at once; "busy" means
-        the remaining tries are all being checked right now.
+        the remaining tries are all being checked right now. The try is also recorded as
+        pending (owner, deadline) until its result is; a pending try that can no longer
+        complete is settled first (`expire_acquisition_attempts`), so a crash never leaves the
+        user "busy" for good (R-FAULT-3).
         """
         async with self.transaction() as db:
+            await self._expire_attempts(db, now, max_failures, owner, user_id)
             cursor = await db.execute(
-                "UPDATE acquisition_secrets SET failed_attempts = failed_attempts + 1"
+                "UPDATE acquisition_secrets SET failed_attempts = failed_attempts + 1,"
+                " pending_attempts = pending_attempts + 1, pending_owner = ?,"
+                " pending_until = MAX(COALESCE(pending_until, 0), ?)"
                 " WHERE user_id = ? AND locked = 0 AND failed_attempts < ?",
-                (user_id, max_failures),
+                (owner.id, to_epoch(deadline), user_id, max_failures),
             )
             if cursor.rowcount == 1:
                 return "reserved"
@@ -358,14 +470,51 @@ class Store(SqliteStore):
                 row = await rows.fetchone()
             return "busy" if row is not None and not row[0] else "locked"
 
-    async def acquisition_succeeded(self, user_id: str, now: datetime) -> None:
-        """The reserved try was right: clear the failure count."""
+    async def expire_acquisition_attempts(
+        self, now: datetime, max_failures: int, owner: Owner
+    ) -> list[str]:
+        """Settle every pending try that can no longer complete; returns the user IDs."""
         async with self.transaction() as db:
-            await db.execute(
-                "UPDATE acquisition_secrets SET failed_attempts = 0, updated_at = ?"
-                " WHERE user_id = ?",
+            return await self._expire_attempts(db, now, max_failures, owner, None)
+
+    @staticmethod
+    async def _expire_attempts(
+        db: aiosqlite.Connection, now: datetime, max_failures: int, owner: Owner,
+        user_id: str | None,
+    ) -> list[str]:
+        """One statement (R-FAULT-3): a pending try past its deadline, or held by an earlier
+        run of our instance, *counts as a failure*. Its count was taken at reservation and
+        stays; it only stops being pending, and the lock follows the count. Never refunded:
+        the password may have been evaluated just before the crash, so a refund could let a
+        fourth password be evaluated."""
+        pattern, me = owner.earlier_runs
+        dead_owner = _DEAD_OWNER.format(column="pending_owner")
+        async with db.execute(
+            "UPDATE acquisition_secrets SET pending_attempts = 0, pending_owner = NULL,"  # noqa: S608
+            " pending_until = NULL, locked = MAX(locked, failed_attempts >= ?), updated_at = ?"
+            f" WHERE pending_attempts > 0 AND (COALESCE(pending_until, 0) < ? OR {dead_owner})"
+            " AND (? IS NULL OR user_id = ?) RETURNING user_id, failed_attempts, locked",
+            (max_failures, to_epoch(now), to_epoch(now), pattern, me, user_id, user_id),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        for row in rows:
+            await audit_log.append(
+                db, at=now, actor="ca", action="acquisition_password.attempt_expired",
+                subject=row[0], details={"failures": row[1], "locked": bool(row[2])},
+            )
+        return [row[0] for row in rows]
+
+    async def acquisition_succeeded(self, user_id: str, now: datetime) -> bool:
+        """The reserved try was right: clear the failure count. False when the password
+        was locked meanwhile (a concurrent wrong try, or this try's reservation expired)."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE acquisition_secrets SET failed_attempts = 0, updated_at = ?,"
+                " pending_attempts = MAX(pending_attempts - 1, 0)"
+                " WHERE user_id = ? AND locked = 0",
                 (to_epoch(now), user_id),
             )
+            return cursor.rowcount == 1
 
     async def acquisition_failed(
         self, user_id: str, now: datetime, max_failures: int, actor: str
@@ -373,7 +522,8 @@ class Store(SqliteStore):
         """The reserved try was wrong: keep the count, lock at the limit; returns both."""
         async with self.transaction() as db:
             await db.execute(
-                "UPDATE acquisition_secrets SET locked = (failed_attempts >= ?), updated_at = ?"
+                "UPDATE acquisition_secrets SET locked = MAX(locked, failed_attempts >= ?),"
+                " pending_attempts = MAX(pending_attempts - 1, 0), updated_at = ?"
                 " WHERE user_id = ?",
                 (max_failures, to_epoch(now), user_id),
             )
@@ -394,16 +544,20 @@ class Store(SqliteStore):
 
     async def save_crl(
         self, generation: str, crl_number: int, this_update: datetime, next_update: datetime,
-        der: bytes,
+        der: bytes, revocation_seq: int = 0,
     ) -> None:
-        """Persist the newest CRL of a generation (its number must only grow)."""
+        """Persist the newest CRL of a generation (its number must only grow) with the
+        revocation sequence it covers (R-FAULT-1)."""
         async with self.transaction() as db:
             await db.execute(
-                "INSERT INTO crl_state VALUES (?, ?, ?, ?, ?) ON CONFLICT (generation) DO UPDATE"
+                "INSERT INTO crl_state (generation, crl_number, this_update, next_update, der,"
+                " revocation_seq) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (generation) DO UPDATE"
                 " SET crl_number = excluded.crl_number, this_update = excluded.this_update,"
-                " next_update = excluded.next_update, der = excluded.der"
+                " next_update = excluded.next_update, der = excluded.der,"
+                " revocation_seq = excluded.revocation_seq"
                 " WHERE excluded.crl_number > crl_state.crl_number",
-                (generation, crl_number, to_epoch(this_update), to_epoch(next_update), der),
+                (generation, crl_number, to_epoch(this_update), to_epoch(next_update), der,
+                 revocation_seq),
             )
 
     async def crl_number(self, generation: str) -> int:
@@ -412,15 +566,19 @@ class Store(SqliteStore):
             "SELECT crl_number FROM crl_state WHERE generation = ?", (generation,))
         return int(row[0]) if row is not None else 0
 
-    async def load_crl(self, generation: str) -> tuple[int, datetime, datetime, bytes] | None:
-        """The stored CRL of a generation: (number, thisUpdate, nextUpdate, DER)."""
+    async def load_crl(
+        self, generation: str
+    ) -> tuple[int, datetime, datetime, bytes, int] | None:
+        """The stored CRL of a generation: (number, thisUpdate, nextUpdate, DER, the
+        revocation sequence it covers)."""
         row = await self._fetchone(
-            "SELECT crl_number, this_update, next_update, der FROM crl_state WHERE generation = ?",
+            "SELECT crl_number, this_update, next_update, der, revocation_seq FROM crl_state"
+            " WHERE generation = ?",
             (generation,),
         )
         if row is None:
             return None
-        return int(row[0]), from_epoch(row[1]), from_epoch(row[2]), bytes(row[3])
+        return int(row[0]), from_epoch(row[1]), from_epoch(row[2]), bytes(row[3]), int(row[4])
 
     # -- audit ---------------------------------------------------------------------------
 

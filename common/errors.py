@@ -65,3 +65,12 @@ class Busy(ServiceError):
 
     status = 429
     code = "busy"
+
+
+class Unavailable(ServiceError):
+    """The service cannot do this right now (its store is busy, full or read-only); the caller
+    may retry after `retry_after` seconds. Never a 500: the cause is named by `code`."""
+
+    status = 503
+    code = "unavailable"
+    retry_after = 1

@@ -203,6 +203,7 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
 
     revocation.listeners.append(on_revocation)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_expiring_attempts)
     login.add_routes(app)
     enrollment.add_routes(app)
     pages.add_static_route(app)
@@ -260,3 +261,32 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await task
     await app[PROXY].close()
     await app[CA].close()
+
+
+async def _expire_attempts(app: web.Application) -> None:
+    """Counted login tries whose check can no longer complete count as failures (R-FAULT-3)."""
+    try:
+        expired = await app[USERS].expire_attempts(app[CONFIG].lockout_max_failures)
+    except Exception as exc:  # e.g. a full disk: named in one line, retried on the schedule
+        _log.error("login_attempt_expiry_failed", error=getattr(exc, "code", type(exc).__name__),
+                   message=str(exc))
+        return
+    for user_id in expired:
+        _log.warning("login_attempt_expired", user_id=user_id)
+
+
+async def _expire_attempts_periodically(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        await _expire_attempts(app)
+
+
+async def _expiring_attempts(app: web.Application) -> AsyncIterator[None]:
+    """At start, the tries a killed gateway left pending; then on the sweeper's schedule."""
+    await _expire_attempts(app)
+    task = asyncio.create_task(_expire_attempts_periodically(app), name="attempt-expiry")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+

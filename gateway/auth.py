@@ -30,6 +30,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from common import faults
 from common.passwords import PasswordHasher, generate_secret
 from gateway.errors import Locked, TooManyAttempts, Unauthorized
 from gateway.users import Role, User, UserStore
@@ -251,6 +252,7 @@ class Authenticator:
             await self._hasher.verify(None, password)
             await self._store.record_refused(user.user_id, known=True, actor=actor)
             return (_Check.BUSY if reservation == "busy" else _Check.LOCKED), None
+        await faults.reached("gateway.after_attempt_counted")
         if await self._hasher.verify(user.password_hash, password):
             return _Check.RIGHT, user
         _, locked = await self._store.record_failure(user.user_id, max_failures, actor=actor)

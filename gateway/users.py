@@ -9,7 +9,13 @@ Lockout (R-LOCK-1) counts a try *before* the password is checked: `reserve_attem
 single conditional UPDATE, so however many requests arrive at once, at most `max_failures`
 passwords are evaluated before the helpdesk unlocks the user. `record_success` clears the
 count; `record_failure` locks once the count has reached the limit. A process that dies
-between the two leaves the try counted (fail safe).
+between the two leaves the try counted (fail safe), and no longer stuck (R-FAULT-3): each
+counted try is also *pending* (`pending_attempts`, with the reserving process as
+`pending_owner` and a deadline `pending_until`) until its result is recorded. A pending try
+whose check can no longer complete - past the deadline, or left by an earlier run of the
+gateway - counts as a failure: it stops being pending, its count stays, and the lock follows
+the count (`expire_attempts`, one statement). It is never refunded, because the password may
+have been evaluated just before the crash: a refund could let a fourth password be evaluated.
 
 The same bookkeeping exists for user IDs that do not exist (`unknown_attempts`), so that an
 unknown ID behaves like a known one with a wrong password, lock page included (R-LOCK-2).
@@ -20,17 +26,18 @@ Every change is appended to the hash-chained audit log (`common.audit`, R-OPS-2)
 from __future__ import annotations
 
 import enum
+import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from common import audit
-from common.sqlite import SqliteStore, connect, from_epoch, to_epoch
+from common.sqlite import DEAD_OWNER, Owner, SqliteStore, connect, from_epoch, to_epoch
 from gateway.errors import BadRequest, Conflict, NotFound
 from policy.clock import Clock
 from policy.errors import InvalidUserId
@@ -78,6 +85,26 @@ MIGRATIONS: tuple[str, ...] = (
         at INTEGER NOT NULL
     );
     """,
+    # 3: pending tries (R-FAULT-3), see the module docstring.
+    """
+    ALTER TABLE users ADD COLUMN pending_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN pending_until INTEGER;
+    ALTER TABLE users ADD COLUMN pending_owner TEXT;
+    ALTER TABLE unknown_attempts ADD COLUMN pending_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE unknown_attempts ADD COLUMN pending_until INTEGER;
+    ALTER TABLE unknown_attempts ADD COLUMN pending_owner TEXT;
+    CREATE INDEX users_pending ON users (pending_until) WHERE pending_attempts > 0;
+    CREATE INDEX unknown_pending ON unknown_attempts (pending_until) WHERE pending_attempts > 0;
+    """,
+)
+
+# How long a counted try may stay unchecked, while its gateway lives, before it counts as a
+# failure (R-FAULT-3): far above one argon2 verification (~20 ms) queued behind a burst. A
+# killed gateway's tries are settled at once when it starts again.
+ATTEMPT_DEADLINE = timedelta(minutes=2)
+_PENDING = (
+    "pending_attempts = pending_attempts + 1, pending_owner = ?,"
+    " pending_until = MAX(COALESCE(pending_until, 0), ?)"
 )
 # Events older than this are pruned: every follower polls several times a second.
 SESSION_EVENTS_KEPT_SECONDS = 24 * 3600
@@ -129,9 +156,15 @@ def _user(row: Sequence[Any]) -> User:
 class UserStore(SqliteStore):
     """Users, password history, login-attempt counters and the audit log of one gateway."""
 
-    def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
+    what = "gateway database"
+
+    def __init__(self, db: aiosqlite.Connection, clock: Clock, owner: Owner | None = None,
+                 ) -> None:
         super().__init__(db)
         self._clock = clock
+        # One gateway process per database: a restarted gateway settles the tries that the
+        # run before it left pending (R-FAULT-3).
+        self.owner = owner or Owner("gateway", secrets.token_hex(8))
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> UserStore:
@@ -352,10 +385,11 @@ class UserStore(SqliteStore):
         """Count a try before checking it: "reserved", "locked" (or disabled/unknown) or
         "busy" (every remaining try is being checked right now by concurrent requests)."""
         async with self.transaction() as db:
+            await self._expire(db, "users", max_failures, user_id)
             cursor = await db.execute(
-                "UPDATE users SET failed_attempts = failed_attempts + 1"
+                f"UPDATE users SET failed_attempts = failed_attempts + 1, {_PENDING}"  # noqa: S608
                 " WHERE user_id = ? AND locked = 0 AND disabled = 0 AND failed_attempts < ?",
-                (user_id, max_failures),
+                (*self._pending(), user_id, max_failures),
             )
             if cursor.rowcount == 1:
                 return "reserved"
@@ -381,13 +415,16 @@ class UserStore(SqliteStore):
                 return False, None
             if login:
                 await db.execute(
-                    "UPDATE users SET failed_attempts = 0, last_login_at = ? WHERE user_id = ?",
+                    "UPDATE users SET failed_attempts = 0, last_login_at = ?,"
+                    " pending_attempts = MAX(pending_attempts - 1, 0) WHERE user_id = ?",
                     (now, user_id),
                 )
                 await self._audit(db, "login.succeeded", user_id, actor)
             else:
                 await db.execute(
-                    "UPDATE users SET failed_attempts = 0 WHERE user_id = ?", (user_id,)
+                    "UPDATE users SET failed_attempts = 0,"
+                    " pending_attempts = MAX(pending_attempts - 1, 0) WHERE user_id = ?",
+                    (user_id,),
                 )
         return True, from_epoch(row[0]) if row[0] is not None else None
 
@@ -407,13 +444,16 @@ class UserStore(SqliteStore):
     async def reserve_unknown_attempt(self, user_id: str, max_failures: int) -> str:
         """`reserve_attempt` for a user ID that does not exist (or is disabled) (R-LOCK-2)."""
         now = to_epoch(self._clock.now())
+        owner, until = self._pending()
         async with self.transaction() as db:
+            await self._expire(db, "unknown_attempts", max_failures, user_id)
             cursor = await db.execute(
-                "INSERT INTO unknown_attempts (user_id, failed_attempts, locked, updated_at)"
-                " VALUES (?, 1, 0, ?) ON CONFLICT (user_id) DO UPDATE"
-                " SET failed_attempts = failed_attempts + 1, updated_at = excluded.updated_at"
-                " WHERE locked = 0 AND failed_attempts < ?",
-                (user_id, now, max_failures),
+                "INSERT INTO unknown_attempts (user_id, failed_attempts, locked, updated_at,"  # noqa: S608
+                " pending_attempts, pending_owner, pending_until) VALUES (?, 1, 0, ?, 1, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE"
+                " SET failed_attempts = failed_attempts + 1, updated_at = excluded.updated_at,"
+                f" {_PENDING} WHERE locked = 0 AND failed_attempts < ?",
+                (user_id, now, owner, until, owner, until, max_failures),
             )
             if cursor.rowcount == 1:
                 return "reserved"
@@ -433,6 +473,10 @@ class UserStore(SqliteStore):
     ) -> tuple[int, bool]:
         # `table` is one of two constants above, never input.
         async with self.transaction() as db:
+            await db.execute(
+                f"UPDATE {table} SET pending_attempts = MAX(pending_attempts - 1, 0)"  # noqa: S608
+                " WHERE user_id = ?", (user_id,),
+            )
             cursor = await db.execute(
                 f"UPDATE {table} SET locked = 1"  # noqa: S608
                 " WHERE user_id = ? AND locked = 0 AND failed_attempts >= ?",
@@ -451,6 +495,39 @@ class UserStore(SqliteStore):
                 {"failures": failures, "known": known},
             )
         return failures, locked
+
+    def _pending(self) -> tuple[str, int]:
+        """The owner and deadline of a try counted now (parameters of _PENDING)."""
+        return self.owner.id, to_epoch(self._clock.now() + ATTEMPT_DEADLINE)
+
+    async def expire_attempts(self, max_failures: int) -> list[str]:
+        """Settle every pending try whose check can no longer complete (R-FAULT-3): at the
+        gateway's start and on its sweeper's schedule. Returns the user IDs (known first)."""
+        async with self.transaction() as db:
+            return [*await self._expire(db, "users", max_failures, None),
+                    *await self._expire(db, "unknown_attempts", max_failures, None)]
+
+    async def _expire(
+        self, db: aiosqlite.Connection, table: str, max_failures: int, user_id: str | None
+    ) -> list[str]:
+        # One statement: stale pending tries count as failures (module docstring). `table`
+        # is one of two constants, never input.
+        now = to_epoch(self._clock.now())
+        pattern, me = self.owner.earlier_runs
+        dead_owner = DEAD_OWNER.format(column="pending_owner")
+        async with db.execute(
+            f"UPDATE {table} SET pending_attempts = 0, pending_owner = NULL,"  # noqa: S608
+            " pending_until = NULL, locked = MAX(locked, failed_attempts >= ?)"
+            f" WHERE pending_attempts > 0 AND (COALESCE(pending_until, 0) < ? OR {dead_owner})"
+            " AND (? IS NULL OR user_id = ?) RETURNING user_id, failed_attempts, locked",
+            (max_failures, now, pattern, me, user_id, user_id),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        for row in rows:
+            await self._audit(db, "login.attempt_expired", row[0], "gateway",
+                              {"failures": row[1], "locked": bool(row[2]),
+                               "known": table == "users"})
+        return [row[0] for row in rows]
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class TestOfficerCommands:
         ("args", "message"),
         [
             (["revoke", "--serial", "xyz", "--reason", "superseded"], "not a certificate serial"),
-            (["revoke", "--serial", "abcdef", "--reason", "superseded"], "no issued certificate"),
+            (["revoke", "--serial", "abcdef", "--reason", "superseded"], "no certificate with"),
             (["revoke", "--user", "nobody", "--reason", "superseded"], "holds no unrevoked"),
             (["revoke", "--user", "nobody", "--reason", "because"], "unknown revocation reason"),
             (["show", "abc"], "no certificate with serial"),
