@@ -47,8 +47,8 @@ from gateway.state import (
     USERS,
     VERIFIER,
 )
+from gateway.store import UserBackend
 from gateway.tls import TrustBundle
-from gateway.users import UserStore
 from gateway.verify import CertificateVerifier
 from policy.clock import Clock
 
@@ -174,7 +174,7 @@ async def unknown_auth_page(request: web.Request) -> web.StreamResponse:
     raise NotFound("no such page")
 
 
-def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
+def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
               hasher: PasswordHasher, ca_client: CaClient, bundle: TrustBundle) -> web.Application:
     """The gateway application."""
     app = web.Application(middlewares=[pages.language_middleware, error_middleware],
@@ -218,7 +218,7 @@ async def _sweep(sessions: SessionStore) -> None:
         sessions.sweep()
 
 
-async def follow_session_events(users: UserStore, sessions: SessionStore,
+async def follow_session_events(users: UserBackend, sessions: SessionStore,
                                 after: int, *, interval: float = SESSION_EVENTS_INTERVAL) -> None:
     """End the sessions of users whose right to log in a helpdesk command removed.
 

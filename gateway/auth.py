@@ -33,7 +33,8 @@ from datetime import datetime
 from common import faults
 from common.passwords import PasswordHasher, generate_secret
 from gateway.errors import Locked, TooManyAttempts, Unauthorized
-from gateway.users import Role, User, UserStore
+from gateway.store import UserBackend
+from gateway.users import Role, User
 from policy.clock import Clock
 from policy.lockout import LockoutPolicy
 from policy.password import (
@@ -125,7 +126,7 @@ class Authenticator:
 
     def __init__(
         self,
-        store: UserStore,
+        store: UserBackend,
         hasher: PasswordHasher,
         password_policy: PasswordPolicy,
         *,

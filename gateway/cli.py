@@ -44,8 +44,9 @@ from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, CaRefused, CaUnavailable
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import GatewayError
+from gateway.store import UserBackend, open_user_store
 from gateway.tls import TrustBundle, server_context
-from gateway.users import User, UserStore
+from gateway.users import User
 from policy.clock import Clock, SystemClock
 
 HELPDESK = "helpdesk"
@@ -128,7 +129,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     ca = ca_client_for(config)
     bundle = await load_trust_bundle(ca, config.trust_bundle_cache)
     context = server_context(config.tls_cert, config.tls_key, bundle)
-    users = await UserStore.open(config.database, clock)
+    users = await open_user_store(config, clock)
     hasher = PasswordHasher()
     app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca,
                     bundle=bundle)
@@ -167,8 +168,8 @@ async def cmd_tls_init(config: GatewayConfig, clock: Clock, args: argparse.Names
 
 
 async def _with_users(config: GatewayConfig, clock: Clock,
-                      action: Callable[[UserStore, Authenticator], Awaitable[int]]) -> int:
-    store = await UserStore.open(config.database, clock)
+                      action: Callable[[UserBackend, Authenticator], Awaitable[int]]) -> int:
+    store = await open_user_store(config, clock)
     hasher = PasswordHasher(workers=1)
     try:
         auth = Authenticator(store, hasher, config.password, clock=clock,
@@ -195,7 +196,7 @@ def _user_row(user: User) -> dict[str, Any]:
 async def cmd_users_add(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Create a user; print the welcome letter (temporary + acquisition password) once."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         ca = ca_client_for(config)
         try:
             user, temporary = await auth.add_user(args.user_id, name=args.name,
@@ -222,7 +223,7 @@ async def cmd_users_add(config: GatewayConfig, clock: Clock, args: argparse.Name
 async def cmd_users_reset(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """§2.6: a new temporary password (also unlocks); printed once."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         temporary = await auth.reset_password(args.user_id, actor=_helpdesk(args))
         print(f"user {args.user_id}: new temporary login password: {temporary}")
         print("It is shown only this once. The user must change it at the next login.")
@@ -235,7 +236,7 @@ async def cmd_users_reset(config: GatewayConfig, clock: Clock, args: argparse.Na
 async def cmd_users_unlock(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """§2.7: unlock a user locked after three wrong passwords."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         if await store.unlock(args.user_id, actor=_helpdesk(args)):
             print(f"user {args.user_id} unlocked")
         else:
@@ -248,7 +249,7 @@ async def cmd_users_unlock(config: GatewayConfig, clock: Clock, args: argparse.N
 async def cmd_users_disable(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Disable a user (it then logs in like an unknown user ID)."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         await store.disable(args.user_id, actor=_helpdesk(args))
         print(f"user {args.user_id} disabled; any session of the user has been ended "
               f"(revoke the certificate with `sekisho-ca revoke --user {args.user_id}`)")
@@ -260,7 +261,7 @@ async def cmd_users_disable(config: GatewayConfig, clock: Clock, args: argparse.
 async def cmd_users_show(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Show one user."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         user = await store.get(args.user_id)
         if user is None:
             raise CliError(f"no user {args.user_id}")
@@ -274,7 +275,7 @@ async def cmd_users_show(config: GatewayConfig, clock: Clock, args: argparse.Nam
 async def cmd_users_list(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """List every user."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         rows = [_user_row(u) for u in await store.list_users()]
         columns = ("user_id", "name", "customer", "role", "state", "failures", "last_login")
         for line in table(columns, [[str(r[c]) for c in columns] for r in rows]):
@@ -287,7 +288,7 @@ async def cmd_users_list(config: GatewayConfig, clock: Clock, args: argparse.Nam
 async def cmd_audit_verify(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Verify the gateway's audit hash chain (R-OPS-2): exit 1 naming the damaged rows."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         problems = await store.verify_audit()
         for problem in problems:
             print(f"audit chain damaged: {problem}")
@@ -314,7 +315,7 @@ def _parse_time(value: str) -> datetime:
 async def cmd_audit_show(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Audit entries, oldest first, filtered; times in JST and UTC."""
 
-    async def run(store: UserStore, auth: Authenticator) -> int:
+    async def run(store: UserBackend, auth: Authenticator) -> int:
         entries = await store.search_audit(
             subject=args.user, action=args.action, actor=args.operator_name,
             since=args.since, until=args.until, limit=args.limit)

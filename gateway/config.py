@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from common.config import Address, ConfigError, RawConfig, load_raw
+from common.config import Address, ConfigError, RawConfig, Section, load_raw
 from common.cutovers import load_cutovers
+from common.postgres import PostgresConfigError, PostgresSettings
 from policy.cutover import Cutover
 from policy.password import PasswordPolicy
 from policy.session import SessionPolicy
@@ -58,6 +59,13 @@ class GatewayConfig:
     max_form_bytes: int
     log_level: str
     cutovers: tuple[Cutover, ...] = ()
+    # Set when gateway.database is a postgresql:// DSN (issue 12): then `database` is unused.
+    postgres: PostgresSettings | None = None
+
+    @property
+    def store_name(self) -> str:
+        """Where the store is, for messages: the file, or the DSN (it holds no password)."""
+        return self.postgres.dsn if self.postgres is not None else str(self.database)
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -69,6 +77,25 @@ def _url(value: str, key: str, schemes: tuple[str, ...] = ("http://", "https://"
     if not value.startswith(schemes):
         raise ConfigError(f"gateway.{key} must start with {' or '.join(schemes)}, not {value!r}")
     return value.rstrip("/")
+
+
+def _postgres_settings(gw: Section, dsn: str) -> PostgresSettings:
+    """The PostgreSQL store's settings (issue 12): the password from a 0600 file or an
+    environment variable, never from config.toml (the DSN is refused if it carries one)."""
+    try:
+        return PostgresSettings(
+            dsn=dsn,
+            password_file=(gw.path("database_password_file")
+                           if "database_password_file" in gw.values else None),
+            password_env=(gw.str("database_password_env")
+                          if "database_password_env" in gw.values else None),
+            # 0 behind PgBouncer in transaction pooling mode (common.postgres).
+            statement_cache_size=gw.int("database_statement_cache_size", 100),
+            pool_max_size=gw.int("database_pool_size", 10, minimum=1),
+            application_name="sekisho-gateway",
+        )
+    except PostgresConfigError as exc:
+        raise ConfigError(f"gateway.database: {exc}") from None
 
 
 def gateway_config_from(raw: RawConfig) -> GatewayConfig:
@@ -103,12 +130,21 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
     if revocation.feed_wait > timedelta(seconds=30):
         raise ConfigError("gateway.revocation_feed_wait must be at most 30s (the CA's cap)")
     lockout = gw.int("lockout_max_failures", 3, minimum=1)
+    database = gw.str("database", "var/gateway/gateway.sqlite3")
+    postgres = (_postgres_settings(gw, database)
+                if database.startswith(("postgresql:", "postgres:")) else None)
+    if postgres is None and any(key in gw.values for key in (
+            "database_password_file", "database_password_env")):
+        raise ConfigError("gateway.database_password_file / _env need gateway.database to be a "
+                          "postgresql:// DSN")
     temporary_length = gw.int("temporary_password_length", 12, minimum=password.min_length)
     return GatewayConfig(
         listen=gw.address("listen", "127.0.0.1:8443"),
         public_url=_url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url",
                         ("https://",)),
-        database=gw.path("database", "var/gateway/gateway.sqlite3"),
+        database=(gw.path("database") if postgres is None
+                  else raw.base_dir / "var/gateway/gateway.sqlite3"),
+        postgres=postgres,
         backend_url=_url(gw.str("backend_url", "http://127.0.0.1:8090"), "backend_url"),
         ca_public_url=_url(gw.str("ca_public_url", "http://127.0.0.1:8080"), "ca_public_url"),
         ca_internal_url=_url(gw.str("ca_internal_url", "http://127.0.0.1:8081"),

@@ -10,13 +10,13 @@ from gateway.config import GatewayConfig
 from gateway.proxy import Proxy
 from gateway.revocation_client import RevocationChecker
 from gateway.sessions import SessionStore
-from gateway.users import UserStore
+from gateway.store import UserBackend
 from gateway.verify import CertificateVerifier
 from policy.clock import Clock
 
 CONFIG = web.AppKey("config", GatewayConfig)
 CLOCK = web.AppKey("clock", Clock)  # type: ignore[type-abstract]  # a Protocol, on purpose
-USERS = web.AppKey("users", UserStore)
+USERS = web.AppKey("users", UserBackend)  # type: ignore[type-abstract]  # a Protocol
 AUTH = web.AppKey("auth", Authenticator)
 SESSIONS = web.AppKey("sessions", SessionStore)
 VERIFIER = web.AppKey("verifier", CertificateVerifier)

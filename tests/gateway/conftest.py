@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ca.config import load_ca_config
 from common.config import load_raw
 from common.passwords import PasswordHasher
+from common.postgres import PostgresSettings
 from common.tlsfiles import ensure_server_certificate
 from demo.backend import build_app as build_backend
 from gateway.app import build_app, serve_proxied_directly
@@ -34,8 +35,10 @@ from gateway.auth import Authenticator
 from gateway.cli import ca_client_for, load_trust_bundle
 from gateway.config import GatewayConfig, gateway_config_from
 from gateway.state import AUTH, REVOCATION
+from gateway.store import UserBackend
 from gateway.tls import server_context
 from gateway.users import UserStore
+from gateway.users_pg import PgUserStore
 from policy.clock import FakeClock
 from policy.password import PasswordPolicy
 from tests.conftest import CaHarness, init_ca, start_ca
@@ -50,16 +53,34 @@ def cheap_hasher() -> Iterator[PasswordHasher]:
     hasher.close()
 
 
+BOTH_STORES = pytest.mark.parametrize("gateway_store", ["sqlite", "postgresql"])
+
+
 @pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[UserStore]:
-    """A fresh user store in its own SQLite file."""
-    opened = await UserStore.open(tmp_path / "gateway" / "gateway.sqlite3", clock)
+def gateway_store() -> str:
+    """The storage backend of the gateway under test: SQLite unless the module or class
+    parametrises it, e.g. `pytestmark = BOTH_STORES` (issue 12: the tests that touch
+    storage run on both backends)."""
+    return "sqlite"
+
+
+@pytest.fixture
+async def store(gateway_store: str, tmp_path: Path, clock: FakeClock,
+                request: pytest.FixtureRequest) -> AsyncIterator[UserBackend]:
+    """A fresh user store: its own SQLite file, or its own PostgreSQL database on the
+    session's throwaway server."""
+    opened: UserBackend
+    if gateway_store == "postgresql":
+        dsn = request.getfixturevalue("postgres_dsn")
+        opened = await PgUserStore.open(PostgresSettings(dsn), clock)
+    else:
+        opened = await UserStore.open(tmp_path / "gateway" / "gateway.sqlite3", clock)
     yield opened
     await opened.close()
 
 
 @pytest.fixture
-def auth(store: UserStore, cheap_hasher: PasswordHasher, clock: FakeClock) -> Authenticator:
+def auth(store: UserBackend, cheap_hasher: PasswordHasher, clock: FakeClock) -> Authenticator:
     """The bank's default password policy and a three-try lockout."""
     return Authenticator(store, cheap_hasher, PasswordPolicy(), clock=clock, lockout_max=3)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,14 +12,16 @@ import pytest
 
 from common.passwords import PasswordHasher
 from gateway.auth import Authenticator, ChangeStatus, LoginStatus
-from gateway.users import UserStore
+from gateway.store import UserBackend as UserStore
 from policy.clock import FakeClock
 from policy.password import PasswordPolicy
+from tests.gateway.conftest import BOTH_STORES
 
 USER = "2004000003"
 GOOD = "kj3h5gq8"
 SECOND = timedelta(seconds=1)
 NINETY_DAYS = timedelta(days=90)
+pytestmark = BOTH_STORES
 
 
 class CountingHasher(PasswordHasher):
@@ -348,6 +349,5 @@ class TestChangePassword:
         user = await store.get(USER)
         assert user is not None
         assert user.must_change
-        with sqlite3.connect(tmp_path / "gateway" / "gateway.sqlite3") as raw:
-            actions = [row[0] for row in raw.execute("SELECT action FROM audit_log")]
+        actions = [entry.action for entry in await store.audit_entries()]
         assert actions[-1] == "password.reset"
