@@ -9,6 +9,8 @@
     sekisho-gateway users show USER_ID
     sekisho-gateway users list
     sekisho-gateway audit verify
+    sekisho-gateway db migrate | db status
+    sekisho-gateway db copy --to postgresql://... [--password-file F | --password-env V]
     sekisho-gateway audit show [--user ID] [--action A] [--operator-name N] [--since T]
                                [--until T] [--limit N] [--json]
 
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import sqlite3
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,13 +36,17 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from aiohttp import web
 
+from common import audit
 from common.cli import add_common_options, config_path, operator_name, table
 from common.config import ConfigError, to_utc_datetime
 from common.eventloop import loop_factory, until_stopped
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
+from common.postgres import PostgresConfigError, PostgresSettings
+from common.postgres import schema_version as pg_schema_version
 from common.tlsfiles import ensure_server_certificate, tls_client_context
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, CaRefused, CaUnavailable
@@ -46,7 +54,7 @@ from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import GatewayError
 from gateway.store import UserBackend, open_user_store
 from gateway.tls import TrustBundle, server_context
-from gateway.users import User
+from gateway.users import MIGRATIONS, User, UserStore
 from policy.clock import Clock, SystemClock
 
 HELPDESK = "helpdesk"
@@ -333,6 +341,159 @@ async def cmd_audit_show(config: GatewayConfig, clock: Clock, args: argparse.Nam
     return await _with_users(config, clock, run)
 
 
+# -- db (issue 12) -------------------------------------------------------------------------
+
+# What `db copy` moves, parents before children, and the counter rows it sets afterwards.
+_COPIED_TABLES = ("users", "password_history", "unknown_attempts", "session_events",
+                  "audit_log")
+
+
+def _sqlite_version(path: Path) -> int:
+    """The schema version of a SQLite file before it is opened (0: new or empty)."""
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as raw:
+        try:
+            row = raw.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return int(row[0]) if row else 0
+
+
+async def _version_of(config: GatewayConfig) -> int:
+    if config.postgres is None:
+        return _sqlite_version(config.database)
+    conn = await config.postgres.connect()
+    try:
+        return await pg_schema_version(conn)
+    finally:
+        await conn.close()
+
+
+async def cmd_db_migrate(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Bring the configured store to this program's schema version (both backends)."""
+    before = await _version_of(config)
+    store = await open_user_store(config, clock)
+    await store.close()
+    after = await _version_of(config)
+    print(f"{config.store_name}: schema version {before} -> {after}"
+          if after != before else f"{config.store_name}: schema version {after}, up to date")
+    return 0
+
+
+async def cmd_db_status(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Backend, place, schema version (applied / this program's), users, audit rows."""
+    version = await _version_of(config)
+    print(f"backend        {'postgresql' if config.postgres is not None else 'sqlite'}")
+    print(f"database       {config.store_name}")
+    print(f"schema version {version} (this program: {len(MIGRATIONS)})")
+    if version != len(MIGRATIONS):
+        print("run `sekisho-gateway db migrate`" if version < len(MIGRATIONS)
+              else "the database is newer than this program: upgrade Sekisho")
+        return 1
+    store = await open_user_store(config, clock)
+    try:
+        users = await store.list_users()
+        problems = await store.verify_audit()
+        entries = await store.audit_entries(limit=1)
+    finally:
+        await store.close()
+    print(f"users          {len(users)} ({sum(u.locked for u in users)} locked)")
+    print(f"audit chain    {entries[-1].id if entries else 0} entries, "
+          f"{'intact' if not problems else 'DAMAGED: ' + '; '.join(problems)}")
+    return 0 if not problems else 1
+
+
+async def cmd_db_copy(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Copy the embedded SQLite store into an empty PostgreSQL database (issue 12): users,
+    password history, lockout state and pending tries, session events and the audit chain,
+    row by row in one transaction, then verify the chain and the counts on the target."""
+    from gateway.users_pg import PgUserStore
+
+    if config.postgres is not None:
+        raise CliError("gateway.database is already a PostgreSQL DSN: db copy moves an "
+                       "embedded (SQLite) install to PostgreSQL")
+    try:
+        target_settings = PostgresSettings(
+            args.to, password_file=args.password_file, password_env=args.password_env,
+            application_name="sekisho-gateway:copy")
+    except PostgresConfigError as exc:
+        raise CliError(f"--to: {exc}") from None
+    source = await UserStore.open(config.database, clock)  # migrated to the newest version
+    await source.close()
+    problems = await asyncio.to_thread(_sqlite_audit_problems, config.database)
+    if problems:
+        raise CliError(f"the source audit chain is damaged ({problems[0]}); not copied")
+    tables = await asyncio.to_thread(_read_sqlite_tables, config.database)
+    target = await PgUserStore.open(target_settings, clock)
+    try:
+        conn = await target_settings.connect()
+        try:
+            async with conn.transaction():
+                if await conn.fetchval("SELECT count(*) FROM users") or \
+                        await conn.fetchval("SELECT id FROM audit_head"):
+                    raise CliError(f"{args.to} already holds gateway data; copy only into an "
+                                   "empty database")
+                for name in _COPIED_TABLES:
+                    columns, rows = tables[name]
+                    if rows:
+                        await conn.copy_records_to_table(name, records=rows, columns=columns)
+                await conn.execute(
+                    "SELECT setval(pg_get_serial_sequence('password_history', 'id'),"
+                    " GREATEST((SELECT max(id) FROM password_history), 1))")
+                await conn.execute("UPDATE counters SET value = $1 WHERE name = "
+                                   "'session_events'", tables["session_events_seq"][1][0][0])
+                last = tables["audit_head"][1]
+                if last:
+                    await conn.execute("UPDATE audit_head SET id = $1, hash = $2", *last[0])
+        finally:
+            await conn.close()
+        problems = await target.verify_audit()
+        copied = {name: len(tables[name][1]) for name in _COPIED_TABLES}
+        if problems:
+            raise CliError(f"the copied audit chain does not verify: {problems[0]}")
+    finally:
+        await target.close()
+    print(f"copied {config.database} to {args.to}: " +
+          ", ".join(f"{count} {name}" for name, count in copied.items()))
+    print("audit chain verified on the target. Now set gateway.database to the DSN "
+          "(and database_password_file) and restart the gateway.")
+    return 0
+
+
+def _sqlite_audit_problems(path: Path) -> list[str]:
+    async def verify() -> list[str]:
+        async with aiosqlite.connect(path) as db:
+            return await audit.verify_chain(db)
+
+    return asyncio.run(verify())
+
+
+def _read_sqlite_tables(path: Path) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+    """Every copied table as (column names, rows), read in one read transaction; plus the
+    audit head (highest id ever written and the hash of the newest row) and the session
+    event sequence."""
+    result: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as raw:
+        raw.execute("BEGIN")
+        for name in _COPIED_TABLES:
+            cursor = raw.execute(f"SELECT * FROM {name}")  # noqa: S608 - constant names
+            columns = [column[0] for column in cursor.description]
+            result[name] = (columns, [tuple(row) for row in cursor.fetchall()])
+        highest = raw.execute(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'), 0)"
+        ).fetchone()[0]
+        newest = raw.execute("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+        result["audit_head"] = (["id", "hash"], [(int(highest), newest[0])] if newest else [])
+        seq = raw.execute("SELECT COALESCE(MAX(seq), 0) FROM session_events").fetchone()[0]
+        events = raw.execute(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'session_events'),"
+            " 0)").fetchone()[0]
+        result["session_events_seq"] = (["value"], [(max(int(seq), int(events)),)])
+        raw.execute("COMMIT")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="sekisho-gateway", description=__doc__.split("\n")[0])
@@ -373,6 +534,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=100, help="newest N entries (default 100)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_audit_show)
+    db = commands.add_parser("db", help="the gateway's store (SQLite or PostgreSQL)"
+                             ).add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="apply the schema migrations").set_defaults(
+        handler=cmd_db_migrate)
+    db.add_parser("status", help="backend, schema version, users, audit chain").set_defaults(
+        handler=cmd_db_status)
+    copy = db.add_parser("copy", help="copy the embedded store into an empty PostgreSQL")
+    copy.add_argument("--to", required=True, metavar="DSN",
+                      help="postgresql:// DSN of the target (no password in it)")
+    source = copy.add_mutually_exclusive_group()
+    source.add_argument("--password-file", type=Path, help="the target's password (chmod 600)")
+    source.add_argument("--password-env", help="environment variable holding the password")
+    copy.set_defaults(handler=cmd_db_copy)
     add_common_options(parser)
     return parser
 
