@@ -147,7 +147,7 @@ async def check_access(verifier: CertificateVerifier, sessions: SessionStore,
     """Certificate of this connection verified (revocation included), session active and bound
     to that certificate; a session that must change its password only reaches that page."""
     certificate = await verifier.required(request)
-    session = sessions.use(session_token(request), certificate.fingerprint)
+    session = await sessions.use(session_token(request), certificate.fingerprint)
     if session.must_change and not allow_must_change:
         raise MustChangePassword("change the password first")
     return certificate, session

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -35,7 +36,7 @@ from gateway.errors import (
 from gateway.messages import error_text
 from gateway.proxy import Identity, Proxy, is_websocket
 from gateway.revocation_client import RevocationChecker
-from gateway.sessions import EndReason, Session, SessionStore
+from gateway.sessions import Session, SessionStore
 from gateway.state import (
     AUTH,
     CA,
@@ -57,6 +58,9 @@ SWEEP_INTERVAL = 15.0
 # How often the store's session events (helpdesk disable / reset from the CLI, another
 # process) are polled: a live session ends within about this long (issue 10 item 9).
 SESSION_EVENTS_INTERVAL = 0.25
+# How often last-seen times are written back to the store (at most this much activity of a
+# killed process is lost to the idle timer, which is 30 minutes).
+LAST_SEEN_FLUSH_INTERVAL = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,10 +122,10 @@ async def proxied(request: web.Request) -> web.StreamResponse:
     proxy = request.app[PROXY]
     identity = backend_identity(proxy, request, session)
     if is_websocket(request):
-        clock = request.app[CLOCK]
+        sessions = request.app[SESSIONS]
 
         def touch() -> None:
-            session.last_seen_at = clock.now()
+            sessions.touch(session)
 
         return await proxy.websocket(request, identity, session.relays, touch)
     return await proxy.http(request, identity)
@@ -181,7 +185,7 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
                           client_max_size=config.max_form_bytes)
     pages.setup_templates(app)
     revocation = RevocationChecker(ca_client, config.revocation, clock)
-    sessions = SessionStore(config.session, clock)
+    sessions = SessionStore(config.session, clock, users)
     app[CONFIG] = config
     app[CLOCK] = clock
     app[USERS] = users
@@ -196,8 +200,16 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
                        read_timeout=config.backend_read_timeout,
                        admin_path_prefixes=config.admin_path_prefixes)
 
+    ending: set[asyncio.Task[int]] = set()
+
     def on_revocation(event: RevocationEvent) -> None:
-        ended = sessions.end_certificate(event.fingerprint_sha256)
+        # Here at once; in the store (every process follows the CA and tries; the first
+        # one ends the rows, the others find nothing left) in the background.
+        ended = sessions.drop_certificate(event.fingerprint_sha256)
+        task = asyncio.get_running_loop().create_task(
+            sessions.end_certificate(event.fingerprint_sha256))
+        ending.add(task)
+        task.add_done_callback(ending.discard)
         _log.info("certificate_revoked_sessions_ended", serial=event.serial,
                   user_id=event.user_id, sessions=ended)
 
@@ -215,33 +227,76 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
 async def _sweep(sessions: SessionStore) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
-        sessions.sweep()
+        try:
+            await sessions.sweep()
+        except Exception as exc:  # the store unreachable: the next sweep tries again
+            _log.warning("session_sweep_failed", error=getattr(exc, "code", type(exc).__name__))
+
+
+async def _flush_last_seen(sessions: SessionStore) -> None:
+    """Write last-seen times back in batches (no store round trip per request)."""
+    while True:
+        await asyncio.sleep(LAST_SEEN_FLUSH_INTERVAL)
+        try:
+            await sessions.flush()
+        except Exception as exc:  # kept for the next flush
+            _log.warning("session_flush_failed", error=getattr(exc, "code", type(exc).__name__))
 
 
 async def follow_session_events(users: UserBackend, sessions: SessionStore,
-                                after: int, *, interval: float = SESSION_EVENTS_INTERVAL) -> None:
-    """End the sessions of users whose right to log in a helpdesk command removed.
+                                after: int, *, interval: float = SESSION_EVENTS_INTERVAL,
+                                wake: asyncio.Event | None = None) -> None:
+    """Apply every session end of the cluster to this process's cache (issue 10 item 9,
+    issue 12).
 
-    The helpdesk CLI runs in another process and writes the shared SQLite file; it appends a
-    session event in the same transaction as the disable or reset. Every gateway process polls
-    that sequence (like the CA's revocation sequence), so with several processes each ends
-    its own sessions, and their WebSocket relays, within `interval` (issue 10 item 9).
+    Whoever ends a session - another gateway process, the helpdesk CLI - deletes its row and
+    appends a session event in the same transaction. Every gateway process polls that
+    sequence (like the CA's revocation sequence), and on PostgreSQL is also woken by NOTIFY
+    (`wake`), so each drops the ended sessions and cancels their WebSocket relays within
+    `interval`. `sessions.synced_at` records each successful read: a process that cannot
+    read the events serves no session from its cache (`sessions.STALE_AFTER`).
     """
     while True:
-        await asyncio.sleep(interval)
+        if wake is None:
+            await asyncio.sleep(interval)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
         try:
-            events = await users.session_events_after(after)
+            events = await users.session_ends_after(after)
         except Exception:  # a locked or busy file: try again at the next poll
             _log.warning("session_events_unreadable", exc_info=True)
             continue
-        for seq, user_id, reason in events:
-            after = seq
-            try:
-                end_reason = EndReason(reason)
-            except ValueError:
-                end_reason = EndReason.DISABLED  # an unknown reason still ends the session
-            if sessions.end_user(user_id, end_reason):
-                _log.info("helpdesk_sessions_ended", user_id=user_id, reason=end_reason.value)
+        for end in events:
+            after = end.seq
+            if sessions.apply(end) and end.reason != "rotated":
+                _log.info("sessions_ended", user_id=end.user_id, reason=end.reason)
+        sessions.synced_at = time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def _session_end_wakeups(users: UserBackend) -> AsyncIterator[asyncio.Event | None]:
+    """On PostgreSQL, an event set by NOTIFY at each session end's commit (the poll stays
+    as the safety net: a notification sent while not listening is lost); None on SQLite."""
+    settings = getattr(users, "settings", None)
+    if settings is None:
+        yield None
+        return
+    from common.postgres import ChannelListener
+    from gateway.users_pg import SESSION_END_CHANNEL
+
+    wake = asyncio.Event()
+    listener = ChannelListener(settings, SESSION_END_CHANNEL, lambda _payload: wake.set(),
+                               on_listening=wake.set)
+    try:
+        await listener.start()
+    except TimeoutError:
+        _log.warning("session_end_listener_unavailable")  # the poll still applies ends
+    try:
+        yield wake
+    finally:
+        await listener.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -250,15 +305,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
     sweeper = asyncio.create_task(_sweep(app[SESSIONS]), name="session-sweeper")
-    helpdesk = asyncio.create_task(
-        follow_session_events(app[USERS], app[SESSIONS], await app[USERS].last_session_event()),
-        name="session-events")
-    yield
-    for task in (follower, sweeper, helpdesk):
-        task.cancel()
-    for task in (follower, sweeper, helpdesk):
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    flusher = asyncio.create_task(_flush_last_seen(app[SESSIONS]), name="session-last-seen")
+    async with _session_end_wakeups(app[USERS]) as wake:
+        helpdesk = asyncio.create_task(
+            follow_session_events(app[USERS], app[SESSIONS],
+                                  await app[USERS].last_session_event(), wake=wake),
+            name="session-events")
+        yield
+        for task in (follower, sweeper, helpdesk, flusher):
+            task.cancel()
+        for task in (follower, sweeper, helpdesk, flusher):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    with contextlib.suppress(Exception):
+        await app[SESSIONS].flush()  # the last activity survives a clean restart
     await app[PROXY].close()
     await app[CA].close()
 

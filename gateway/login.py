@@ -49,11 +49,11 @@ async def landing(request: web.Request) -> web.Response:
     return render(request, "landing.html")
 
 
-def _login_page(request: web.Request, certificate, *, status: int = 200,  # type: ignore[no-untyped-def]
-                error: str | None = None, relogin: bool = False) -> web.Response:
+async def _login_page(request: web.Request, certificate, *, status: int = 200,  # type: ignore[no-untyped-def]
+                      error: str | None = None, relogin: bool = False) -> web.Response:
     sessions = request.app[SESSIONS]
-    other = sessions.active_for_user(certificate.user_id)
-    own = sessions.find(session_token(request))
+    other = await sessions.active_for_user(certificate.user_id)
+    own = await sessions.lookup(session_token(request))
     return render(request, "login.html", {
         **certificate_context(request, certificate),
         "renewal": in_renewal_window(request, certificate),
@@ -69,7 +69,7 @@ async def login_page(request: web.Request) -> web.Response:
     user = await request.app[USERS].get(certificate.user_id)
     if user is not None and user.locked and not user.disabled:
         raise Locked("the login password is locked")
-    return _login_page(request, certificate)
+    return await _login_page(request, certificate)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -82,8 +82,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         raise CertificateRefused("the certificate belongs to another user ID",
                                  code="cert_user_mismatch")
     sessions = request.app[SESSIONS]
-    other = sessions.active_for_user(certificate.user_id)
-    own = sessions.find(session_token(request))
+    other = await sessions.active_for_user(certificate.user_id)
+    own = await sessions.lookup(session_token(request))
     # R-SES-2: another window still holds a session; only an explicit re-login ends it. The
     # password is still checked (a counted try), but a refused second login is no login:
     # neither audited as one nor moving 前回ログイン日時 (issue 15 item 3).
@@ -92,11 +92,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     result = await authenticate(certificate.user_id, field(form, "password"),
                                 actor=f"user:{certificate.user_id}")
     if result.status is LoginStatus.LOCKED:
-        sessions.end_user(certificate.user_id, EndReason.LOCKED)
+        await sessions.end_user(certificate.user_id, EndReason.LOCKED)
     user = result.require_user()
     if refuse_second:
-        return _login_page(request, certificate, status=409, relogin=True)
-    token, _ = sessions.create(
+        return await _login_page(request, certificate, status=409, relogin=True)
+    token, _ = await sessions.create(
         user_id=user.user_id, name=user.name, customer=user.customer, role=user.role.value,
         previous_login_at=result.previous_login_at, fingerprint=certificate.fingerprint,
         serial=certificate.serial,
@@ -132,7 +132,7 @@ async def change_password(request: web.Request) -> web.Response:
     result = await request.app[AUTH].change_password(session.user_id,
                                                      field(form, "current_password"), new)
     if result.status is ChangeStatus.LOCKED:
-        request.app[SESSIONS].end_user(session.user_id, EndReason.LOCKED)
+        await request.app[SESSIONS].end_user(session.user_id, EndReason.LOCKED)
         raise Locked("the login password is locked", code="locked")
     if result.status is ChangeStatus.BAD_CREDENTIALS:
         return _password_page(request, session, ["current_password_wrong"], status=401)
@@ -140,7 +140,7 @@ async def change_password(request: web.Request) -> web.Response:
         codes = [violation.code for violation in result.violations]
         return _password_page(request, session, codes, status=400)
     first_change = session.must_change is not None
-    session.must_change = None
+    await request.app[SESSIONS].set_must_change(session, None)
     if first_change:
         # §2.2(5): after the required change, straight to the 初期画面.
         response: web.Response = redirect("/")
@@ -149,7 +149,7 @@ async def change_password(request: web.Request) -> web.Response:
         response = _password_page(request, session, changed=True)
     token = session_token(request)
     if token:
-        set_session_cookie(response, request.app[SESSIONS].rotate(token))
+        set_session_cookie(response, await request.app[SESSIONS].rotate(token))
     return response
 
 
@@ -157,7 +157,7 @@ async def logout_page(request: web.Request) -> web.Response:
     """GET /auth/logout (a typed or bookmarked URL; the header's button POSTs directly): the
     logout button, only to the certificate the session was created with (issue 10 item 7)."""
     token = session_token(request)
-    if request.app[SESSIONS].find(token) is None:
+    if await request.app[SESSIONS].lookup(token) is None:
         return _logged_out(request)
     _, session = await logged_in(request, allow_must_change=True)
     return render(request, "logout.html", {"session": session})
@@ -180,10 +180,10 @@ async def logout(request: web.Request) -> web.Response:
     """
     form = await read_form(request)
     token = session_token(request)
-    if request.app[SESSIONS].find(token) is not None:
+    if await request.app[SESSIONS].lookup(token) is not None:
         _, session = await logged_in(request, allow_must_change=True)
         check_session_token(session, form)
-        request.app[SESSIONS].end(token)
+        await request.app[SESSIONS].end(token)
         _log.info("logout", user_id=session.user_id)
     return _logged_out(request)
 

@@ -83,7 +83,7 @@ def header_session() -> Session | None:
         return None
     sessions = request.app[SESSIONS]
     session = sessions.find(request.cookies.get(SESSION_COOKIE))
-    if session is None or sessions.active_for_user(session.user_id) is not session:
+    if session is None or sessions.cached_active_for_user(session.user_id) is not session:
         return None
     fingerprint = request.app[VERIFIER].presented_fingerprint(request)
     if not fingerprint or not hmac.compare_digest(fingerprint, session.fingerprint):

@@ -1,22 +1,28 @@
-"""Server-side sessions (R-SES-1..3, R-GW-4), kept in the gateway's memory.
+"""Server-side sessions (R-SES-1..3, R-GW-4), shared by every gateway process through the
+store (issue 12), with a per-process cache on the hot path.
 
 * The cookie holds a random 256-bit token; the store keys sessions by its SHA-256, so the
   table holds nothing a cookie could be made from.
 * One active session per user (R-SES-2): creating one ends the user's previous session
-  ("re-login", §3.1 note).
+  ("re-login", §3.1 note); the store's UNIQUE user_id keeps it so across processes.
 * Bound to the SHA-256 fingerprint of the certificate it was created with; every request
   compares the fingerprint of the connection's certificate (R-GW-4).
 * 30 minutes without an operation end it (R-SES-1, `policy.session`), measured with the
   injected clock; a 12-hour absolute limit too.
 * Each session carries its own CSRF token (R-SES-3).
-* Ending a session (logout, re-login, revocation, lock, timeout, a helpdesk action) also
-  cancels the WebSocket relays running for it, and leaves a tombstone: the SHA-256 of the
-  cookie token and the reason (`EndReason`), bounded in number and age, so that the window
-  that still holds the cookie is told why in one sentence and what to do (issue 15 item 1),
-  once, instead of landing on the top page without a word.
+* Ending a session (logout, re-login, revocation, lock, timeout, a helpdesk action) deletes
+  its row and appends a session event (token hash, certificate fingerprint, reason) in the
+  same transaction. Every process follows the events (a 0.25 s poll; on PostgreSQL also
+  woken by NOTIFY) and drops the session from its cache and cancels its WebSocket relays.
+  The event is also the tombstone: the window that still holds the cookie is told why, once,
+  and only with the owner's certificate (issue 15 item 1).
 
-In memory on purpose: the gateway is one process and a restart logging everyone out is
-acceptable (and safe). Several gateway processes would need a shared store.
+The hot path costs no store round trip: a cached session is served from memory while this
+process's follower is in sync (it read the events less than `STALE_AFTER` seconds ago; else
+every request re-reads its row: fail closed), last-seen times are written back in batches
+(`flush`), and an idle timeout is re-checked against the stored last-seen time (another
+process may have served the user meanwhile) before it is declared. A cache miss (the first
+request through this process, a restart) costs one read.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import functools
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict
+import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Protocol
 
 from gateway.errors import (
     SessionCertificateMismatch,
@@ -38,6 +45,7 @@ from gateway.errors import (
     SessionRequired,
 )
 from gateway.proxy import Identity
+from gateway.users import SessionEnd, SessionRecord
 from policy.clock import Clock
 from policy.session import SessionPolicy, SessionState, session_state
 
@@ -62,6 +70,7 @@ class Session:
     csrf: str = field(repr=False)
     must_change: str | None = None  # None, "temporary" or "expired" (R-PW-2)
     relays: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    key: bytes = field(default=b"", repr=False)  # SHA-256 of the cookie token
 
     @functools.cached_property
     def backend_identity(self) -> Identity:
@@ -77,9 +86,6 @@ class Session:
                                                              self.csrf.encode())
 
 
-MAX_REMEMBERED_TIMEOUTS = 100_000
-
-
 class EndReason(enum.StrEnum):
     """Why a session ended; each has its own sentence on the next page (issue 15 item 1)."""
 
@@ -92,44 +98,139 @@ class EndReason(enum.StrEnum):
     REVOKED = "revoked"  # the certificate was revoked (§2.9)
 
 
-class SessionStore:
-    """All sessions of this gateway process."""
+# A process whose follower has not read the session events for this long serves no session
+# from its cache: every request re-reads its row (issue 12: ends effective within 1 s).
+STALE_AFTER = 1.0
+# The Unix time of a datetime, and back (the store keeps times as seconds).
 
-    def __init__(self, policy: SessionPolicy, clock: Clock) -> None:
+
+def _seconds(when: datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
+def _when(seconds: float | None) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+
+
+class SessionBackend(Protocol):
+    """What sessions need from the store (both `gateway.users` backends provide it)."""
+
+    async def create_session(self, record: SessionRecord) -> None: ...
+    async def load_session(self, token_hash: bytes) -> SessionRecord | None: ...
+    async def session_of_user(self, user_id: str) -> SessionRecord | None: ...
+    async def end_session(self, token_hash: bytes, reason: str) -> bool: ...
+    async def end_user_sessions(self, user_id: str, reason: str) -> bool: ...
+    async def end_certificate_sessions(self, fingerprint: str, reason: str) -> int: ...
+    async def rotate_session(self, old_hash: bytes, new_hash: bytes) -> bool: ...
+    async def update_session(self, token_hash: bytes, must_change: str | None) -> None: ...
+    async def touch_sessions(self, seen: list[tuple[bytes, float]]) -> None: ...
+    async def claim_session_end(self, token_hash: bytes, fingerprint: str,
+                                since: float) -> str | None: ...
+    async def session_ends_after(self, seq: int) -> list[SessionEnd]: ...
+
+
+# Events that are no end a user should be told about.
+_ROTATED = "rotated"
+
+
+class SessionStore:
+    """The sessions of the cluster as this process sees them (module docstring)."""
+
+    def __init__(self, policy: SessionPolicy, clock: Clock, backend: SessionBackend) -> None:
         self.policy = policy
         self._clock = clock
+        self._backend = backend
         self._by_key: dict[bytes, Session] = {}
         self._key_of_user: dict[str, bytes] = {}
-        # Tombstones of ended sessions (token hash -> reason, when): their next click gets the
-        # page saying why (§2.8's timeout page, or re-login, lock, helpdesk, revocation), once.
-        # Bounded; entries older than the absolute timeout are dropped.
-        # The certificate's fingerprint is kept too: only the owner's certificate learns why.
-        self._ended: OrderedDict[bytes, tuple[EndReason, datetime, str]] = OrderedDict()
+        self._dirty: dict[bytes, float] = {}  # last-seen times not yet written back
+        self.synced_at = time.monotonic()  # when the follower last read the events
 
-    def create(self, *, user_id: str, name: str, customer: str, role: str,
-               previous_login_at: datetime | None, fingerprint: str, serial: str,
-               must_change: str | None) -> tuple[str, Session]:
-        """A new session (ending the user's previous one); returns (cookie token, session)."""
-        self.end_user(user_id, EndReason.RELOGIN)
-        now = self._clock.now()
-        token = secrets.token_urlsafe(32)
-        session = Session(user_id=user_id, name=name, customer=customer, role=role,
-                          previous_login_at=previous_login_at, fingerprint=fingerprint,
-                          serial=serial, created_at=now, last_seen_at=now,
-                          csrf=secrets.token_urlsafe(32), must_change=must_change)
-        key = _key(token)
-        self._by_key[key] = session
-        self._key_of_user[user_id] = key
-        return token, session
+    # -- the cache -------------------------------------------------------------------------
+
+    @property
+    def in_sync(self) -> bool:
+        """Whether the follower read the session events within STALE_AFTER seconds."""
+        return time.monotonic() - self.synced_at < STALE_AFTER
+
+    def _install(self, record: SessionRecord) -> Session:
+        """Cache a stored session (keeping a cached object, its relays and the later of the
+        two last-seen times)."""
+        cached = self._by_key.get(record.token_hash)
+        last_seen = _when(record.last_seen_at)
+        assert last_seen is not None
+        if cached is not None:
+            cached.last_seen_at = max(cached.last_seen_at, last_seen)
+            cached.must_change = record.must_change
+            return cached
+        created = _when(record.created_at)
+        assert created is not None
+        session = Session(user_id=record.user_id, name=record.name, customer=record.customer,
+                          role=record.role, previous_login_at=_when(record.previous_login_at),
+                          fingerprint=record.fingerprint, serial=record.serial,
+                          created_at=created, last_seen_at=last_seen, csrf=record.csrf,
+                          must_change=record.must_change, key=record.token_hash)
+        old = self._key_of_user.get(record.user_id)
+        if old is not None and old != record.token_hash:
+            self._drop(old)
+        self._by_key[record.token_hash] = session
+        self._key_of_user[record.user_id] = record.token_hash
+        return session
+
+    def _drop(self, key: bytes, *, cancel: bool = True) -> Session | None:
+        """Forget a session here and stop its WebSocket relays (the store already ended it)."""
+        session = self._by_key.pop(key, None)
+        self._dirty.pop(key, None)
+        if session is None:
+            return None
+        if self._key_of_user.get(session.user_id) == key:
+            del self._key_of_user[session.user_id]
+        if cancel:
+            for relay in list(session.relays):
+                relay.cancel()
+        return session
+
+    def apply(self, end: SessionEnd) -> bool:
+        """A session event read by the follower: the session ends in this process too (its
+        relays are cancelled); True when this process held it."""
+        if end.token_hash is not None:
+            return self._drop(end.token_hash, cancel=end.reason != _ROTATED) is not None
+        key = self._key_of_user.get(end.user_id)
+        return key is not None and self._drop(key) is not None
 
     def _state(self, session: Session, now: datetime) -> SessionState:
         return session_state(session.created_at, session.last_seen_at, now, self.policy)
 
     def find(self, token: str | None) -> Session | None:
-        """The session of a cookie token without any check (None when unknown)."""
+        """The cached session of a cookie token without any check (None when unknown here);
+        for display only (the header)."""
         return self._by_key.get(_key(token)) if token else None
 
-    def use(self, token: str | None, fingerprint: str) -> Session:
+    def cached_active_for_user(self, user_id: str) -> Session | None:
+        """The user's cached session if it is still active (display only)."""
+        key = self._key_of_user.get(user_id)
+        session = self._by_key.get(key) if key is not None else None
+        if session is None or self._state(session, self._clock.now()) is not \
+                SessionState.ACTIVE:
+            return None
+        return session
+
+    # -- the gate --------------------------------------------------------------------------
+
+    async def lookup(self, token: str | None) -> Session | None:
+        """The session of a cookie token, from the cache or the store, without any check."""
+        if not token:
+            return None
+        key = _key(token)
+        session = self._by_key.get(key)
+        if session is not None and self.in_sync:
+            return session
+        record = await self._backend.load_session(key)
+        if record is None:
+            self._drop(key)
+            return None
+        return self._install(record)
+
+    async def use(self, token: str | None, fingerprint: str) -> Session:
         """The session for a request: active, same certificate; counts as an operation.
 
         SessionRequired when there is none, SessionExpired (and the session ends) after the
@@ -140,91 +241,157 @@ class SessionStore:
         """
         if not token:
             raise SessionRequired("please log in")
+        session = await self.lookup(token)
         key = _key(token)
-        session = self._by_key.get(key)
         if session is None:
-            ended = self._ended.get(key)
-            if ended is None or not hmac.compare_digest(ended[2], fingerprint):
+            reason = await self._backend.claim_session_end(
+                key, fingerprint, self._clock.now().timestamp()
+                - self.policy.absolute_timeout.total_seconds())
+            if reason is None:
                 raise SessionRequired("please log in")
-            del self._ended[key]
-            if ended[0] is EndReason.TIMEOUT:
+            if reason == EndReason.TIMEOUT:
                 raise SessionExpired("the session has timed out")
-            raise SessionEnded(f"the session was ended: {ended[0].value}",
-                               code=f"session_ended_{ended[0].value}")
+            try:
+                code = EndReason(reason).value
+            except ValueError:
+                code = EndReason.DISABLED.value
+            raise SessionEnded(f"the session was ended: {reason}",
+                               code=f"session_ended_{code}")
         if not hmac.compare_digest(session.fingerprint, fingerprint):
             raise SessionCertificateMismatch("this session belongs to another certificate")
         now = self._clock.now()
-        if self._state(session, now) is not SessionState.ACTIVE:
-            self._end_key(key, EndReason.LOGOUT)  # answered right here: no tombstone
+        if self._state(session, now) is not SessionState.ACTIVE and \
+                not await self._still_active(session, now):
+            await self._end_key(key, EndReason.LOGOUT)  # answered right here: no tombstone
             raise SessionExpired("the session has timed out")
         session.last_seen_at = now
+        self._dirty[key] = now.timestamp()
         return session
 
-    def active_for_user(self, user_id: str) -> Session | None:
-        """The user's session if one still stands (R-SES-2: offer re-login)."""
-        key = self._key_of_user.get(user_id)
-        session = self._by_key.get(key) if key is not None else None
-        if session is None:
+    async def _still_active(self, session: Session, now: datetime) -> bool:
+        """Before an idle timeout is declared: another process may have served the user
+        later (its last-seen time is in the store)."""
+        record = await self._backend.load_session(session.key)
+        if record is None:
+            return False
+        self._install(record)
+        return self._state(session, now) is SessionState.ACTIVE
+
+    def touch(self, session: Session) -> None:
+        """An operation on a WebSocket relay counts as activity (R-SES-1)."""
+        now = self._clock.now()
+        session.last_seen_at = now
+        if session.key in self._by_key:
+            self._dirty[session.key] = now.timestamp()
+
+    async def flush(self) -> None:
+        """Write the last-seen times gathered since the last flush, in one batch."""
+        if not self._dirty:
+            return
+        seen, self._dirty = list(self._dirty.items()), {}
+        try:
+            await self._backend.touch_sessions(seen)
+        except BaseException:
+            for key, at in seen:  # kept for the next flush
+                self._dirty[key] = max(at, self._dirty.get(key, at))
+            raise
+
+    # -- changes ---------------------------------------------------------------------------
+
+    async def create(self, *, user_id: str, name: str, customer: str, role: str,
+                     previous_login_at: datetime | None, fingerprint: str, serial: str,
+                     must_change: str | None) -> tuple[str, Session]:
+        """A new session (ending the user's previous one); returns (cookie token, session)."""
+        now = self._clock.now().timestamp()
+        token = secrets.token_urlsafe(32)
+        record = SessionRecord(
+            token_hash=_key(token), user_id=user_id, fingerprint=fingerprint, serial=serial,
+            name=name, customer=customer, role=role,
+            previous_login_at=_seconds(previous_login_at), csrf=secrets.token_urlsafe(32),
+            must_change=must_change, created_at=now, last_seen_at=now)
+        await self._backend.create_session(record)
+        old = self._key_of_user.get(user_id)
+        if old is not None:
+            self._drop(old)
+        return token, self._install(record)
+
+    async def active_for_user(self, user_id: str) -> Session | None:
+        """The user's session if one still stands anywhere in the cluster (R-SES-2: offer
+        re-login)."""
+        record = await self._backend.session_of_user(user_id)
+        if record is None:
+            key = self._key_of_user.get(user_id)
+            if key is not None:
+                self._drop(key)
             return None
+        session = self._install(record)
         if self._state(session, self._clock.now()) is not SessionState.ACTIVE:
-            self._end_key(key, EndReason.TIMEOUT)  # type: ignore[arg-type]
+            await self._end_key(session.key, EndReason.TIMEOUT)
             return None
         return session
 
-    def rotate(self, token: str) -> str:
+    async def set_must_change(self, session: Session, must_change: str | None) -> None:
+        """The session's password change is done (None) or required."""
+        session.must_change = must_change
+        await self._backend.update_session(session.key, must_change)
+
+    async def rotate(self, token: str) -> str:
         """Give a session a new cookie token (after a privilege change); returns it."""
         key = _key(token)
-        session = self._by_key.pop(key)
         new_token = secrets.token_urlsafe(32)
         new_key = _key(new_token)
-        self._by_key[new_key] = session
-        self._key_of_user[session.user_id] = new_key
+        if not await self._backend.rotate_session(key, new_key):
+            raise SessionRequired("please log in")
+        session = self._by_key.pop(key, None)
+        self._dirty.pop(key, None)
+        if session is not None:
+            session.key = new_key
+            self._by_key[new_key] = session
+            self._key_of_user[session.user_id] = new_key
         return new_token
 
-    def _end_key(self, key: bytes, reason: EndReason) -> Session | None:
-        session = self._by_key.pop(key, None)
-        if session is None:
-            return None
-        if self._key_of_user.get(session.user_id) == key:
-            del self._key_of_user[session.user_id]
-        for relay in list(session.relays):
-            relay.cancel()
-        if reason is not EndReason.LOGOUT:
-            self._remember(key, reason, session.fingerprint)
-        return session
+    async def _end_key(self, key: bytes, reason: EndReason) -> bool:
+        ended = await self._backend.end_session(key, reason.value)
+        return self._drop(key) is not None or ended
 
-    def _remember(self, key: bytes, reason: EndReason, fingerprint: str) -> None:
-        """Leave a tombstone; drop the oldest beyond the bound or the absolute timeout."""
-        now = self._clock.now()
-        self._ended.pop(key, None)
-        self._ended[key] = (reason, now, fingerprint)
-        while self._ended and (
-            len(self._ended) > MAX_REMEMBERED_TIMEOUTS
-            or next(iter(self._ended.values()))[1] < now - self.policy.absolute_timeout
-        ):
-            self._ended.popitem(last=False)
-
-    def end(self, token: str | None) -> Session | None:
+    async def end(self, token: str | None) -> bool:
         """Logout (R-SES-2): end the cookie's session."""
-        return self._end_key(_key(token), EndReason.LOGOUT) if token else None
+        return await self._end_key(_key(token), EndReason.LOGOUT) if token else False
 
-    def end_user(self, user_id: str, reason: EndReason) -> bool:
+    async def end_user(self, user_id: str, reason: EndReason) -> bool:
         """End the user's session (re-login, lock, helpdesk), remembering why."""
+        ended = await self._backend.end_user_sessions(user_id, reason.value)
         key = self._key_of_user.get(user_id)
-        return key is not None and self._end_key(key, reason) is not None
+        return (key is not None and self._drop(key) is not None) or ended
 
-    def end_certificate(self, fingerprint: str) -> int:
+    async def end_certificate(self, fingerprint: str) -> int:
         """End every session created with this certificate (revocation); returns how many."""
+        ended = await self._backend.end_certificate_sessions(fingerprint,
+                                                             EndReason.REVOKED.value)
+        for key in [k for k, s in self._by_key.items() if s.fingerprint == fingerprint]:
+            self._drop(key)
+        return ended
+
+    def drop_certificate(self, fingerprint: str) -> int:
+        """Forget (here, at once) every session of a revoked certificate; the store's rows
+        go with `end_certificate`."""
         keys = [k for k, s in self._by_key.items() if s.fingerprint == fingerprint]
         for key in keys:
-            self._end_key(key, EndReason.REVOKED)
+            self._drop(key)
         return len(keys)
 
-    def sweep(self) -> int:
-        """End every session past its limits (so their WebSocket relays stop); returns count."""
+    async def sweep(self) -> int:
+        """End this process's cached sessions past their limits (so their WebSocket relays
+        stop), after writing back the last-seen times and re-reading the stored ones;
+        returns how many."""
+        await self.flush()
         now = self._clock.now()
-        keys = [k for k, s in self._by_key.items() if self._state(s, now) is not
-                SessionState.ACTIVE]
-        for key in keys:
-            self._end_key(key, EndReason.TIMEOUT)
-        return len(keys)
+        count = 0
+        for key, session in list(self._by_key.items()):
+            if self._state(session, now) is SessionState.ACTIVE:
+                continue
+            if await self._still_active(session, now):
+                continue
+            await self._end_key(key, EndReason.TIMEOUT)
+            count += 1
+        return count

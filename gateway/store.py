@@ -13,13 +13,15 @@ from typing import Any, Protocol
 
 from common.audit import AuditEntry
 from gateway.config import GatewayConfig
+from gateway.sessions import SessionBackend
 from gateway.users import Role, User, UserStore
 from policy.clock import Clock
 
 
-class UserBackend(Protocol):
-    """What the gateway needs from its user store (the public methods of
-    `gateway.users.UserStore`; see its docstrings for the rules each one keeps)."""
+class UserBackend(SessionBackend, Protocol):
+    """What the gateway needs from its store (the public methods of
+    `gateway.users.UserStore`; see its docstrings for the rules each one keeps), sessions
+    included (`gateway.sessions.SessionBackend`)."""
 
     what: str
 

@@ -96,7 +96,73 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX users_pending ON users (pending_until) WHERE pending_attempts > 0;
     CREATE INDEX unknown_pending ON unknown_attempts (pending_until) WHERE pending_attempts > 0;
     """,
+    # 4: sessions as shared state (issue 12), see the section "sessions" below.
+    """
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,           -- SHA-256 of the cookie token
+        user_id TEXT NOT NULL UNIQUE,          -- one session per user (R-SES-2)
+        fingerprint TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        name TEXT NOT NULL,
+        customer TEXT NOT NULL,
+        role TEXT NOT NULL,
+        previous_login_at REAL,
+        csrf TEXT NOT NULL,
+        must_change TEXT,
+        created_at REAL NOT NULL,              -- Unix seconds, UTC, with fractions
+        last_seen_at REAL NOT NULL
+    );
+    ALTER TABLE session_events ADD COLUMN token_hash BLOB;
+    ALTER TABLE session_events ADD COLUMN fingerprint TEXT;
+    ALTER TABLE session_events ADD COLUMN consumed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX session_events_by_token ON session_events (token_hash)
+        WHERE token_hash IS NOT NULL;
+    """,
 )
+
+SESSION_COLUMNS = ("token_hash, user_id, fingerprint, serial, name, customer, role,"
+                   " previous_login_at, csrf, must_change, created_at, last_seen_at")
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One row of `sessions` (times as Unix seconds)."""
+
+    token_hash: bytes
+    user_id: str
+    fingerprint: str
+    serial: str
+    name: str
+    customer: str
+    role: str
+    previous_login_at: float | None
+    csrf: str = field(repr=False)
+    must_change: str | None
+    created_at: float
+    last_seen_at: float
+
+    def values(self) -> tuple[Any, ...]:
+        """The values in SESSION_COLUMNS order."""
+        return (self.token_hash, self.user_id, self.fingerprint, self.serial, self.name,
+                self.customer, self.role, self.previous_login_at, self.csrf, self.must_change,
+                self.created_at, self.last_seen_at)
+
+
+def session_record(row: Sequence[Any]) -> SessionRecord:
+    """A `sessions` row (SESSION_COLUMNS order) as a record."""
+    return SessionRecord(bytes(row[0]), row[1], row[2], row[3], row[4], row[5], row[6],
+                         row[7], row[8], row[9], float(row[10]), float(row[11]))
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """One session event: a session (token_hash) or whatever session a user had ended."""
+
+    seq: int
+    user_id: str
+    reason: str
+    token_hash: bytes | None
+    fingerprint: str | None
 
 # How long a counted try may stay unchecked, while its gateway lives, before it counts as a
 # failure (R-FAULT-3): far above one argon2 verification (~20 ms) queued behind a burst. A
@@ -337,13 +403,133 @@ class UserStore(SqliteStore):
                 await self._end_sessions(db, user_id, end_sessions)
 
     async def _end_sessions(self, db: aiosqlite.Connection, user_id: str, reason: str) -> None:
-        """Append a session event in the caller's transaction: every gateway process that
-        follows the sequence ends the user's sessions within a poll interval (issue 10 item 9)."""
+        """End the user's stored session and append a session event in the caller's
+        transaction: every gateway process that follows the sequence ends the user's sessions
+        within a poll interval (issue 10 item 9, issue 12)."""
+        async with db.execute("DELETE FROM sessions WHERE user_id = ?"
+                              " RETURNING token_hash, fingerprint", (user_id,)) as cursor:
+            ended: list[Any] = list(await cursor.fetchall())
+        for token_hash, fingerprint in ended or [(None, None)]:
+            await self._append_end(db, user_id, reason, token_hash, fingerprint)
+
+    async def _append_end(self, db: aiosqlite.Connection, user_id: str, reason: str,
+                          token_hash: bytes | None, fingerprint: str | None) -> None:
         now = to_epoch(self._clock.now())
-        await db.execute("INSERT INTO session_events (user_id, reason, at) VALUES (?, ?, ?)",
-                         (user_id, reason, now))
+        await db.execute(
+            "INSERT INTO session_events (user_id, reason, at, token_hash, fingerprint)"
+            " VALUES (?, ?, ?, ?, ?)", (user_id, reason, now, token_hash, fingerprint))
         await db.execute("DELETE FROM session_events WHERE at < ?",
                          (now - SESSION_EVENTS_KEPT_SECONDS,))
+
+    # -- sessions (issue 12: shared by every gateway process; gateway.sessions) -------------
+
+    async def create_session(self, record: SessionRecord) -> None:
+        """Store a new session, ending the user's previous one (re-login, R-SES-2); the
+        UNIQUE user_id makes it one session per user whatever the number of processes."""
+        async with self.transaction() as db:
+            await self._end_sessions_quietly(db, record.user_id, "relogin")
+            await db.execute(
+                f"INSERT INTO sessions ({SESSION_COLUMNS})"  # noqa: S608 - constant
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", record.values())
+
+    async def _end_sessions_quietly(self, db: aiosqlite.Connection, user_id: str,
+                                    reason: str) -> None:
+        """`_end_sessions` without an event when the user had no session."""
+        async with db.execute("DELETE FROM sessions WHERE user_id = ?"
+                              " RETURNING token_hash, fingerprint", (user_id,)) as cursor:
+            ended = list(await cursor.fetchall())
+        for token_hash, fingerprint in ended:
+            await self._append_end(db, user_id, reason, token_hash, fingerprint)
+
+    async def load_session(self, token_hash: bytes) -> SessionRecord | None:
+        """The stored session of a token hash, or None."""
+        row = await self._fetchone(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?",  # noqa: S608
+            (token_hash,))
+        return session_record(row) if row else None
+
+    async def session_of_user(self, user_id: str) -> SessionRecord | None:
+        """The user's stored session, or None."""
+        row = await self._fetchone(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?",  # noqa: S608
+            (user_id,))
+        return session_record(row) if row else None
+
+    async def end_session(self, token_hash: bytes, reason: str) -> bool:
+        """End one session (logout, timeout); False when it was already gone."""
+        async with self.transaction() as db:
+            async with db.execute("DELETE FROM sessions WHERE token_hash = ?"
+                                  " RETURNING user_id, fingerprint", (token_hash,)) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return False
+            await self._append_end(db, row[0], reason, token_hash, row[1])
+            return True
+
+    async def end_user_sessions(self, user_id: str, reason: str) -> bool:
+        """End the user's session (lock seen by the login page, ...); False when none."""
+        async with self.transaction() as db:
+            before = db.total_changes
+            await self._end_sessions_quietly(db, user_id, reason)
+            return db.total_changes != before
+
+    async def end_certificate_sessions(self, fingerprint: str, reason: str) -> int:
+        """End every session created with this certificate (revocation); how many."""
+        async with self.transaction() as db:
+            async with db.execute("DELETE FROM sessions WHERE fingerprint = ?"
+                                  " RETURNING user_id, token_hash", (fingerprint,)) as cursor:
+                rows = list(await cursor.fetchall())
+            for user_id, token_hash in rows:
+                await self._append_end(db, user_id, reason, token_hash, fingerprint)
+            return len(rows)
+
+    async def rotate_session(self, old_hash: bytes, new_hash: bytes) -> bool:
+        """Give the stored session a new token hash; other processes drop the old one."""
+        async with self.transaction() as db:
+            async with db.execute("UPDATE sessions SET token_hash = ? WHERE token_hash = ?"
+                                  " RETURNING user_id, fingerprint",
+                                  (new_hash, old_hash)) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return False
+            await self._append_end(db, row[0], "rotated", old_hash, row[1])
+            return True
+
+    async def update_session(self, token_hash: bytes, must_change: str | None) -> None:
+        """Record that the session's password change is done (or required)."""
+        async with self.transaction() as db:
+            await db.execute("UPDATE sessions SET must_change = ? WHERE token_hash = ?",
+                             (must_change, token_hash))
+
+    async def touch_sessions(self, seen: Sequence[tuple[bytes, float]]) -> None:
+        """Write back last-seen times in one batch (never moving one backwards)."""
+        if not seen:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?) WHERE token_hash = ?",
+                [(at, key) for key, at in seen])
+
+    async def claim_session_end(self, token_hash: bytes, fingerprint: str,
+                                since: float) -> str | None:
+        """Why the session of `token_hash` ended, told once and only to the certificate it
+        was created with (issue 15 item 1); None when there is nothing to tell."""
+        async with self.transaction() as db, db.execute(
+                "UPDATE session_events SET consumed = 1 WHERE seq = (SELECT seq FROM"
+                " session_events WHERE token_hash = ? AND fingerprint = ? AND consumed = 0"
+                " AND at >= ? AND reason NOT IN ('logout', 'rotated')"
+                " ORDER BY seq DESC LIMIT 1) RETURNING reason",
+                (token_hash, fingerprint, since)) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def session_ends_after(self, seq: int) -> list[SessionEnd]:
+        """The session events after `seq`, oldest first (what followers apply)."""
+        rows = await self._fetchall(
+            "SELECT seq, user_id, reason, token_hash, fingerprint FROM session_events"
+            " WHERE seq > ? ORDER BY seq", (seq,))
+        return [SessionEnd(int(r[0]), str(r[1]), str(r[2]),
+                           bytes(r[3]) if r[3] is not None else None, r[4]) for r in rows]
 
     async def last_session_event(self) -> int:
         """The newest session event's sequence number (0 when there is none)."""

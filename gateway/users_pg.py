@@ -32,17 +32,21 @@ import asyncpg
 
 from common import audit_pg
 from common.errors import Unavailable
-from common.postgres import PostgresSettings, migrate, run_transaction, schema_version
+from common.postgres import PostgresSettings, migrate, notify, run_transaction, schema_version
 from common.sqlite import Owner, from_epoch, to_epoch
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.users import (
     _USER_COLUMNS,
     ATTEMPT_DEADLINE,
     LOGIN_ACTOR,
+    SESSION_COLUMNS,
     SESSION_EVENTS_KEPT_SECONDS,
     Role,
+    SessionEnd,
+    SessionRecord,
     User,
     _user,
+    session_record,
 )
 from policy.clock import Clock
 from policy.errors import InvalidUserId
@@ -103,7 +107,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX users_pending ON users (pending_until) WHERE pending_attempts > 0;
     CREATE INDEX unknown_pending ON unknown_attempts (pending_until) WHERE pending_attempts > 0;
     """,
+    """
+    CREATE TABLE sessions (
+        token_hash bytea PRIMARY KEY,
+        user_id text NOT NULL UNIQUE,
+        fingerprint text NOT NULL,
+        serial text NOT NULL,
+        name text NOT NULL,
+        customer text NOT NULL,
+        role text NOT NULL,
+        previous_login_at double precision,
+        csrf text NOT NULL,
+        must_change text,
+        created_at double precision NOT NULL,
+        last_seen_at double precision NOT NULL
+    );
+    CREATE INDEX sessions_by_fingerprint ON sessions (fingerprint);
+    ALTER TABLE session_events ADD COLUMN token_hash bytea;
+    ALTER TABLE session_events ADD COLUMN fingerprint text;
+    ALTER TABLE session_events ADD COLUMN consumed integer NOT NULL DEFAULT 0;
+    CREATE INDEX session_events_by_token ON session_events (token_hash)
+        WHERE token_hash IS NOT NULL;
+    """,
 )
+
+# Woken at every session end's commit (a wake-up: followers then read session_events).
+SESSION_END_CHANNEL = "sekisho_session_end"
 
 _PENDING = ("pending_attempts = {table}.pending_attempts + 1, pending_owner = $2,"
             " pending_until = GREATEST(COALESCE({table}.pending_until, 0), $3)")
@@ -307,17 +336,158 @@ class PgUserStore:
 
         return await self._tx(work)
 
-    async def _end_sessions(self, conn: asyncpg.Connection, user_id: str, reason: str) -> None:
-        """Append a session event in the caller's transaction (issue 10 item 9), its sequence
-        from the counter row (module docstring)."""
+    async def _end_sessions(self, conn: asyncpg.Connection, user_id: str, reason: str, *,
+                            quietly: bool = False) -> int:
+        """End the user's stored session and append a session event in the caller's
+        transaction (issue 10 item 9); without `quietly`, an event even when there was none."""
+        ended = await conn.fetch("DELETE FROM sessions WHERE user_id = $1"
+                                 " RETURNING token_hash, fingerprint", user_id)
+        rows: list[Any] = list(ended) or ([] if quietly else [(None, None)])
+        for token_hash, fingerprint in rows:
+            await self._append_end(conn, user_id, reason, token_hash, fingerprint)
+        return len(ended)
+
+    async def _append_end(self, conn: asyncpg.Connection, user_id: str, reason: str,
+                          token_hash: bytes | None, fingerprint: str | None) -> None:
+        """One session event, its sequence from the counter row (module docstring), and a
+        NOTIFY that wakes every follower at commit."""
         now = to_epoch(self._clock.now())
         seq = await conn.fetchval(
             "UPDATE counters SET value = value + 1 WHERE name = 'session_events' RETURNING value")
         await conn.execute(
-            "INSERT INTO session_events (seq, user_id, reason, at) VALUES ($1, $2, $3, $4)",
-            seq, user_id, reason, now)
+            "INSERT INTO session_events (seq, user_id, reason, at, token_hash, fingerprint)"
+            " VALUES ($1, $2, $3, $4, $5, $6)", seq, user_id, reason, now, token_hash,
+            fingerprint)
         await conn.execute("DELETE FROM session_events WHERE at < $1",
                            now - SESSION_EVENTS_KEPT_SECONDS)
+        await notify(conn, SESSION_END_CHANNEL, str(seq))
+
+    # -- sessions (issue 12; gateway.users.UserStore documents each) ------------------------
+
+    async def create_session(self, record: SessionRecord) -> None:
+        """Store a new session, ending the user's previous one (R-SES-2). Two processes
+        creating one for the same user at once: the UNIQUE user_id refuses the second insert,
+        which then runs again and ends the first (re-login)."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await self._end_sessions(conn, record.user_id, "relogin", quietly=True)
+            await conn.execute(
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES"  # noqa: S608 - constant
+                " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", *record.values())
+
+        for attempt in range(5):
+            try:
+                await self._tx(work)
+                return
+            except asyncpg.exceptions.UniqueViolationError:
+                if attempt == 4:
+                    raise
+
+    async def load_session(self, token_hash: bytes) -> SessionRecord | None:
+        """The stored session of a token hash, or None."""
+        row = await self._read(lambda conn: conn.fetchrow(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1",  # noqa: S608
+            token_hash))
+        return session_record(row) if row else None
+
+    async def session_of_user(self, user_id: str) -> SessionRecord | None:
+        """The user's stored session, or None."""
+        row = await self._read(lambda conn: conn.fetchrow(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1",  # noqa: S608
+            user_id))
+        return session_record(row) if row else None
+
+    async def end_session(self, token_hash: bytes, reason: str) -> bool:
+        """End one session (logout, timeout); False when it was already gone."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            row = await conn.fetchrow("DELETE FROM sessions WHERE token_hash = $1"
+                                      " RETURNING user_id, fingerprint", token_hash)
+            if row is None:
+                return False
+            await self._append_end(conn, row[0], reason, token_hash, row[1])
+            return True
+
+        return await self._tx(work)
+
+    async def end_user_sessions(self, user_id: str, reason: str) -> bool:
+        """End the user's session; False when there was none."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            return await self._end_sessions(conn, user_id, reason, quietly=True) > 0
+
+        return await self._tx(work)
+
+    async def end_certificate_sessions(self, fingerprint: str, reason: str) -> int:
+        """End every session created with this certificate (revocation); how many."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            rows = await conn.fetch("DELETE FROM sessions WHERE fingerprint = $1"
+                                    " RETURNING user_id, token_hash", fingerprint)
+            for user_id, token_hash in rows:
+                await self._append_end(conn, user_id, reason, token_hash, fingerprint)
+            return len(rows)
+
+        return await self._tx(work)
+
+    async def rotate_session(self, old_hash: bytes, new_hash: bytes) -> bool:
+        """Give the stored session a new token hash; other processes drop the old one."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            row = await conn.fetchrow("UPDATE sessions SET token_hash = $1 WHERE token_hash = $2"
+                                      " RETURNING user_id, fingerprint", new_hash, old_hash)
+            if row is None:
+                return False
+            await self._append_end(conn, row[0], "rotated", old_hash, row[1])
+            return True
+
+        return await self._tx(work)
+
+    async def update_session(self, token_hash: bytes, must_change: str | None) -> None:
+        """Record that the session's password change is done (or required)."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.execute("UPDATE sessions SET must_change = $1 WHERE token_hash = $2",
+                               must_change, token_hash)
+
+        await self._tx(work)
+
+    async def touch_sessions(self, seen: Sequence[tuple[bytes, float]]) -> None:
+        """Write back last-seen times in one statement (never moving one backwards)."""
+        if not seen:
+            return
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE sessions s SET last_seen_at = GREATEST(s.last_seen_at, t.at)"
+                " FROM unnest($1::bytea[], $2::float8[]) AS t(key, at)"
+                " WHERE s.token_hash = t.key",
+                [key for key, _ in seen], [at for _, at in seen])
+
+        await self._tx(work)
+
+    async def claim_session_end(self, token_hash: bytes, fingerprint: str,
+                                since: float) -> str | None:
+        """Why the session ended, once, to its own certificate (issue 15 item 1)."""
+
+        async def work(conn: asyncpg.Connection) -> str | None:
+            return await conn.fetchval(
+                "UPDATE session_events SET consumed = 1 WHERE seq = (SELECT seq FROM"
+                " session_events WHERE token_hash = $1 AND fingerprint = $2 AND consumed = 0"
+                " AND at >= $3 AND reason NOT IN ('logout', 'rotated')"
+                " ORDER BY seq DESC LIMIT 1 FOR UPDATE) AND consumed = 0 RETURNING reason",
+                token_hash, fingerprint, since)
+
+        reason = await self._tx(work)
+        return str(reason) if reason is not None else None
+
+    async def session_ends_after(self, seq: int) -> list[SessionEnd]:
+        """The session events after `seq`, oldest first (what followers apply)."""
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT seq, user_id, reason, token_hash, fingerprint FROM session_events"
+            " WHERE seq > $1 ORDER BY seq", seq))
+        return [SessionEnd(int(r[0]), str(r[1]), str(r[2]),
+                           bytes(r[3]) if r[3] is not None else None, r[4]) for r in rows]
 
     async def last_session_event(self) -> int:
         """The newest session event's sequence number (0 when there is none)."""

@@ -35,7 +35,7 @@ from gateway.auth import Authenticator
 from gateway.cli import ca_client_for, load_trust_bundle
 from gateway.config import GatewayConfig, gateway_config_from
 from gateway.state import AUTH, REVOCATION
-from gateway.store import UserBackend
+from gateway.store import UserBackend, open_user_store
 from gateway.tls import server_context
 from gateway.users import UserStore
 from gateway.users_pg import PgUserStore
@@ -118,7 +118,7 @@ class GatewayHarness:
     gateway_loop: LoopThread
     backend_loop: LoopThread
     runners: list[tuple[LoopThread, web.AppRunner]]
-    users: UserStore
+    users: UserBackend
     hasher: PasswordHasher
     ca_running: bool = True
 
@@ -346,15 +346,17 @@ class Browser:
         return None
 
 
-def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
-    """The [gateway] part of a test config.toml (and a long-lived OCSP responder)."""
+def gateway_section(port: int, backend_port: int, extra: str = "", *,
+                    database: str = "var/gateway/gateway.sqlite3") -> str:
+    """The [gateway] part of a test config.toml (and a long-lived OCSP responder);
+    `database` a SQLite path or a postgresql:// DSN."""
     return f"""
         [ocsp]
         responder_validity_days = 400
         [gateway]
         listen = "127.0.0.1:{port}"
         public_url = "https://127.0.0.1:{port}"
-        database = "var/gateway/gateway.sqlite3"
+        database = "{database}"
         backend_url = "http://127.0.0.1:{backend_port}"
         ca_api_token_file = "var/secrets/ca-api-token"
         tls_cert = "var/gateway/tls/server.crt.pem"
@@ -366,11 +368,13 @@ def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
 
 
 def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
-                  tables: str = "", internal_tls: bool = False) -> GatewayHarness:
+                  tables: str = "", internal_tls: bool = False,
+                  database: str = "var/gateway/gateway.sqlite3") -> GatewayHarness:
     """Start CA, demo backend and gateway on loopback; the gateway's CA URLs point at the CA
     (its internal API over TLS, pinning the CA's self-signed certificate, with `internal_tls`)."""
     port, backend_port = free_port(), free_port()
-    config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra),
+    config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra,
+                                                                  database=database),
                           internal_tls=internal_tls)
     ca_config = load_ca_config(config_path)
     public, internal = ca_config.public_listen.port, ca_config.internal_listen.port
@@ -389,10 +393,10 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
     runners.append((backend_loop, backend_runner))
     hasher = PasswordHasher(time_cost=1, memory_cost_kib=1024)
 
-    async def open_gateway() -> tuple[UserStore, web.Application, ssl.SSLContext]:
+    async def open_gateway() -> tuple[UserBackend, web.Application, ssl.SSLContext]:
         ca_client = ca_client_for(config)
         bundle = await load_trust_bundle(ca_client, config.trust_bundle_cache)
-        users = await UserStore.open(config.database, clock)
+        users = await open_user_store(config, clock)
         app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca_client,
                         bundle=bundle)
         return users, app, server_context(config.tls_cert, config.tls_key, bundle)
@@ -416,9 +420,13 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
 
 
 @pytest.fixture
-def gw(tmp_path: Path, clock: FakeClock) -> Iterator[GatewayHarness]:
-    """A running CA + demo backend + gateway with real TLS on loopback."""
-    harness = start_gateway(tmp_path, clock)
+def gw(tmp_path: Path, clock: FakeClock, gateway_store: str,
+       request: pytest.FixtureRequest) -> Iterator[GatewayHarness]:
+    """A running CA + demo backend + gateway with real TLS on loopback, on the
+    `gateway_store` backend."""
+    database = (request.getfixturevalue("postgres_dsn") if gateway_store == "postgresql"
+                else "var/gateway/gateway.sqlite3")
+    harness = start_gateway(tmp_path, clock, database=database)
     yield harness
     harness.stop()
 

@@ -2,9 +2,10 @@
 in every gateway process (issue 10 item 9, R-SES-2, §2.6).
 
 `sekisho-gateway users disable` and `users reset-password` run as their own process and write
-the gateway's SQLite file; the gateways follow the store's session-event sequence. Here a
-real `sekisho-gateway serve` process and the in-process test gateway share one database, the
-CLI runs as a third process, and curl / aiohttp are the clients.
+the gateway's store; the gateways follow the store's session-event sequence. Here a real
+`sekisho-gateway serve` process and the in-process test gateway share one database (SQLite
+and PostgreSQL), the CLI runs as a third process, and curl / aiohttp are the clients. The
+session itself is shared (issue 12): one login serves both gateways.
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Enrolled, GatewayHarness, csrf_of, wait_closed_by_server
+from tests.gateway.conftest import (
+    BOTH_STORES,
+    Enrolled,
+    GatewayHarness,
+    csrf_of,
+    wait_closed_by_server,
+)
 from tests.support.servers import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
+pytestmark = BOTH_STORES
 
 
 def _cli(gw: GatewayHarness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,14 +64,18 @@ def second_gateway(gw: GatewayHarness) -> Iterator[GatewayHarness]:
         process.wait(timeout=15)
 
 
-def _ended_within(gw: GatewayHarness, who: Enrolled, jar: str, code: str,
+def _ended_within(gw: GatewayHarness, who: Enrolled, jar: str, code: str | None,
                   seconds: float = 10.0) -> float:
-    """Seconds until the session's next request gets the session-ended page `code`."""
+    """Seconds until the session's next request gets the session-ended page `code` (the
+    first request after the end, on whichever gateway, is told why), or, with None, the way
+    to the login page (the reason was told already)."""
     start = time.monotonic()
     while time.monotonic() - start < seconds:
-        page = gw.curl("/trade/forward", who, "-b", jar, "-c", jar)
-        if f'data-code="{code}"' in page.stdout:
+        page = gw.curl("/trade/forward", who, "-b", jar)
+        if code is not None and f'data-code="{code}"' in page.stdout:
             assert page.stdout.endswith("\n401")
+            return time.monotonic() - start
+        if code is None and page.stdout.endswith("\n303"):
             return time.monotonic() - start
         assert page.stdout.endswith("\n200"), page.stdout[-300:]
         time.sleep(0.05)
@@ -77,21 +89,18 @@ def _ended_within(gw: GatewayHarness, who: Enrolled, jar: str, code: str,
 def test_helpdesk_cli_ends_live_sessions_in_every_gateway_process_R_SES_2(
         gw: GatewayHarness, second_gateway: GatewayHarness, command: str, code: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """curl holds a live session on a real gateway process and on the in-process gateway;
-    after the CLI (a third process) returns, the next request on each gets the page saying
-    why, within about a second (the session-event poll is 0.25 s)."""
+    """curl logs in on a real gateway process; the same cookie is served by the in-process
+    gateway too (one shared session). After the CLI (a third process) returns, the next
+    request through the real process gets the page saying why, and the in-process gateway
+    refuses the cookie, each within about a second (the session-event poll is 0.25 s)."""
     user = gw.enroll("720001")
-    jar_second, login = second_gateway.curl_login(user, "-L")
+    jar, login = second_gateway.curl_login(user, "-L")
     assert login.stdout.endswith("\n200"), login.stdout[-300:]
-    jar_first = str(gw.directory / "curl-first.txt")
-    page = gw.curl("/auth/login", user, "-c", jar_first, "-b", jar_first)
-    assert gw.curl("/auth/login", user, "-c", jar_first, "-b", jar_first, "-L",
-                   "--data-urlencode", f"csrf={csrf_of(page.stdout)}",
-                   "--data-urlencode", f"password={user.password}").stdout.endswith("\n200")
+    assert gw.curl("/trade/forward", user, "-b", jar).stdout.endswith("\n200")
     result = _cli(gw, "users", command, "720001")
     assert result.returncode == 0, result.stderr
-    elapsed = [_ended_within(second_gateway, user, jar_second, code),
-               _ended_within(gw, user, jar_first, code)]
+    elapsed = [_ended_within(second_gateway, user, jar, code),
+               _ended_within(gw, user, jar, None)]
     with capsys.disabled():
         print(f"\n{command}: CLI returned -> session-ended page after "
               f"{elapsed[0] * 1000:.0f} ms (process) / {elapsed[1] * 1000:.0f} ms (in-process)")

@@ -46,7 +46,7 @@ class TestRevocationPropagation:
 
             elapsed = await _wait_for(refused, 5)
             assert elapsed < 2.0
-        assert gw.app[SESSIONS].active_for_user("400001") is None
+        assert gw.run(gw.app[SESSIONS].active_for_user("400001")) is None
         async with gw.browser(user) as fresh:
             page = await fresh.get("/auth/login")
             assert page.status == 403 and page.error == "cert_revoked"
