@@ -344,8 +344,8 @@ async def cmd_audit_show(config: GatewayConfig, clock: Clock, args: argparse.Nam
 # -- db (issue 12) -------------------------------------------------------------------------
 
 # What `db copy` moves, parents before children, and the counter rows it sets afterwards.
-_COPIED_TABLES = ("users", "password_history", "unknown_attempts", "session_events",
-                  "audit_log")
+_COPIED_TABLES = ("users", "password_history", "unknown_attempts", "sessions", "pickups",
+                  "session_events", "audit_log")
 
 
 def _sqlite_version(path: Path) -> int:
@@ -406,7 +406,8 @@ async def cmd_db_status(config: GatewayConfig, clock: Clock, args: argparse.Name
 
 async def cmd_db_copy(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Copy the embedded SQLite store into an empty PostgreSQL database (issue 12): users,
-    password history, lockout state and pending tries, session events and the audit chain,
+    password history, lockout state and pending tries, sessions (nobody is logged out) and
+    their events, and the audit chain,
     row by row in one transaction, then verify the chain and the counts on the target."""
     from gateway.users_pg import PgUserStore
 

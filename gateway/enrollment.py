@@ -7,8 +7,11 @@ The manual's flow: form -> issuing screen -> download page with [ダウンロー
 * Renewal needs the current certificate and the login password of its user (a counted try);
   the CA encrypts the new PKCS#12 with that password.
 * The form's POST shows the issuing screen while it runs (static/pages.js), then answers
-  303 to the download page. The PKCS#12 waits in this process's memory for
-  `PICKUP_LIFETIME`, under a random one-time ticket held in an HttpOnly `__Host-` cookie;
+  303 to the download page. The PKCS#12 waits in the gateway's store (issue 12: whichever
+  gateway process the download reaches) for `PICKUP_LIFETIME`, under a random one-time
+  ticket held in an HttpOnly `__Host-` cookie, sealed with AES-256-GCM under a key derived
+  from that ticket (HKDF-SHA256): the store keeps only the ticket's SHA-256, so a database
+  reader or a backup never holds a usable file, and it is deleted when taken or expired;
   the [ダウンロード] button (a POST with the form's CSRF token, so no prefetcher or link
   scanner can spend it) takes it out: it is handed over once, with `Cache-Control: no-store`.
   A renewed file is also bound to the certificate that asked for it. The file bytes (already
@@ -23,12 +26,15 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiohttp import web
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.access import (
     PAGE_HEADERS,
@@ -52,6 +58,8 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.state import AUTH, CA, CLOCK, CONFIG, USERS, VERIFIER
+from gateway.store import PickupBackend
+from gateway.users import PickupRecord
 from gateway.verify import ClientCertificate
 from policy.clock import Clock
 
@@ -114,59 +122,83 @@ class Pickup:
 
 
 class PickupStore:
-    """Issued files by ticket hash; each can be taken once, within its lifetime."""
+    """Issued files by ticket hash, in the gateway's store; each can be taken once, within
+    its lifetime, by whichever process the request reaches (module docstring)."""
 
-    def __init__(self, clock: Clock, *, lifetime: timedelta = PICKUP_LIFETIME,
-                 limit: int = MAX_PICKUPS) -> None:
+    def __init__(self, clock: Clock, backend: PickupBackend, *,
+                 lifetime: timedelta = PICKUP_LIFETIME, limit: int = MAX_PICKUPS) -> None:
         self._clock = clock
+        self._backend = backend
         self._lifetime = lifetime
         self._limit = limit
-        self._by_key: OrderedDict[bytes, Pickup] = OrderedDict()
 
     @property
     def lifetime(self) -> timedelta:
         """How long an issued file waits."""
         return self._lifetime
 
-    def put(self, kind: str, delivered: Delivered, fingerprint: str | None) -> str:
-        """Keep a delivered file; returns the ticket for the cookie."""
-        self._drop_expired()
-        while len(self._by_key) >= self._limit:
-            self._by_key.popitem(last=False)
+    async def put(self, kind: str, delivered: Delivered, fingerprint: str | None) -> str:
+        """Keep a delivered file, sealed; returns the ticket for the cookie."""
         ticket = secrets.token_urlsafe(32)
-        self._by_key[_ticket_key(ticket)] = Pickup(
-            kind=kind, user_id=delivered.user_id, serial=delivered.serial,
-            not_after=delivered.not_after, expires_at=self._clock.now() + self._lifetime,
-            fingerprint=fingerprint, pkcs12=delivered.pkcs12)
+        key = _ticket_key(ticket)
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + AESGCM(_sealing_key(ticket)).encrypt(nonce, delivered.pkcs12, key)
+        now = self._clock.now()
+        await self._backend.put_pickup(PickupRecord(
+            ticket_hash=key, kind=kind, user_id=delivered.user_id, serial=delivered.serial,
+            not_after=delivered.not_after, expires_at=(now + self._lifetime).timestamp(),
+            fingerprint=fingerprint, sealed=sealed), now.timestamp(), self._limit)
         return ticket
 
-    def peek(self, ticket: str | None) -> Pickup | None:
+    async def peek(self, ticket: str | None) -> Pickup | None:
         """The waiting file of a ticket, left in place."""
-        self._drop_expired()
-        return self._by_key.get(_ticket_key(ticket)) if ticket else None
+        if not ticket:
+            return None
+        record = await self._backend.peek_pickup(_ticket_key(ticket),
+                                                 self._clock.now().timestamp())
+        return _unsealed(record, ticket)
 
-    def take(self, ticket: str | None) -> Pickup | None:
+    async def take(self, ticket: str | None) -> Pickup | None:
         """The waiting file of a ticket, removed: a second take gets None."""
-        self._drop_expired()
-        return self._by_key.pop(_ticket_key(ticket), None) if ticket else None
-
-    def _drop_expired(self) -> None:
-        now = self._clock.now()
-        for key in [k for k, p in self._by_key.items() if p.expires_at <= now]:
-            del self._by_key[key]
+        if not ticket:
+            return None
+        record = await self._backend.take_pickup(_ticket_key(ticket),
+                                                 self._clock.now().timestamp())
+        return _unsealed(record, ticket)
 
 
 def _ticket_key(ticket: str) -> bytes:
     return hashlib.sha256(ticket.encode()).digest()
 
 
+def _sealing_key(ticket: str) -> bytes:
+    """The AES-256 key of a pickup: HKDF-SHA256 of the ticket (RFC 5869), a function apart
+    from the SHA-256 the store keys it by."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"sekisho pickup seal v1").derive(ticket.encode())
+
+
+def _unsealed(record: PickupRecord | None, ticket: str) -> Pickup | None:
+    """The file of a stored pickup, opened with the ticket (None when it does not open)."""
+    if record is None:
+        return None
+    try:
+        pkcs12 = AESGCM(_sealing_key(ticket)).decrypt(record.sealed[:12], record.sealed[12:],
+                                                      record.ticket_hash)
+    except InvalidTag:
+        return None
+    return Pickup(kind=record.kind, user_id=record.user_id, serial=record.serial,
+                  not_after=record.not_after, expires_at=datetime.fromtimestamp(
+                      record.expires_at, UTC), fingerprint=record.fingerprint, pkcs12=pkcs12)
+
+
 PICKUPS = web.AppKey("pickups", PickupStore)
 
 
-def _hand_over(request: web.Request, kind: str, delivered: Delivered,
+async def _hand_over(request: web.Request, kind: str, delivered: Delivered,
                fingerprint: str | None = None) -> web.Response:
     """303 to the download page; the ticket goes into its own short-lived cookie."""
-    ticket = request.app[PICKUPS].put(kind, delivered, fingerprint)
+    ticket = await request.app[PICKUPS].put(kind, delivered, fingerprint)
     response = redirect("/auth/download")
     response.set_cookie(PICKUP_COOKIE, ticket, path="/", secure=True, httponly=True,
                         samesite="Strict",
@@ -184,7 +216,7 @@ def _own(pickup: Pickup | None, request: web.Request) -> Pickup | None:
 
 async def download_page(request: web.Request) -> web.Response:
     """GET /auth/download: 証明書ダウンロード画面 with [ダウンロード] and import help."""
-    pickup = _own(request.app[PICKUPS].peek(request.cookies.get(PICKUP_COOKIE)), request)
+    pickup = _own(await request.app[PICKUPS].peek(request.cookies.get(PICKUP_COOKIE)), request)
     minutes = int(request.app[PICKUPS].lifetime.total_seconds() // 60)
     return render(request, "download.html", {"pickup": pickup, "pickup_minutes": minutes,
                                              "kind": await _wording(request, pickup)},
@@ -207,11 +239,12 @@ async def download(request: web.Request) -> web.Response:
     check_form_token(request, form)
     store = request.app[PICKUPS]
     ticket = request.cookies.get(PICKUP_COOKIE)
-    pickup = _own(store.peek(ticket), request)
+    pickup = _own(await store.peek(ticket), request)
+    if pickup is not None:
+        pickup = await store.take(ticket)  # one taker wins, whichever process it reaches
     if pickup is None:
         return render(request, "download.html", {"pickup": None}, status=404,
                       form_token=form_token(request))
-    store.take(ticket)
     _log.info("certificate_downloaded", user_id=pickup.user_id, serial=pickup.serial,
               kind=pickup.kind)
     response = web.Response(
@@ -264,7 +297,7 @@ async def acquire(request: web.Request) -> web.Response:
         return render(request, "acquire.html", {"error": exc, "user_id": user_id},
                       status=exc.status, form_token=form_token(request))
     _log.info("certificate_acquired", user_id=user_id, serial=delivered.serial)
-    return _hand_over(request, "acquire", delivered)
+    return await _hand_over(request, "acquire", delivered)
 
 
 async def renew_page(request: web.Request) -> web.Response:
@@ -301,12 +334,12 @@ async def renew(request: web.Request) -> web.Response:
                       status=exc.status, form_token=form_token(request))
     _log.info("certificate_renewed", user_id=certificate.user_id, old_serial=certificate.serial,
               serial=delivered.serial)
-    return _hand_over(request, "renew", delivered, certificate.fingerprint)
+    return await _hand_over(request, "renew", delivered, certificate.fingerprint)
 
 
 def add_routes(app: web.Application) -> None:
     """Register the acquisition, renewal and download pages (and the pickup store)."""
-    app[PICKUPS] = PickupStore(app[CLOCK])
+    app[PICKUPS] = PickupStore(app[CLOCK], app[USERS])
     app.router.add_get("/auth/acquire", acquire_page)
     app.router.add_post("/auth/acquire", acquire)
     app.router.add_get("/auth/renew", renew_page)

@@ -14,11 +14,19 @@ from typing import Any, Protocol
 from common.audit import AuditEntry
 from gateway.config import GatewayConfig
 from gateway.sessions import SessionBackend
-from gateway.users import Role, User, UserStore
+from gateway.users import PickupRecord, Role, User, UserStore
 from policy.clock import Clock
 
 
-class UserBackend(SessionBackend, Protocol):
+class PickupBackend(Protocol):
+    """Where issued files wait for their download (`gateway.enrollment`)."""
+
+    async def put_pickup(self, record: PickupRecord, now: float, limit: int) -> None: ...
+    async def peek_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None: ...
+    async def take_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None: ...
+
+
+class UserBackend(SessionBackend, PickupBackend, Protocol):
     """What the gateway needs from its store (the public methods of
     `gateway.users.UserStore`; see its docstrings for the rules each one keeps), sessions
     included (`gateway.sessions.SessionBackend`)."""

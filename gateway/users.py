@@ -118,7 +118,48 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX session_events_by_token ON session_events (token_hash)
         WHERE token_hash IS NOT NULL;
     """,
+    # 5: download pickups as shared state (issue 12), sealed (gateway.enrollment).
+    """
+    CREATE TABLE pickups (
+        ticket_hash BLOB PRIMARY KEY,          -- SHA-256 of the cookie ticket
+        kind TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        not_after TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        fingerprint TEXT,
+        sealed BLOB NOT NULL                   -- AES-GCM under a key derived from the ticket
+    );
+    CREATE INDEX pickups_by_expiry ON pickups (expires_at);
+    """,
 )
+
+PICKUP_COLUMNS = "ticket_hash, kind, user_id, serial, not_after, expires_at, fingerprint, sealed"
+
+
+@dataclass(frozen=True)
+class PickupRecord:
+    """One row of `pickups` (`sealed` is the PKCS#12 encrypted under the ticket's key)."""
+
+    ticket_hash: bytes
+    kind: str
+    user_id: str
+    serial: str
+    not_after: str
+    expires_at: float
+    fingerprint: str | None
+    sealed: bytes = field(repr=False)
+
+    def values(self) -> tuple[Any, ...]:
+        """The values in PICKUP_COLUMNS order."""
+        return (self.ticket_hash, self.kind, self.user_id, self.serial, self.not_after,
+                self.expires_at, self.fingerprint, self.sealed)
+
+
+def pickup_record(row: Sequence[Any]) -> PickupRecord:
+    """A `pickups` row (PICKUP_COLUMNS order) as a record."""
+    return PickupRecord(bytes(row[0]), row[1], row[2], row[3], row[4], float(row[5]), row[6],
+                        bytes(row[7]))
 
 SESSION_COLUMNS = ("token_hash, user_id, fingerprint, serial, name, customer, role,"
                    " previous_login_at, csrf, must_change, created_at, last_seen_at")
@@ -522,6 +563,34 @@ class UserStore(SqliteStore):
                 (token_hash, fingerprint, since)) as cursor:
             row = await cursor.fetchone()
         return str(row[0]) if row else None
+
+    # -- pickups (issue 12; gateway.enrollment) ---------------------------------------------
+
+    async def put_pickup(self, record: PickupRecord, now: float, limit: int) -> None:
+        """Keep a sealed file; expired ones go, and the oldest beyond `limit`."""
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM pickups WHERE expires_at <= ?", (now,))
+            await db.execute(
+                f"INSERT INTO pickups ({PICKUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                record.values())
+            await db.execute(
+                "DELETE FROM pickups WHERE ticket_hash IN (SELECT ticket_hash FROM pickups"
+                " ORDER BY expires_at DESC LIMIT -1 OFFSET ?)", (limit,))
+
+    async def peek_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None:
+        """The waiting file of a ticket hash, left in place (None when gone or expired)."""
+        row = await self._fetchone(
+            f"SELECT {PICKUP_COLUMNS} FROM pickups WHERE ticket_hash = ?"  # noqa: S608
+            " AND expires_at > ?", (ticket_hash, now))
+        return pickup_record(row) if row else None
+
+    async def take_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None:
+        """The waiting file, deleted in the same statement: one taker wins."""
+        async with self.transaction() as db, db.execute(
+                f"DELETE FROM pickups WHERE ticket_hash = ? AND expires_at > ?"  # noqa: S608
+                f" RETURNING {PICKUP_COLUMNS}", (ticket_hash, now)) as cursor:
+            row = await cursor.fetchone()
+        return pickup_record(row) if row else None
 
     async def session_ends_after(self, seq: int) -> list[SessionEnd]:
         """The session events after `seq`, oldest first (what followers apply)."""

@@ -39,13 +39,16 @@ from gateway.users import (
     _USER_COLUMNS,
     ATTEMPT_DEADLINE,
     LOGIN_ACTOR,
+    PICKUP_COLUMNS,
     SESSION_COLUMNS,
     SESSION_EVENTS_KEPT_SECONDS,
+    PickupRecord,
     Role,
     SessionEnd,
     SessionRecord,
     User,
     _user,
+    pickup_record,
     session_record,
 )
 from policy.clock import Clock
@@ -128,6 +131,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE session_events ADD COLUMN consumed integer NOT NULL DEFAULT 0;
     CREATE INDEX session_events_by_token ON session_events (token_hash)
         WHERE token_hash IS NOT NULL;
+    """,
+    """
+    CREATE TABLE pickups (
+        ticket_hash bytea PRIMARY KEY,
+        kind text NOT NULL,
+        user_id text NOT NULL,
+        serial text NOT NULL,
+        not_after text NOT NULL,
+        expires_at double precision NOT NULL,
+        fingerprint text,
+        sealed bytea NOT NULL
+    );
+    CREATE INDEX pickups_by_expiry ON pickups (expires_at);
     """,
 )
 
@@ -480,6 +496,40 @@ class PgUserStore:
 
         reason = await self._tx(work)
         return str(reason) if reason is not None else None
+
+    # -- pickups (issue 12; gateway.enrollment) ---------------------------------------------
+
+    async def put_pickup(self, record: PickupRecord, now: float, limit: int) -> None:
+        """Keep a sealed file; expired ones go, and the oldest beyond `limit`."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM pickups WHERE expires_at <= $1", now)
+            await conn.execute(
+                f"INSERT INTO pickups ({PICKUP_COLUMNS})"  # noqa: S608 - constant
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *record.values())
+            await conn.execute(
+                "DELETE FROM pickups WHERE ticket_hash IN (SELECT ticket_hash FROM pickups"
+                " ORDER BY expires_at DESC OFFSET $1)", limit)
+
+        await self._tx(work)
+
+    async def peek_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None:
+        """The waiting file of a ticket hash, left in place (None when gone or expired)."""
+        row = await self._read(lambda conn: conn.fetchrow(
+            f"SELECT {PICKUP_COLUMNS} FROM pickups WHERE ticket_hash = $1"  # noqa: S608
+            " AND expires_at > $2", ticket_hash, now))
+        return pickup_record(row) if row else None
+
+    async def take_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None:
+        """The waiting file, deleted in the same statement: one taker wins."""
+
+        async def work(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(
+                f"DELETE FROM pickups WHERE ticket_hash = $1 AND expires_at > $2"  # noqa: S608
+                f" RETURNING {PICKUP_COLUMNS}", ticket_hash, now)
+
+        row = await self._tx(work)
+        return pickup_record(row) if row else None
 
     async def session_ends_after(self, seq: int) -> list[SessionEnd]:
         """The session events after `seq`, oldest first (what followers apply)."""

@@ -10,8 +10,9 @@ from datetime import timedelta
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from gateway.pages import JST
-from tests.gateway.conftest import GatewayHarness, csrf_of
+from tests.gateway.conftest import BOTH_STORES, GatewayHarness, csrf_of
 
+pytestmark = BOTH_STORES  # issue 12: storage-relevant, run on both backends
 
 class TestAcquisition:
     """§2.1: user ID + login password + acquisition password -> PKCS#12 download."""

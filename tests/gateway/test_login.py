@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import GOOD_PASSWORD, GatewayHarness, csrf_of
+from tests.gateway.conftest import BOTH_STORES, GOOD_PASSWORD, GatewayHarness, csrf_of
 
 SESSION = "__Host-sekisho-session"
 MINUTE = timedelta(minutes=1)
 SECOND = timedelta(seconds=1)
 
+
+pytestmark = BOTH_STORES  # issue 12: storage-relevant, run on both backends
 
 class TestLogin:
     """§2.2: certificate + password -> the backend's first screen."""
