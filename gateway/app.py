@@ -263,6 +263,9 @@ async def follow_session_events(users: UserBackend, sessions: SessionStore,
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
             wake.clear()
+        # Every end committed before this moment is in what the read returns: the cache is
+        # trusted for STALE_AFTER from here, not from when the read came back.
+        reading = time.monotonic()
         try:
             events = await users.session_ends_after(after)
         except Exception:  # a locked or busy file: try again at the next poll
@@ -272,7 +275,7 @@ async def follow_session_events(users: UserBackend, sessions: SessionStore,
             after = end.seq
             if sessions.apply(end) and end.reason != "rotated":
                 _log.info("sessions_ended", user_id=end.user_id, reason=end.reason)
-        sessions.synced_at = time.monotonic()
+        sessions.synced_at = reading
 
 
 @contextlib.asynccontextmanager

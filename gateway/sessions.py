@@ -129,10 +129,6 @@ class SessionBackend(Protocol):
     async def session_ends_after(self, seq: int) -> list[SessionEnd]: ...
 
 
-# Events that are no end a user should be told about.
-_ROTATED = "rotated"
-
-
 class SessionStore:
     """The sessions of the cluster as this process sees them (module docstring)."""
 
@@ -193,7 +189,10 @@ class SessionStore:
         """A session event read by the follower: the session ends in this process too (its
         relays are cancelled); True when this process held it."""
         if end.token_hash is not None:
-            return self._drop(end.token_hash, cancel=end.reason != _ROTATED) is not None
+            # A rotation (password change) too stops this process's relays of the session:
+            # the event does not name the new token, so the cached object is dropped, and
+            # its relays must not outlive it unseen by a later end.
+            return self._drop(end.token_hash) is not None
         key = self._key_of_user.get(end.user_id)
         return key is not None and self._drop(key) is not None
 

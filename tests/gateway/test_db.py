@@ -10,10 +10,16 @@ import pytest
 
 from common.postgres import PostgresSettings
 from gateway import cli
-from gateway.users import MIGRATIONS, UserStore
+from gateway.users import MIGRATIONS, SessionRecord, UserStore
 from gateway.users_pg import PgUserStore
 from policy.clock import FakeClock
 from tests.gateway.test_users import add
+
+
+SESSION = SessionRecord(token_hash=b"\x01" * 32, user_id="100003", fingerprint="f" * 64,
+                        serial="ab", name="Tanaka", customer="ABC", role="contractor",
+                        previous_login_at=None, csrf="c" * 43, must_change=None,
+                        created_at=1_796_000_000.25, last_seen_at=1_796_000_100.5)
 
 
 def _config(tmp_path: Path, database: str, extra: str = "") -> Path:
@@ -42,6 +48,7 @@ async def _embedded_install(path: Path, clock: FakeClock) -> None:
         await store.reserve_unknown_attempt("ghost", 3)
         await store.record_unknown_failure("ghost", 3)
         await store.disable("100001", actor="helpdesk:x")
+        await store.create_session(SESSION)  # a logged-in user stays logged in
     finally:
         await store.close()
 
@@ -117,6 +124,7 @@ class TestCopy:
                 assert await target.reserve_attempt("100001", 3) == "locked"  # disabled
                 assert await target.reserve_unknown_attempt("ghost", 3) == "reserved"
                 assert await target.last_session_event() == await source.last_session_event()
+                assert await target.load_session(SESSION.token_hash) == SESSION
                 await target.unlock("100002", actor="helpdesk:x")  # the chain goes on
                 assert await target.verify_audit() == []
             finally:
