@@ -15,7 +15,6 @@ from gateway.users_pg import PgUserStore
 from policy.clock import FakeClock
 from tests.gateway.test_users import add
 
-
 SESSION = SessionRecord(token_hash=b"\x01" * 32, user_id="100003", fingerprint="f" * 64,
                         serial="ab", name="Tanaka", customer="ABC", role="contractor",
                         previous_login_at=None, csrf="c" * 43, must_change=None,
