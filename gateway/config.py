@@ -142,7 +142,7 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         listen=gw.address("listen", "127.0.0.1:8443"),
         public_url=_url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url",
                         ("https://",)),
-        database=(gw.path("database") if postgres is None
+        database=(gw.path("database", "var/gateway/gateway.sqlite3") if postgres is None
                   else raw.base_dir / "var/gateway/gateway.sqlite3"),
         postgres=postgres,
         backend_url=_url(gw.str("backend_url", "http://127.0.0.1:8090"), "backend_url"),

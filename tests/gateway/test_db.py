@@ -95,6 +95,21 @@ class TestDbCommands:
         assert "chmod 600" in capsys.readouterr().err
 
 
+    def test_default_is_the_embedded_file(self, tmp_path: Path) -> None:
+        """Without gateway.database the store is var/gateway/gateway.sqlite3 (make run needs
+        no database server); a DSN selects PostgreSQL."""
+        from common.config import load_raw
+        from gateway.config import gateway_config_from
+
+        path = tmp_path / "config.toml"
+        path.write_text("[gateway]\n")
+        config = gateway_config_from(load_raw(path))
+        assert config.postgres is None
+        assert config.database == tmp_path / "var/gateway/gateway.sqlite3"
+        config = gateway_config_from(load_raw(_config(tmp_path, "postgresql://gw@/sekisho")))
+        assert config.postgres is not None and config.store_name == "postgresql://gw@/sekisho"
+
+
 class TestCopy:
     """db copy --to DSN: an embedded install moves to PostgreSQL with its state."""
 
