@@ -29,6 +29,7 @@ from tests.gateway.conftest import (
     GatewayHarness,
     Page,
     csrf_of,
+    wait_closed_by_server,
 )
 from tests.support.servers import free_port
 
@@ -150,7 +151,7 @@ async def test_login_on_a_served_by_b_logout_on_b_refused_on_a(
     assert elapsed < 1.0
 
 
-@pytest.mark.parametrize("gateway_store", ["postgresql"])
+@BOTH_STORES
 async def test_hundred_wrong_passwords_over_a_and_b_evaluate_three(
         gw: GatewayHarness, pair: tuple[GatewayProcess, GatewayProcess]) -> None:
     """100 concurrent wrong passwords, half through A and half through B: exactly three are
@@ -177,6 +178,34 @@ async def test_hundred_wrong_passwords_over_a_and_b_evaluate_three(
     assert actions.count("login.failed") + actions.count("login.locked") == 3, actions
     row = gw.run(gw.users.get("730002"))
     assert row is not None and row.locked and row.failed_attempts == 3
+
+
+@BOTH_STORES
+async def test_logout_on_b_closes_the_websocket_relay_on_a(
+        gw: GatewayHarness, pair: tuple[GatewayProcess, GatewayProcess], gateway_store: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A WebSocket relayed by A; the user logs out through B: A closes the relay (the
+    session end reaches A's relays, not only its cache)."""
+    a, b = pair
+    user = gw.enroll("730007")
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with _browser(gw, a.url, user, jar) as on_a, _browser(gw, b.url, user, jar) as on_b:
+        await on_a.login()
+        assert on_a.session is not None
+        async with on_a.session.ws_connect(a.url + "/ws/quotes") as ws:
+            await ws.receive_json(timeout=5)
+            page = await on_b.get("/")
+            await ws.receive_json(timeout=5)  # still relayed after B served the page
+            started = time.monotonic()
+            assert (await on_b.request("POST", "/auth/logout",
+                                       data={"csrf": csrf_of(page.text)})).status == 200
+            await wait_closed_by_server(ws, 5)
+            elapsed = time.monotonic() - started
+    with capsys.disabled():
+        print(f"\n[{gateway_store}] logout POST on B -> A has closed the WebSocket relay "
+              f"within "
+              f"{elapsed * 1000:.0f} ms")
+    assert elapsed < 1.0
 
 
 @pytest.mark.parametrize("gateway_store", ["postgresql"])
