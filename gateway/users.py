@@ -554,7 +554,14 @@ class UserStore(SqliteStore):
     async def claim_session_end(self, token_hash: bytes, fingerprint: str,
                                 since: float) -> str | None:
         """Why the session of `token_hash` ended, told once and only to the certificate it
-        was created with (issue 15 item 1); None when there is nothing to tell."""
+        was created with (issue 15 item 1); None when there is nothing to tell.
+
+        A read first: a cookie that names no ended session (a forged or long-gone one) costs
+        no write transaction, so it cannot queue the store's writes."""
+        if await self._fetchone(
+                "SELECT 1 FROM session_events WHERE token_hash = ? AND consumed = 0",
+                (token_hash,)) is None:
+            return None
         async with self.transaction() as db, db.execute(
                 "UPDATE session_events SET consumed = 1 WHERE seq = (SELECT seq FROM"
                 " session_events WHERE token_hash = ? AND fingerprint = ? AND consumed = 0"

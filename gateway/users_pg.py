@@ -484,7 +484,12 @@ class PgUserStore:
 
     async def claim_session_end(self, token_hash: bytes, fingerprint: str,
                                 since: float) -> str | None:
-        """Why the session ended, once, to its own certificate (issue 15 item 1)."""
+        """Why the session ended, once, to its own certificate (issue 15 item 1); a read
+        first, so that a cookie naming no ended session costs no write."""
+        if await self._read(lambda conn: conn.fetchval(
+                "SELECT 1 FROM session_events WHERE token_hash = $1 AND consumed = 0",
+                token_hash)) is None:
+            return None
 
         async def work(conn: asyncpg.Connection) -> str | None:
             return await conn.fetchval(

@@ -13,6 +13,7 @@ import pytest
 from gateway.errors import SessionEnded, SessionExpired, SessionRequired
 from gateway.sessions import STALE_AFTER, EndReason, SessionStore
 from gateway.store import UserBackend
+from gateway.users_pg import PgUserStore
 from policy.clock import FakeClock
 from policy.session import SessionPolicy
 from tests.gateway.conftest import BOTH_STORES
@@ -198,3 +199,17 @@ class TestShared:
         sessions._backend.load_session = unreachable  # type: ignore[method-assign]
         for _ in range(100):
             await sessions.use(token, FP)
+
+    async def test_forged_cookie_costs_no_write(self, store: UserBackend, clock: FakeClock,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        """A cookie naming no session and no ended one is answered with reads only: random
+        cookies from a certificate holder cannot queue the store's writes."""
+        sessions = _sessions(store, clock)
+
+        def no_write(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("a write transaction for a forged cookie")
+
+        monkeypatch.setattr(store, "_tx" if isinstance(store, PgUserStore) else "transaction",
+                            no_write)
+        with pytest.raises(SessionRequired):
+            await sessions.use("forged-" + "x" * 40, FP)
