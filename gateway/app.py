@@ -224,11 +224,12 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
     return app
 
 
-async def _sweep(sessions: SessionStore) -> None:
+async def _sweep(sessions: SessionStore, pickups: enrollment.PickupStore) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         try:
             await sessions.sweep()
+            await pickups.expire()
         except Exception as exc:  # the store unreachable: the next sweep tries again
             _log.warning("session_sweep_failed", error=getattr(exc, "code", type(exc).__name__))
 
@@ -307,7 +308,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     stopped at shutdown."""
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
-    sweeper = asyncio.create_task(_sweep(app[SESSIONS]), name="session-sweeper")
+    sweeper = asyncio.create_task(_sweep(app[SESSIONS], app[enrollment.PICKUPS]),
+                                  name="session-sweeper")
     flusher = asyncio.create_task(_flush_last_seen(app[SESSIONS]), name="session-last-seen")
     async with _session_end_wakeups(app[USERS]) as wake:
         helpdesk = asyncio.create_task(

@@ -158,6 +158,10 @@ class PickupStore:
                                                  self._clock.now().timestamp())
         return _unsealed(record, ticket)
 
+    async def expire(self) -> int:
+        """Delete every pickup past its lifetime (R-CERT-4: the file is gone after 10 min)."""
+        return await self._backend.expire_pickups(self._clock.now().timestamp())
+
     async def take(self, ticket: str | None) -> Pickup | None:
         """The waiting file of a ticket, removed: a second take gets None."""
         if not ticket:

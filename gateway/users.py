@@ -584,6 +584,12 @@ class UserStore(SqliteStore):
                 "DELETE FROM pickups WHERE ticket_hash IN (SELECT ticket_hash FROM pickups"
                 " ORDER BY expires_at DESC LIMIT -1 OFFSET ?)", (limit,))
 
+    async def expire_pickups(self, now: float) -> int:
+        """Delete the pickups past their lifetime (the sweeper's schedule); how many."""
+        async with self.transaction() as db:
+            cursor = await db.execute("DELETE FROM pickups WHERE expires_at <= ?", (now,))
+            return cursor.rowcount
+
     async def peek_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None:
         """The waiting file of a ticket hash, left in place (None when gone or expired)."""
         row = await self._fetchone(

@@ -518,6 +518,15 @@ class PgUserStore:
 
         await self._tx(work)
 
+    async def expire_pickups(self, now: float) -> int:
+        """Delete the pickups past their lifetime (the sweeper's schedule); how many."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            return len(await conn.fetch(
+                "DELETE FROM pickups WHERE expires_at <= $1 RETURNING 1", now))
+
+        return await self._tx(work)
+
     async def peek_pickup(self, ticket_hash: bytes, now: float) -> PickupRecord | None:
         """The waiting file of a ticket hash, left in place (None when gone or expired)."""
         row = await self._read(lambda conn: conn.fetchrow(

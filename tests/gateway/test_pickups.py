@@ -58,7 +58,12 @@ async def test_expired_pickup_is_gone(store: UserBackend, clock: FakeClock,
     ticket = await pickups.put("acquire", _delivered(), None)
     clock.advance(timedelta(minutes=10))
     assert await pickups.take(ticket) is None
+    assert len(await _raw_rows(store, tmp_path)) == 1  # until the sweeper's next round
+    assert await pickups.expire() == 1
+    assert await _raw_rows(store, tmp_path) == []
     await pickups.put("acquire", _delivered(), None)
+    clock.advance(timedelta(minutes=10))
+    await pickups.put("acquire", _delivered(), None)  # a put also deletes expired ones
     assert len(await _raw_rows(store, tmp_path)) == 1
 
 
