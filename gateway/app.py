@@ -200,14 +200,20 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
                        read_timeout=config.backend_read_timeout,
                        admin_path_prefixes=config.admin_path_prefixes)
 
-    ending: set[asyncio.Task[int]] = set()
+    ending: set[asyncio.Task[None]] = set()
+
+    async def end_in_store(fingerprint: str) -> None:
+        try:
+            await sessions.end_certificate(fingerprint)
+        except Exception as exc:  # the certificate check refuses it anyway; said in one line
+            _log.warning("revoked_sessions_not_ended_in_store",
+                         error=getattr(exc, "code", type(exc).__name__))
 
     def on_revocation(event: RevocationEvent) -> None:
         # Here at once; in the store (every process follows the CA and tries; the first
         # one ends the rows, the others find nothing left) in the background.
         ended = sessions.drop_certificate(event.fingerprint_sha256)
-        task = asyncio.get_running_loop().create_task(
-            sessions.end_certificate(event.fingerprint_sha256))
+        task = asyncio.get_running_loop().create_task(end_in_store(event.fingerprint_sha256))
         ending.add(task)
         task.add_done_callback(ending.discard)
         _log.info("certificate_revoked_sessions_ended", serial=event.serial,
