@@ -110,17 +110,48 @@ async def _with_runtime(
         await runtime.close()
 
 
-def _require_gateway_user(path: Path, user_id: str) -> None:
+async def _gateway_user_row_pg(path: Path, dsn: str, user_id: str) -> tuple[Any, ...] | None:
+    """(disabled,) of the user in the gateway's PostgreSQL store (issue 12), None when absent;
+    the password from the gateway's own password file or variable, as the gateway reads it."""
+    from common.postgres import PostgresSettings  # asyncpg only when configured
+
+    raw = load_raw(path)
+    gateway = raw.section("gateway")
+    settings = PostgresSettings(
+        dsn, password_file=(resolve_path(raw.base_dir, str(gateway.values[
+            "database_password_file"])) if "database_password_file" in gateway.values
+            else None),
+        password_env=gateway.values.get("database_password_env"),
+        application_name="sekisho-ca:user-check")
+    conn = await settings.connect()
+    try:
+        row = await conn.fetchrow("SELECT disabled FROM users WHERE user_id = $1", user_id)
+    finally:
+        await conn.close()
+    return tuple(row) if row is not None else None
+
+
+async def _require_gateway_user(path: Path, user_id: str) -> None:
     """Refuse an acquisition password for a user ID the gateway does not know (or has
     disabled): the customer could never log in with the certificate (issue 15 item 15).
 
     The gateway's user table is read directly, read-only, from `gateway.database` of the same
-    config file (the CA imports nothing of the gateway). When that file cannot be read here
-    (the gateway runs on another host), a warning says the check was skipped.
+    config file (the CA imports nothing of the gateway): the SQLite file, or the PostgreSQL
+    database of a `postgresql://` DSN. When it cannot be read here (the gateway runs on
+    another host), a warning says the check was skipped.
     """
     raw = load_raw(path)
-    database = resolve_path(raw.base_dir, str(raw.section("gateway").values.get(
-        "database", "var/gateway/gateway.sqlite3")))
+    value = str(raw.section("gateway").values.get("database", "var/gateway/gateway.sqlite3"))
+    if value.startswith(("postgresql:", "postgres:")):
+        try:
+            pg_row = await _gateway_user_row_pg(path, value, user_id)
+        except Exception as exc:  # unreachable, refused, a bad password file: said, skipped
+            print(f"sekisho-ca: warning: cannot read the gateway's users in {value} ({exc}); "
+                  f"make sure user {user_id} exists at the gateway", file=sys.stderr)
+            return
+        _refuse_unusable(user_id, value, pg_row)
+        return
+    database = resolve_path(raw.base_dir, value)
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True,
                                                 timeout=10)) as db:
@@ -130,6 +161,10 @@ def _require_gateway_user(path: Path, user_id: str) -> None:
         print(f"sekisho-ca: warning: cannot read the gateway's users in {database} ({exc}); "
               f"make sure user {user_id} exists at the gateway", file=sys.stderr)
         return
+    _refuse_unusable(user_id, str(database), row)
+
+
+def _refuse_unusable(user_id: str, database: str, row: Any) -> None:
     if row is None:
         raise CliError(f"user {user_id} does not exist at the gateway ({database}), so this "
                        "acquisition password could never be used; create the user with "
@@ -146,7 +181,7 @@ async def cmd_acquisition_password(
     """Issue or reissue a user's acquisition password and print it once."""
 
     if not args.force:
-        _require_gateway_user(config_path(args), args.user_id)
+        await _require_gateway_user(config_path(args), args.user_id)
 
     async def run(runtime: CaRuntime) -> int:
         password = await runtime.authority.issue_acquisition_password(args.user_id,

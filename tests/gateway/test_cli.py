@@ -14,7 +14,7 @@ import pytest
 
 from common.cli import display_width
 from gateway import cli
-from tests.gateway.conftest import GatewayHarness
+from tests.gateway.conftest import BOTH_STORES, GatewayHarness
 
 
 def _run(gw: GatewayHarness, *args: str) -> int:
@@ -175,6 +175,7 @@ class TestHelpdeskWalkThrough:
         assert cli.main(["users", "show", "700016"], clock=gw.clock) == 1
 
 
+@BOTH_STORES
 class TestOfficerAcquisitionPassword:
     """Issue 15 item 15: `sekisho-ca acquisition-password` refuses a password the customer
     could never use (the gateway does not know the user)."""
