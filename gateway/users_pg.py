@@ -152,8 +152,11 @@ SESSION_END_CHANNEL = "sekisho_session_end"
 
 _PENDING = ("pending_attempts = {table}.pending_attempts + 1, pending_owner = $2,"
             " pending_until = GREATEST(COALESCE({table}.pending_until, 0), $3)")
+# The server unreachable, going down (57P01 admin shutdown, crash shutdown, cannot connect
+# now), full of connections, or silent: a named 503 (store_unreachable), never a 500.
 _CONNECTION_ERRORS = (OSError, asyncpg.exceptions.PostgresConnectionError,
-                      asyncpg.exceptions.InterfaceError, asyncpg.exceptions.CannotConnectNowError,
+                      asyncpg.exceptions.InterfaceError,
+                      asyncpg.exceptions.OperatorInterventionError,
                       asyncpg.exceptions.TooManyConnectionsError, TimeoutError)
 
 
