@@ -27,7 +27,14 @@ from gateway.auth import Authenticator
 from gateway.users import UserStore
 from policy.clock import SystemClock
 from policy.password import PasswordPolicy
-from tests.gateway.conftest import GOOD_PASSWORD, Browser, Enrolled, Page, gateway_section
+from tests.gateway.conftest import (
+    GOOD_PASSWORD,
+    Browser,
+    Enrolled,
+    Page,
+    csrf_of,
+    gateway_section,
+)
 from tests.support.faults import CaProcess
 from tests.support.servers import free_port
 
@@ -114,8 +121,11 @@ def _login(url: str, server_cert: Path, who: Enrolled, password: str) -> Page:
 
     async def run() -> Page:
         async with Browser(url, context, who) as browser:
-            return await browser.submit("/auth/login", "/auth/login", {"password": password},
-                                        allow_redirects=False)
+            form = await browser.get("/auth/login")
+            if form.status != 200:  # a locked user gets the lock page before any password
+                return form
+            return await browser.request("POST", "/auth/login", allow_redirects=False,
+                                         data={"csrf": csrf_of(form.text), "password": password})
 
     return asyncio.run(run())
 
