@@ -27,6 +27,7 @@ from ca.runtime import CaRuntime, create_api_token, open_hierarchy
 from ca.store import Store
 from common.config import DEFAULT_CONFIG, ConfigError, parse_duration, to_utc_datetime
 from common.eventloop import loop_factory
+from common.files import restrict_new_files
 from common.logging import configure_logging
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-ca`."""
+    restrict_new_files()  # keys, store, WAL, tokens: owner-only from their first byte
     args = build_parser().parse_args(argv)
     if args.command == "check-crl":
         return run_check_crl(args, clock or SystemClock())

@@ -14,6 +14,7 @@ from ca.config import CaConfig
 from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
 from common.eventloop import until_stopped
+from common.files import private_directory
 from common.tlsfiles import ensure_server_certificate, tls_server_context
 from policy.clock import Clock
 
@@ -42,6 +43,7 @@ def internal_tls_context(config: CaConfig, clock: Clock) -> ssl.SSLContext | Non
 
 async def serve(config: CaConfig, clock: Clock) -> None:
     """Open the runtime, start both listeners, and stop cleanly on a signal."""
+    private_directory(config.data_dir)  # a folder made 0755 by an older version is tightened
     token = read_api_token(config.api_token_file)
     runtime = await CaRuntime.open(config, clock)
     public, internal = config.public_listen, config.internal_listen

@@ -17,6 +17,8 @@ from typing import Any
 
 import aiosqlite
 
+from common.files import private_database
+
 
 def to_epoch(when: datetime) -> int:
     """Aware datetime -> Unix seconds (how both stores keep times)."""
@@ -33,7 +35,9 @@ async def connect(path: Path, migrations: Sequence[str], *, name: str) -> aiosql
 
     Each migration script runs once, in order; migration i produces schema version i + 1.
     """
-    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
+    # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database
+    # file's mode, and they hold the same data (the gateway's password hashes among it).
+    await asyncio.to_thread(private_database, path)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
@@ -44,7 +48,6 @@ async def connect(path: Path, migrations: Sequence[str], *, name: str) -> aiosql
     except BaseException:
         await db.close()
         raise
-    await asyncio.to_thread(path.chmod, 0o600)
     return db
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ca.config import load_ca_config
 from common.config import Address, load_raw
+from common.files import private_directory, restrict_new_files
 from gateway.config import load_gateway_config
 
 DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
@@ -57,6 +58,7 @@ def _wait_tcp(address: Address) -> None:
 
 def main() -> int:
     """Start everything and wait for Ctrl-C."""
+    restrict_new_files()  # inherited by every process it starts
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     args = parser.parse_args()
@@ -64,6 +66,7 @@ def main() -> int:
     ca_config = load_ca_config(args.config)
     gateway = load_gateway_config(args.config)
     demo = load_raw(args.config).section("demo")
+    private_directory(ca_config.data_dir)
 
     if not (ca_config.keys.directory / "root.crt.pem").exists():
         result = _run("ca", *config_arg, "init", "--generate-passphrase")

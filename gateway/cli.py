@@ -28,6 +28,7 @@ from aiohttp import web
 
 from common.config import DEFAULT_CONFIG, ConfigError
 from common.eventloop import loop_factory, until_stopped
+from common.files import restrict_new_files
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate, tls_client_context
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-gateway`."""
+    restrict_new_files()  # password hashes (database, WAL), TLS key: owner-only
     args = build_parser().parse_args(argv)
     try:
         config = load_gateway_config(args.config)
