@@ -51,7 +51,9 @@ async def serve(config: CaConfig, clock: Clock) -> None:
     try:
         runners.append(await PublicListener.start(build_public_app(runtime),
                                                   public.host, public.port))
-        internal_runner = web.AppRunner(build_internal_app(runtime, token), access_log=None)
+        # Long-polls are answered at shutdown (ca.app); anything else in flight gets 5 s.
+        internal_runner = web.AppRunner(build_internal_app(runtime, token), access_log=None,
+                                        shutdown_timeout=5)
         runners.append(internal_runner)
         await internal_runner.setup()
         await web.TCPSite(internal_runner, internal.host, internal.port,

@@ -9,8 +9,13 @@ afterwards exists only inside the encrypted PKCS#12.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from cryptography import x509
@@ -71,10 +76,39 @@ def build_pkcs12(
     )
 
 
-def _worker_init() -> None:
-    """Workers leave signals to the daemon: it stops them through the pool."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PARENT_WATCH_INTERVAL = 1.0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the daemon that spawned it dies, even by kill -9 (issue 11 item 6).
+
+    On Linux the kernel sends SIGKILL the moment the parent goes (prctl PR_SET_PDEATHSIG);
+    elsewhere a thread polls the parent's PID. Either way, if the parent is already gone by the
+    time this runs, the worker leaves at once. With the workers gone, the multiprocessing
+    resource tracker (which the daemon and its workers hold a pipe to) reads end-of-file and
+    exits by itself.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(_PARENT_WATCH_INTERVAL)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the daemon died before the death signal was armed
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Workers leave signals to the daemon (it stops them through the pool) and die with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent_pid)
 
 
 class KeyWorkers:
@@ -87,7 +121,9 @@ class KeyWorkers:
     def __init__(self, workers: int = 2) -> None:
         self._pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
+            # The death signal follows the thread that spawned the worker: the pool spawns
+            # from submit(), i.e. the event loop's thread, which lives as long as the daemon.
+            initializer=_worker_init, initargs=(os.getpid(),),
         )
 
     async def generate_key(self, algorithm: str) -> bytes:
