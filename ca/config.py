@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.config import Address, ConfigError, RawConfig, load_raw
 from common.cutovers import GenerationDates, generation_dates, load_cutovers
+from common.listener import ConnectionLimits
 from policy.cutover import Cutover
 from policy.lockout import LockoutPolicy
 from policy.profile import CertificateProfile
@@ -55,6 +56,7 @@ class CaConfig:
     data_dir: Path
     generations: dict[str, GenerationDates]
     cutovers: tuple[Cutover, ...]
+    connection_limits: ConnectionLimits
 
 
 def load_ca_config(path: Path) -> CaConfig:
@@ -127,4 +129,5 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         data_dir=raw.section("paths").path("data_dir", "var"),
         generations=generation_dates(raw),
         cutovers=tuple(load_cutovers(raw)),
+        connection_limits=ConnectionLimits.from_section(ca),
     )

@@ -28,10 +28,14 @@ from tests.support.servers import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def demo_config(directory: Path, *, kdf_rounds: int = 2048, extra: str = "") -> Path:
+def demo_config(directory: Path, *, kdf_rounds: int = 2048, extra: str = "",
+                both: str = "") -> Path:
     """The shipped config.toml with free ports and cheap PKCS#12 rounds, in `directory`
-    (its relative paths, `var/` among them, resolve there)."""
+    (its relative paths, `var/` among them, resolve there); `both` is added to the [ca] and
+    the [gateway] tables."""
     text = (REPO / "config.toml").read_text()
+    for table in ("[ca]\n", "[gateway]\n"):
+        text = text.replace(table, table + both + "\n")
     for port in ("8080", "8081", "8443", "8090"):
         text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
     text = text.replace("pkcs12_kdf_rounds = 600000", f"pkcs12_kdf_rounds = {kdf_rounds}")
@@ -108,6 +112,11 @@ class Daemons:
     def var(self) -> Path:
         """The data folder."""
         return self.config_path.parent / "var"
+
+    def address(self, key: str) -> tuple[str, int]:
+        """host, port of a `*listen` key of the config."""
+        host, _, port = self._address(key).rpartition(":")
+        return host, int(port)
 
     def _address(self, key: str) -> str:
         for line in self.config_path.read_text().splitlines():
