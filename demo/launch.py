@@ -118,6 +118,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C while the children stop must not abort the clean-up with a
+        # traceback (and `make` with "Error"): they already have their signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in children:
             if child.poll() is None:
                 child.terminate()
