@@ -16,7 +16,7 @@ from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
 from common.eventloop import until_stopped
 from common.files import private_directory
-from common.listener import ConnectionGuard, serve_guarded
+from common.listener import ConnectionGuard, TlsListener, serve_guarded
 from common.tlsfiles import ensure_server_certificate, tls_server_context
 from policy.clock import Clock
 
@@ -50,7 +50,7 @@ async def serve(config: CaConfig, clock: Clock) -> None:
     runtime = await CaRuntime.open(config, clock)
     public, internal = config.public_listen, config.internal_listen
     runners: list[PublicListener | web.AppRunner] = []
-    internal_server: asyncio.Server | None = None
+    internal_server: asyncio.Server | TlsListener | None = None
     internal_guard: ConnectionGuard | None = None
     try:
         runners.append(await PublicListener.start(build_public_app(runtime),

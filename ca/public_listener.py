@@ -243,6 +243,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since: float | None = self.opened  # waiting for a request's first byte
         self.head_started: float | None = None  # a request has begun and is not complete
         self._served_one = False
+        self.write_paused_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -256,8 +257,11 @@ class _Connection(asyncio.Protocol):
     def overdue(self, now: float, limits: ConnectionLimits) -> str | None:
         """Which limit this connection is past: a request (head and at most 32 KiB of body)
         not complete within header_timeout + body_timeout, or idle too long."""
-        if self._waiting:
-            return None  # the store is being asked: our side, not the client's
+        if self._write_paused and self.write_paused_at is not None \
+                and now - self.write_paused_at > limits.send_timeout:
+            return "send_timeout"  # pipelined requests, answers never read
+        if self._waiting or self._write_paused:
+            return None  # the store is being asked, or answers are being sent
         if self.head_started is not None:
             limit = limits.header_timeout + (limits.body_timeout if self._head else 0)
             return "request_timeout" if now - self.head_started > limit else None
@@ -281,6 +285,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.write_paused_at = time.monotonic()
         self._update_reading()
 
     def resume_writing(self) -> None:

@@ -12,7 +12,8 @@ exhaust file descriptors (issue 10 item 5). So both daemons accept connections t
 - gives a TLS handshake `tls_handshake_timeout`;
 - closes a connection whose request head is not complete `header_timeout` after it opened or
   after the request's first byte (slowloris), whose request body is silent for `body_timeout`,
-  or that sits idle between requests for longer than `keepalive_timeout`.
+  that sits idle between requests for longer than `keepalive_timeout`, or that reads nothing of
+  an answer for `send_timeout` while the server's write buffer is full (a slow reader).
 
 A request being handled (a long-poll, a proxied response, a WebSocket) is not timed here: its
 handler has its own limits. The watchdog reads the aiohttp request handler's state (request in
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -40,12 +42,14 @@ _log = structlog.get_logger("listener")
 @dataclass(frozen=True)
 class ConnectionLimits:
     """Per-listener limits (config: `header_timeout`, `body_timeout`, `keepalive_timeout`,
-    `tls_handshake_timeout`, `max_connections` in the [ca] and [gateway] sections)."""
+    `tls_handshake_timeout`, `send_timeout`, `max_connections` in the [ca] and [gateway]
+    sections)."""
 
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 60.0
     tls_handshake_timeout: float = 10.0
+    send_timeout: float = 60.0
     max_connections: int = 1000
 
     @classmethod
@@ -55,7 +59,8 @@ class ConnectionLimits:
                   for key, default in (("header_timeout", cls.header_timeout),
                                        ("body_timeout", cls.body_timeout),
                                        ("keepalive_timeout", cls.keepalive_timeout),
-                                       ("tls_handshake_timeout", cls.tls_handshake_timeout))}
+                                       ("tls_handshake_timeout", cls.tls_handshake_timeout),
+                                       ("send_timeout", cls.send_timeout))}
         for key, value in values.items():
             if value <= 0:
                 raise ConfigError(f"{section.name}.{key} must be positive")
@@ -145,6 +150,8 @@ class GuardedHandler(asyncio.Protocol):
         self._idle_since: float | None = self._opened  # waiting for a request's first byte
         self._head_started = head_started  # first byte of a request whose head is incomplete
         self._last_byte = now
+        self._write_paused_at: float | None = None  # the client stopped reading our answer
+        self.lost = False
 
     # -- asyncio.Protocol, forwarded to aiohttp ---------------------------------------------
 
@@ -163,13 +170,16 @@ class GuardedHandler(asyncio.Protocol):
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self._guard.release(self)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._write_paused_at = time.monotonic()
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._write_paused_at = None
         self._inner.resume_writing()
 
     # -- the watchdog's view -----------------------------------------------------------------
@@ -182,6 +192,9 @@ class GuardedHandler(asyncio.Protocol):
     def overdue(self, now: float, limits: ConnectionLimits) -> str | None:
         """Which limit this connection is past, if any."""
         handler = cast(Any, self._inner)
+        if (self._write_paused_at is not None
+                and now - self._write_paused_at > limits.send_timeout):
+            return "send_timeout"
         if handler._upgraded:
             return None  # a WebSocket: the relay and the session rules time it
         if self._busy():
@@ -212,62 +225,89 @@ class Refused(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]
 
 
-class _TlsAcceptor(asyncio.Protocol):
-    """A TCP connection before its TLS handshake: counted from the accept, then upgraded with
-    `loop.start_tls` (bounded by the handshake timeout) and handed to the HTTP handler."""
+class _Handshaking:
+    """An accepted TCP connection during its TLS handshake: counted from the accept."""
 
-    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol],
-                 context: ssl.SSLContext) -> None:
-        self._guard = guard
-        self._factory = factory
-        self._context = context
-        self._transport: asyncio.Transport | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._opened = time.monotonic()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        if not self._guard.admit(self):
-            self._transport.abort()
-            return
-        self._transport.pause_reading()  # every byte goes to the TLS layer
-        self._task = asyncio.get_running_loop().create_task(self._handshake())
-
-    async def _handshake(self) -> None:
-        assert self._transport is not None
-        handler = GuardedHandler(self._guard, self._factory(), opened=self._opened)
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                self._transport, handler, self._context, server_side=True,
-                ssl_handshake_timeout=self._guard.limits.tls_handshake_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError):
-            self._guard.release(self)
-            self._transport.abort()
-            return
-        self._guard.release(self)
-        if tls is None or tls.is_closing():
-            return  # the client left during the handshake (e.g. a port probe)
-        self._guard.connections.add(handler)  # admitted already: replaces this acceptor
-        handler.connection_made(tls)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # Before the upgrade only: afterwards the TLS layer owns the transport.
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._guard.release(self)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.opened = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
 
     def overdue(self, now: float, limits: ConnectionLimits) -> str | None:
-        """A handshake past its timeout (start_tls normally ends it first)."""
-        if now - self._opened > limits.tls_handshake_timeout + limits.sweep_interval + 1:
+        """A handshake past its timeout (the TLS layer normally ends it first)."""
+        if now - self.opened > limits.tls_handshake_timeout + limits.sweep_interval + 1:
             return "tls_handshake_timeout"
         return None
 
     def abort(self) -> None:
-        """Close the TCP connection."""
-        if self._task is not None:
-            self._task.cancel()
-        if self._transport is not None:
-            self._transport.abort()
+        """Give up the handshake and close the socket."""
+        if self.task is not None:
+            self.task.cancel()
+        self.sock.close()
+
+
+class TlsListener:
+    """A TLS listener with its own accept loop, so that a connection is counted (and refused
+    past the cap) at the TCP accept, before any handshake work; each admitted socket is handed
+    to `loop.connect_accepted_socket` with the handshake timeout.
+
+    (`create_server(ssl=...)` gives the application nothing until the handshake is over, and
+    `start_tls` from a plain protocol loses a ClientHello that arrives first on uvloop.)
+    """
+
+    def __init__(self, sock: socket.socket, guard: ConnectionGuard,
+                 factory: Callable[[], asyncio.Protocol], context: ssl.SSLContext) -> None:
+        self.sockets = [sock]
+        self._sock = sock
+        self._guard = guard
+        self._factory = factory
+        self._context = context
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin accepting on the running loop."""
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(),
+                                                                 name="tls-accept")
+
+    def close(self) -> None:
+        """Stop accepting and drop connections still in their handshake."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._sock.close()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # e.g. out of file descriptors: wait, then go on
+                _log.warning("accept_failed", listener=self._guard.name, error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            entry = _Handshaking(sock)
+            if not self._guard.admit(entry):
+                sock.close()
+                continue
+            entry.task = loop.create_task(self._handshake(entry))
+            self._tasks.add(entry.task)
+            entry.task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, entry: _Handshaking) -> None:
+        handler = GuardedHandler(self._guard, self._factory(), opened=entry.opened)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: handler, entry.sock, ssl=self._context,
+                ssl_handshake_timeout=self._guard.limits.tls_handshake_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError):
+            entry.sock.close()
+            return
+        finally:
+            self._guard.release(entry)
+        if not handler.lost:
+            self._guard.connections.add(handler)  # admitted already: replaces the entry
 
 
 class _PlainAcceptor:
@@ -289,19 +329,21 @@ class _PlainAcceptor:
 async def serve_guarded(factory: Callable[[], asyncio.Protocol], host: str, port: int,
                         limits: ConnectionLimits, *, name: str,
                         ssl_context: ssl.SSLContext | None = None,
-                        backlog: int = 1024) -> tuple[asyncio.Server, ConnectionGuard]:
+                        backlog: int = 1024,
+                        ) -> tuple[asyncio.Server | TlsListener, ConnectionGuard]:
     """Listen on host:port, giving each admitted connection to `factory()` (an aiohttp
     `web.Server`, i.e. `runner.server`) under `limits`; the caller closes the server and
     stops the guard."""
     guard = ConnectionGuard(limits, name)
-    loop = asyncio.get_running_loop()
-    protocol_factory: Callable[[], asyncio.BaseProtocol]
+    server: asyncio.Server | TlsListener
     if ssl_context is None:
-        protocol_factory = _PlainAcceptor(guard, factory)
+        server = await asyncio.get_running_loop().create_server(
+            _PlainAcceptor(guard, factory), host, port, reuse_address=True, backlog=backlog)
     else:
-        def protocol_factory() -> asyncio.BaseProtocol:
-            return _TlsAcceptor(guard, factory, ssl_context)
-    server = await loop.create_server(protocol_factory, host, port, reuse_address=True,
-                                      backlog=backlog)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=backlog)
+        sock.setblocking(False)
+        server = TlsListener(sock, guard, factory, ssl_context)
+        server.start()
     guard.start()
     return server, guard

@@ -29,7 +29,7 @@ from aiohttp import web
 from common.config import DEFAULT_CONFIG, ConfigError
 from common.eventloop import loop_factory, until_stopped
 from common.files import restrict_new_files
-from common.listener import ConnectionGuard, serve_guarded
+from common.listener import ConnectionGuard, TlsListener, serve_guarded
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate, tls_client_context
@@ -115,7 +115,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     serve_proxied_directly(runner)
-    server: asyncio.Server | None = None
+    server: asyncio.Server | TlsListener | None = None
     guard: ConnectionGuard | None = None
     try:
         assert runner.server is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,10 +33,14 @@ def demo_config(directory: Path, *, kdf_rounds: int = 2048, extra: str = "",
                 both: str = "") -> Path:
     """The shipped config.toml with free ports and cheap PKCS#12 rounds, in `directory`
     (its relative paths, `var/` among them, resolve there); `both` is added to the [ca] and
-    the [gateway] tables."""
+    the [gateway] tables (replacing the shipped value of each key it sets)."""
     text = (REPO / "config.toml").read_text()
-    for table in ("[ca]\n", "[gateway]\n"):
-        text = text.replace(table, table + both + "\n")
+    for line in filter(str.strip, both.splitlines()):
+        key = line.partition("=")[0].strip()
+        text, found = re.subn(rf"^{re.escape(key)} = .*$", line, text, flags=re.MULTILINE)
+        if not found:
+            for table in ("[ca]\n", "[gateway]\n"):
+                text = text.replace(table, table + line + "\n")
     for port in ("8080", "8081", "8443", "8090"):
         text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
     text = text.replace("pkcs12_kdf_rounds = 600000", f"pkcs12_kdf_rounds = {kdf_rounds}")
