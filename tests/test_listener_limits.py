@@ -7,6 +7,7 @@ line, headers without end, a body that stops."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -104,20 +105,31 @@ async def _hold(host: str, port: int, context: ssl.SSLContext | None, payload: b
     return time.monotonic() - started
 
 
-async def _served(daemons: Daemons, listener: str) -> int:
-    """A normal request on `listener`: its HTTP status."""
+def _normal_request(daemons: Daemons, listener: str) -> tuple[str, bytes]:
+    """A path and extra headers that `listener` answers with 200."""
+    return {"public_listen": ("/certs/bundle.pem", b""),
+            "internal_listen": ("/v1/revocations?after=latest",
+                                f"Authorization: Bearer {_token(daemons)}\r\n".encode()),
+            "listen": ("/auth/", b"")}[listener]
+
+
+async def _raw_response(daemons: Daemons, listener: str) -> bytes:
+    """A normal request on a new connection (Connection: close): the whole response."""
     host, port = daemons.address(listener)
-    path, headers = {"public_listen": ("/health", b""),
-                     "internal_listen": ("/v1/revocations?after=latest",
-                                         f"Authorization: Bearer {_token(daemons)}\r\n".encode()),
-                     "listen": ("/auth/", b"")}[listener]
+    path, headers = _normal_request(daemons, listener)
     reader, writer = await asyncio.open_connection(host, port,
                                                    ssl=_client_tls(daemons, listener))
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
                  + headers + b"\r\n")
-    status_line = await asyncio.wait_for(reader.readline(), 10)
-    writer.transport.abort()
-    return int(status_line.split()[1])
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.transport.abort()
+
+
+async def _served(daemons: Daemons, listener: str) -> int:
+    """A normal request on `listener`: its HTTP status."""
+    return int((await _raw_response(daemons, listener)).split(b" ", 2)[1])
 
 
 LISTENERS = ("listen", "internal_listen", "public_listen")
@@ -173,3 +185,48 @@ class TestConnectionCap:
         assert max(extra) < 1.0, extra
         await asyncio.sleep(0.5)
         assert await _served(daemons, listener) == 200
+
+
+async def _responses_to_pipelined(daemons: Daemons, listener: str, count: int, *,
+                                  stall: float) -> tuple[int, int]:
+    """Pipeline `count` GETs on one connection with a small receive buffer, read nothing for
+    `stall` seconds, then read to the end: (responses received, bytes received)."""
+    host, port = daemons.address(listener)
+    path, headers = _normal_request(daemons, listener)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.setblocking(False)
+    context = _client_tls(daemons, listener)
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=context, server_hostname="localhost" if context else None, limit=2**16)
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + headers + b"\r\n"
+    writer.write(request * count)
+    await asyncio.sleep(stall)
+    received = bytearray()
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 30):
+            received += chunk
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.transport.abort()
+    return received.count(b"HTTP/1.1 200 "), len(received)
+
+
+class TestSlowReader:
+    """A client that sends requests and never reads the answers is closed (send_timeout)."""
+
+    @pytest.mark.parametrize("listener", LISTENERS)
+    async def test_unread_answers_close_the_connection(
+        self, daemons: Daemons, listener: str
+    ) -> None:
+        """About 8 MB of pipelined answers against a 4 KiB receive window: once the server's
+        buffers are full and nothing is read for 1 s, the connection is closed, so the client
+        gets only part of the answers (with no send limit it would get them all)."""
+        size = len(await _raw_response(daemons, listener))
+        count = min(50_000, 8 * 2**20 // size)
+        answered, received = await _responses_to_pipelined(daemons, listener, count,
+                                                           stall=LIMIT + 3)
+        print(listener, f"{count} pipelined, {answered} answered ({received} bytes)")
+        assert answered < count
