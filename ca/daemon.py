@@ -16,7 +16,7 @@ from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
 from common.eventloop import until_stopped
 from common.files import private_directory
-from common.listener import ConnectionGuard, TlsListener, serve_guarded
+from common.listener import ConnectionGuard, TlsListener, ensure_descriptors, serve_guarded
 from common.tlsfiles import ensure_server_certificate, tls_server_context
 from policy.clock import Clock
 
@@ -46,6 +46,7 @@ def internal_tls_context(config: CaConfig, clock: Clock) -> ssl.SSLContext | Non
 async def serve(config: CaConfig, clock: Clock) -> None:
     """Open the runtime, start both listeners, and stop cleanly on a signal."""
     private_directory(config.data_dir)  # a folder made 0755 by an older version is tightened
+    ensure_descriptors(2 * config.connection_limits.max_connections)  # two listeners
     token = read_api_token(config.api_token_file)
     runtime = await CaRuntime.open(config, clock)
     public, internal = config.public_listen, config.internal_listen

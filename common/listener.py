@@ -326,6 +326,28 @@ class _PlainAcceptor:
         return handler
 
 
+# Descriptors beyond the client connections: databases, the backend pool, logs, workers' pipes.
+_SPARE_DESCRIPTORS = 256
+
+
+def ensure_descriptors(connections: int) -> None:
+    """Make room for `connections` client sockets: raise the soft RLIMIT_NOFILE up to the hard
+    one when needed, and warn when even that is too small (accept would then fail with EMFILE
+    before the cap is reached)."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return
+    needed = connections + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        _log.warning("descriptor_limit_below_connection_caps", limit=soft, needed=needed)
+
+
 async def serve_guarded(factory: Callable[[], asyncio.Protocol], host: str, port: int,
                         limits: ConnectionLimits, *, name: str,
                         ssl_context: ssl.SSLContext | None = None,

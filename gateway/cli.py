@@ -29,7 +29,7 @@ from aiohttp import web
 from common.config import DEFAULT_CONFIG, ConfigError
 from common.eventloop import loop_factory, until_stopped
 from common.files import restrict_new_files
-from common.listener import ConnectionGuard, TlsListener, serve_guarded
+from common.listener import ConnectionGuard, TlsListener, ensure_descriptors, serve_guarded
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate, tls_client_context
@@ -119,6 +119,8 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     guard: ConnectionGuard | None = None
     try:
         assert runner.server is not None
+        # Each client connection may also hold a backend connection.
+        ensure_descriptors(2 * config.connection_limits.max_connections)
         # Header, body and keep-alive timeouts, a TLS handshake timeout and a connection cap
         # (common/listener.py): aiohttp's own site has none of the first three.
         server, guard = await serve_guarded(runner.server, config.listen.host,
