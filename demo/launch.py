@@ -68,18 +68,17 @@ def main() -> int:
     demo = load_raw(args.config).section("demo")
     private_directory(ca_config.data_dir)
 
-    if not (ca_config.keys.directory / "root.crt.pem").exists():
-        result = _run("ca", *config_arg, "init", "--generate-passphrase")
-        if result.returncode != 0:
-            raise SystemExit(result.stderr.strip())
-        print(result.stdout.strip())
-
     children: list[subprocess.Popen[bytes]] = []
 
     def start(*command: str) -> None:
         children.append(subprocess.Popen([sys.executable, "-m", *command]))
 
     try:
+        if not (ca_config.keys.directory / "root.crt.pem").exists():
+            result = _run("ca", *config_arg, "init", "--generate-passphrase")
+            if result.returncode != 0:
+                raise SystemExit(result.stderr.strip())
+            print(result.stdout.strip())
         start("ca", *config_arg, "serve")
         _wait_http(f"http://{ca_config.public_listen.host}:{ca_config.public_listen.port}/health")
         demo_listen = demo.str("listen", "127.0.0.1:8090")

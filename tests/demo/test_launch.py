@@ -84,3 +84,20 @@ class TestCtrlC:
         took = time.monotonic() - began
         left = wait_processes_gone(started | group_members(running.process.pid), 2)
         assert (status, left, took < 5) == (0, set(), True), f"{took:.1f} s\n{running.text()}"
+
+    @pytest.mark.parametrize("after", [0.5, 2.0, 4.0])
+    def test_sigint_while_starting_also_stops_cleanly(self, tmp_path: Path,
+                                                      after: float) -> None:
+        """Ctrl-C while the CA is being initialised or the daemons are starting: status 0,
+        nothing left behind."""
+        config = demo_config(tmp_path)
+        with launched(config, "demo.launch", "--config", str(config)) as daemons:
+            deadline = time.monotonic() + after
+            seen: set[int] = set()
+            while time.monotonic() < deadline:
+                seen |= descendants(daemons.process.pid)
+                time.sleep(0.05)
+            os.killpg(daemons.process.pid, signal.SIGINT)
+            status = daemons.process.wait(15)
+            left = wait_processes_gone(seen | group_members(daemons.process.pid), 3)
+            assert (status, left) == (0, set()), daemons.text()
