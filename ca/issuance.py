@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -254,7 +255,7 @@ class CertificateAuthority:
         csr = _load_csr(csr_data)
         public_key = csr.public_key()
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            check_csr_key("ec", public_key.curve.key_size)
+            check_csr_key("ec", public_key.curve.key_size, _named_curve_oid(csr))
         elif isinstance(public_key, rsa.RSAPublicKey):
             check_csr_key("rsa", public_key.key_size)
         else:
@@ -437,6 +438,14 @@ class CertificateAuthority:
             return validate_user_id(user_id)
         except PolicyViolation as exc:
             raise BadRequest(str(exc), code=exc.code) from None
+
+
+def _named_curve_oid(csr: x509.CertificateSigningRequest) -> str | None:
+    """The namedCurve OID of the CSR's own EC SubjectPublicKeyInfo (RFC 5480), or None when
+    the key carries explicit curve parameters."""
+    info = asn1_csr.CertificationRequest.load(csr.public_bytes(serialization.Encoding.DER))
+    parameters = info["certification_request_info"]["subject_pk_info"]["algorithm"]["parameters"]
+    return parameters.chosen.dotted if parameters.name == "named" else None
 
 
 def _load_csr(data: bytes) -> x509.CertificateSigningRequest:

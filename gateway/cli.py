@@ -37,6 +37,8 @@ from aiohttp import web
 from common.cli import add_common_options, config_path, operator_name, table
 from common.config import ConfigError, to_utc_datetime
 from common.eventloop import loop_factory, until_stopped
+from common.files import restrict_new_files
+from common.listener import ConnectionGuard, TlsListener, ensure_descriptors, serve_guarded
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate, tls_client_context
@@ -135,10 +137,17 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     serve_proxied_directly(runner)
+    server: asyncio.Server | TlsListener | None = None
+    guard: ConnectionGuard | None = None
     try:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port,
-                           ssl_context=context, backlog=1024)
-        await site.start()
+        assert runner.server is not None
+        # Each client connection may also hold a backend connection.
+        ensure_descriptors(2 * config.connection_limits.max_connections)
+        # Header, body and keep-alive timeouts, a TLS handshake timeout and a connection cap
+        # (common/listener.py): aiohttp's own site has none of the first three.
+        server, guard = await serve_guarded(runner.server, config.listen.host,
+                                            config.listen.port, config.connection_limits,
+                                            name="gateway", ssl_context=context)
         loop = asyncio.get_running_loop()
         # Start-up objects (aiohttp, cryptography, argon2, zxcvbn's dictionaries) live for the
         # whole run: out of the collector's generations, full collections stay short (as in
@@ -149,6 +158,10 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
               f"event loop {type(loop).__module__.split('.')[0]})", file=sys.stderr, flush=True)
         await until_stopped()
     finally:
+        if server is not None:
+            server.close()
+        if guard is not None:
+            await guard.stop()
         await runner.cleanup()
         await users.close()
         hasher.close()
@@ -378,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-gateway`."""
+    restrict_new_files()  # password hashes (database, WAL), TLS key: owner-only
     args = build_parser().parse_args(argv)
     try:
         config = load_gateway_config(config_path(args))

@@ -5,12 +5,13 @@ The gateway refuses to start with a message naming the key to fix (STYLE 12).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from common.config import Address, ConfigError, RawConfig, load_raw
 from common.cutovers import load_cutovers
+from common.listener import ConnectionLimits
 from policy.cutover import Cutover
 from policy.password import PasswordPolicy
 from policy.session import SessionPolicy
@@ -58,6 +59,7 @@ class GatewayConfig:
     max_form_bytes: int
     log_level: str
     cutovers: tuple[Cutover, ...] = ()
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -131,4 +133,5 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         max_form_bytes=gw.int("max_form_bytes", 16384, minimum=1024),
         log_level=logging.str("level", "info"),
         cutovers=tuple(load_cutovers(raw)),
+        connection_limits=ConnectionLimits.from_section(gw),
     )

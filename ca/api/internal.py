@@ -4,6 +4,7 @@ certificate status, acquisition passwords and the revocation feed."""
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,11 @@ from ca.runtime import CaRuntime
 
 RUNTIME = web.AppKey("runtime", CaRuntime)
 MAX_FEED_WAIT_SECONDS = 30.0
+MAX_SEQUENCE = 2**63 - 1  # SQLite's INTEGER
+# ASCII digits only: int() and float() would also take "+5", " 5", "5_0", Arabic-Indic
+# digits, "nan" and "inf".
+_FEED_AFTER = re.compile(r"[0-9]{1,19}|latest")
+_FEED_WAIT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,6})?")
 
 
 def _actor(body: dict[str, Any]) -> str:
@@ -122,19 +128,30 @@ async def revocations(request: web.Request) -> web.Response:
     follower does not download every revocation ever made.
     """
     feed = request.app[RUNTIME].feed
-    if request.query.get("after") == "latest":
+    wait = float(_query_param(request, "wait", _FEED_WAIT, "0"))
+    if wait > MAX_FEED_WAIT_SECONDS:
+        raise BadRequest(f"wait must be at most {MAX_FEED_WAIT_SECONDS:g}", code="bad_query")
+    after_text = _query_param(request, "after", _FEED_AFTER, "0")
+    if after_text == "latest":
         return web.json_response({"last_seq": feed.last_seq, "revocations": []})
-    try:
-        after = int(request.query.get("after", "0"))
-        wait = min(float(request.query.get("wait", "0")), MAX_FEED_WAIT_SECONDS)
-    except ValueError:
-        raise BadRequest("after must be an integer or 'latest', wait a number",
-                         code="bad_query") from None
-    records = await feed.wait_after(after, max(wait, 0.0))
+    after = int(after_text)
+    if after > MAX_SEQUENCE:
+        raise BadRequest("after is beyond any sequence number", code="bad_query")
+    records = await feed.wait_after(after, wait)
     last = max([after, *(r.revocation_seq or 0 for r in records)])
     return web.json_response(
         {"last_seq": last, "revocations": [revocation_view(r) for r in records]}
     )
+
+
+def _query_param(request: web.Request, name: str, pattern: re.Pattern[str], default: str) -> str:
+    """A query parameter given at most once and matching `pattern` exactly, else 400."""
+    values = request.query.getall(name, [default])
+    if len(values) != 1 or pattern.fullmatch(values[0]) is None:
+        raise BadRequest("after must be an integer from 0 or 'latest', wait a number of seconds "
+                         f"from 0 to {MAX_FEED_WAIT_SECONDS:g}, each given once",
+                         code="bad_query")
+    return str(values[0])
 
 
 def _pem(der: bytes) -> str:
