@@ -246,8 +246,8 @@ class TestNoUserEnumeration:
         self, store: UserStore, clock: FakeClock
     ) -> None:
         """With production argon2, an unknown ID and a wrong password cost the same: one argon2id
-        verification each, and about the same time (samples interleaved, so that load from
-        other processes slows both alike)."""
+        verification each, and about the same time (samples interleaved and the fastest of
+        each taken: load from other processes only ever adds time)."""
         hasher = PasswordHasher()
         verifications: list[str | None] = []
         verify = hasher.verify
@@ -272,8 +272,8 @@ class TestNoUserEnumeration:
                     assert len(verifications) == 1, (user_id, verifications)
         finally:
             hasher.close()
-        known, unknown = (sorted(t)[len(t) // 2] for t in samples.values())
-        assert 0.4 < unknown / known < 2.5
+        known, unknown = (min(t) for t in samples.values())  # load only ever adds time
+        assert 0.5 < unknown / known < 2.0
 
 
 class TestChangePassword:
