@@ -46,6 +46,10 @@ class GatewayConfig:
     tls_cert: Path
     tls_key: Path
     trust_bundle_cache: Path
+    # The operator's trust anchor for customer certificates (gateway.trust): the CA's root
+    # certificate file and/or the SHA-256 of its DER. At least one is required.
+    ca_root: Path | None
+    ca_root_sha256: str | None
     session: SessionPolicy
     password: PasswordPolicy
     lockout_max_failures: int
@@ -119,6 +123,8 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         tls_cert=gw.path("tls_cert", "var/gateway/tls/server.crt.pem"),
         tls_key=gw.path("tls_key", "var/gateway/tls/server.key.pem"),
         trust_bundle_cache=gw.path("trust_bundle_cache", "var/gateway/trust-bundle.pem"),
+        ca_root=gw.path("ca_root") if "ca_root" in gw.values else None,
+        ca_root_sha256=gw.str("ca_root_sha256", "") or None,
         session=session,
         password=password,
         lockout_max_failures=lockout,

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
 
 from common.tlsfiles import tls_server_context
 
@@ -97,3 +99,17 @@ def server_context(cert_file: Path, key_file: Path, bundle: TrustBundle) -> ssl.
     # Python's ssl cannot set the CertificateRequest's CA list (SSL_CTX_set_client_CA_list):
     # browsers offer every client certificate they hold; the user picks CN = user ID (§2.2(2)).
     return context
+
+
+_GENERATION_IN_NAME = re.compile(r"\bIssuing CA (g\d+)$")
+
+
+def generation_of(issuer: x509.Certificate) -> str:
+    """The generation an issuing CA certificate belongs to.
+
+    The CA names every issuing generation "<organization> Issuing CA <gN>" (keys.hierarchy),
+    so the name is the contract; no lookup at the CA is needed per request.
+    """
+    names = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    match = _GENERATION_IN_NAME.search(str(names[0].value)) if names else None
+    return match.group(1) if match else ""

@@ -9,7 +9,7 @@ import re
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +31,7 @@ from common.tlsfiles import ensure_server_certificate
 from demo.backend import build_app as build_backend
 from gateway.app import build_app, serve_proxied_directly
 from gateway.auth import Authenticator
-from gateway.cli import ca_client_for, load_trust_bundle
+from gateway.cli import ca_client_for, load_trust_bundle, trust_anchor_for
 from gateway.config import GatewayConfig, gateway_config_from
 from gateway.state import AUTH, REVOCATION
 from gateway.tls import server_context
@@ -338,15 +338,19 @@ def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
         tls_cert = "var/gateway/tls/server.crt.pem"
         tls_key = "var/gateway/tls/server.key.pem"
         backend_read_timeout = "3s"
+        ca_root = "var/keys/root.crt.pem"
         #CA-URLS#
         {extra}
     """
 
 
 def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
-                  tables: str = "", internal_tls: bool = False) -> GatewayHarness:
+                  tables: str = "", internal_tls: bool = False,
+                  public_url_for: Callable[[str], str] | None = None) -> GatewayHarness:
     """Start CA, demo backend and gateway on loopback; the gateway's CA URLs point at the CA
-    (its internal API over TLS, pinning the CA's self-signed certificate, with `internal_tls`)."""
+    (its internal API over TLS, pinning the CA's self-signed certificate, with `internal_tls`).
+    `public_url_for` gets the CA's public URL and returns the one the gateway is given (e.g.
+    a listener in front of the CA, started before the gateway fetches its trust bundle)."""
     port, backend_port = free_port(), free_port()
     config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra),
                           internal_tls=internal_tls)
@@ -355,8 +359,11 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
     internal_url = (f'ca_internal_url = "https://127.0.0.1:{internal}"\n'
                     f'ca_internal_trust = "{ca_config.internal_tls_cert}"' if internal_tls
                     else f'ca_internal_url = "http://127.0.0.1:{internal}"')
+    public_url = f"http://127.0.0.1:{public}"
+    if public_url_for is not None:
+        public_url = public_url_for(public_url)
     text = config_path.read_text().replace(
-        "#CA-URLS#", f'ca_public_url = "http://127.0.0.1:{public}"\n' + internal_url)
+        "#CA-URLS#", f'ca_public_url = "{public_url}"\n' + internal_url)
     config_path.write_text(text + tables)  # further tables, e.g. [[cutover]], after [gateway]
     ca = start_ca(config_path, clock)
     config = gateway_config_from(load_raw(config_path))
@@ -369,7 +376,8 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
 
     async def open_gateway() -> tuple[UserStore, web.Application, ssl.SSLContext]:
         ca_client = ca_client_for(config)
-        bundle = await load_trust_bundle(ca_client, config.trust_bundle_cache)
+        bundle = await load_trust_bundle(ca_client, config.trust_bundle_cache,
+                                         trust_anchor_for(config))
         users = await UserStore.open(config.database, clock)
         app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca_client,
                         bundle=bundle)
