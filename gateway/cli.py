@@ -115,7 +115,7 @@ async def load_trust_bundle(ca: CaClient, cache: Path, anchor: TrustAnchor, *,
 
 async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT/SIGTERM."""
-    from gateway.app import build_app, serve_proxied_directly
+    from gateway.app import build_app, prepare_server
 
     if ensure_server_certificate(config.tls_cert, config.tls_key, config.public_url, clock):
         print(f"created a self-signed demo server certificate {config.tls_cert}",
@@ -130,7 +130,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
                     bundle=bundle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    serve_proxied_directly(runner)
+    prepare_server(runner)
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
                            ssl_context=context, backlog=1024)

@@ -56,6 +56,8 @@ class GatewayConfig:
     temporary_password_length: int
     renewal_window: timedelta
     admin_path_prefixes: tuple[str, ...]
+    # Origins whose pages may open a WebSocket through the gateway (default: public_url's).
+    websocket_origins: tuple[str, ...]
     revocation: RevocationSettings
     backend_connect_timeout: timedelta
     backend_read_timeout: timedelta
@@ -106,12 +108,16 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
     )
     if revocation.feed_wait > timedelta(seconds=30):
         raise ConfigError("gateway.revocation_feed_wait must be at most 30s (the CA's cap)")
+    public_url = _url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url", ("https://",))
+    origins = gw.list_of_str("websocket_allowed_origins", [public_url])
+    if any(not o.startswith("https://") or o.count("/") != 2 for o in origins):
+        raise ConfigError("gateway.websocket_allowed_origins must be origins like "
+                          "https://host[:port] (no path)")
     lockout = gw.int("lockout_max_failures", 3, minimum=1)
     temporary_length = gw.int("temporary_password_length", 12, minimum=password.min_length)
     return GatewayConfig(
         listen=gw.address("listen", "127.0.0.1:8443"),
-        public_url=_url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url",
-                        ("https://",)),
+        public_url=public_url,
         database=gw.path("database", "var/gateway/gateway.sqlite3"),
         backend_url=_url(gw.str("backend_url", "http://127.0.0.1:8090"), "backend_url"),
         ca_public_url=_url(gw.str("ca_public_url", "http://127.0.0.1:8080"), "ca_public_url"),
@@ -131,6 +137,7 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         temporary_password_length=temporary_length,
         renewal_window=gw.duration("renewal_window", "30d"),
         admin_path_prefixes=prefixes,
+        websocket_origins=origins,
         revocation=revocation,
         backend_connect_timeout=gw.duration("backend_connect_timeout", "5s"),
         backend_read_timeout=gw.duration("backend_read_timeout", "60s"),

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -29,7 +30,7 @@ from common.config import load_raw
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate
 from demo.backend import build_app as build_backend
-from gateway.app import build_app, serve_proxied_directly
+from gateway.app import build_app, prepare_server
 from gateway.auth import Authenticator
 from gateway.cli import ca_client_for, load_trust_bundle, trust_anchor_for
 from gateway.config import GatewayConfig, gateway_config_from
@@ -225,6 +226,34 @@ class GatewayHarness:
         self.stop_ca()
 
 
+def raw_exchange(harness: GatewayHarness, request: bytes, who: Enrolled | None = None, *,
+                 server_hostname: str = "localhost", seconds: float = 10) -> bytes:
+    """Send `request` byte for byte over one TLS connection (Python's ssl, `who`'s
+    certificate) and return everything the gateway answers until it closes or goes quiet:
+    for targets and headers that HTTP client libraries would normalise or refuse."""
+    context = harness.ssl_context(who)
+    context.check_hostname = False
+    host, port = harness.url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=seconds) as raw, \
+            context.wrap_socket(raw, server_hostname=server_hostname) as tls:
+        tls.sendall(request)
+        answer = b""
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and _complete(answer):
+                    break
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            pass
+    return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return match is not None and len(body) >= int(match.group(1))
+
+
 CSRF_PATTERN = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -385,7 +414,7 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
 
     users, app, context = gateway_loop.run(open_gateway())
     gateway_runner, _ = gateway_loop.start_app(app, port, ssl_context=context,
-                                               prepare=serve_proxied_directly)
+                                               prepare=prepare_server)
     runners.append((gateway_loop, gateway_runner))
     harness = GatewayHarness(
         ca=ca, config=config, app=app, url=f"https://127.0.0.1:{port}",
