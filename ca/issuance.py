@@ -28,6 +28,7 @@ from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
 from ca.issuers import Issuers
 from ca.pkcs12 import KeyWorkers, public_key_of
 from ca.store import CertRecord, Store, serial_hex
+from ca.tickets import AcquisitionTickets
 from common.passwords import PasswordHasher, generate_secret
 from keys.hierarchy import IssuerGeneration
 from keys.signer import signature_hash_for
@@ -106,6 +107,7 @@ class CertificateAuthority:
         self._is_cut_over = cut_over_test(self.cutovers)
         self.revocation_listeners: list[RevocationListener] = []
         self.issuance_listeners: list[IssuanceListener] = []
+        self.tickets = AcquisitionTickets(clock)
 
     # -- acquisition passwords (R-CERT-5) ----------------------------------------------
 
@@ -151,10 +153,23 @@ class CertificateAuthority:
 
     # -- issuance ------------------------------------------------------------------------
 
-    async def acquire(self, user_id: str, acquisition_password: str, *, actor: str) -> Delivery:
-        """First acquisition or re-acquisition with a server-side key (R-CERT-4, R-CERT-5)."""
+    async def open_acquisition(self, user_id: str, acquisition_password: str, *,
+                               actor: str) -> tuple[str, datetime]:
+        """Check the acquisition password (counted, locking) and return a single-use ticket
+        for `acquire` (ca.tickets: the gateway checks the login password in between)."""
         user_id = self._user_id(user_id)
         await self._check_acquisition_password(user_id, acquisition_password, actor)
+        return self.tickets.issue(user_id, acquisition_password)
+
+    async def acquire(self, user_id: str, acquisition_password: str, *, actor: str,
+                      ticket: str | None = None) -> Delivery:
+        """First acquisition or re-acquisition with a server-side key (R-CERT-4, R-CERT-5);
+        with a `ticket` from `open_acquisition`, the password is not evaluated again."""
+        user_id = self._user_id(user_id)
+        if ticket is None:
+            await self._check_acquisition_password(user_id, acquisition_password, actor)
+        elif not self.tickets.redeem(ticket, user_id, acquisition_password):
+            raise Unauthorized("the acquisition ticket is not valid", code="bad_credentials")
         now = self._clock.now()
         try:
             delivery = await self._issue_with_server_key(

@@ -63,6 +63,9 @@ class GatewayConfig:
     backend_read_timeout: timedelta
     max_form_bytes: int
     log_level: str
+    # Anonymous acquisition form: POSTs per client address (IPv6: per /64) per window.
+    acquire_attempts_per_address: int = 20
+    acquire_throttle_window: timedelta = timedelta(minutes=10)
     cutovers: tuple[Cutover, ...] = ()
 
 
@@ -142,6 +145,8 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         backend_connect_timeout=gw.duration("backend_connect_timeout", "5s"),
         backend_read_timeout=gw.duration("backend_read_timeout", "60s"),
         max_form_bytes=gw.int("max_form_bytes", 16384, minimum=1024),
+        acquire_attempts_per_address=gw.int("acquire_attempts_per_address", 20, minimum=1),
+        acquire_throttle_window=gw.duration("acquire_throttle_window", "10m"),
         log_level=logging.str("level", "info"),
         cutovers=tuple(load_cutovers(raw)),
     )
