@@ -130,6 +130,9 @@ class CertificateAuthority:
         if reservation == "busy":
             raise Busy("other tries with this acquisition password are being checked; retry")
         if reservation == "locked":
+            # The cost of a check: a locked password must not answer faster (which would
+            # tell a stranger that this user exists and was locked).
+            await self._hasher.verify(None, password)
             raise Locked(
                 "the acquisition password is locked after too many wrong tries; ask the bank "
                 "to issue a new one",
