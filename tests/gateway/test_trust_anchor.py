@@ -135,11 +135,13 @@ class FakeCa:
             serialization.Encoding.DER)
 
 
-@pytest.fixture
-def attacked(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[GatewayHarness, FakeCa]]:
-    """A gateway whose `ca_public_url` is the fake CA listener (started before it)."""
+@pytest.fixture(params=["Attacker Issuing CA g7", "Sekisho Test Issuing CA g1"])
+def attacked(request: pytest.FixtureRequest, tmp_path: Path,
+             clock: FakeClock) -> Iterator[tuple[GatewayHarness, FakeCa]]:
+    """A gateway whose `ca_public_url` is the fake CA listener (started before it); the
+    attacker's CA has its own name, or the very name of our issuing generation g1."""
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Sekisho Test"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, "Sekisho Test Issuing CA g1")])
+                         x509.NameAttribute(NameOID.COMMON_NAME, request.param)])
     fake = FakeCa(AttackerCa.make(subject))
 
     def in_front(real: str) -> str:
