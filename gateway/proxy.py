@@ -222,11 +222,18 @@ def checked_target(raw_target: str) -> str:
     if "\\" in path or ";" in path or _AMBIGUOUS_ESCAPE.search(path) or _ESCAPE.search(path) \
             or any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
         raise BadRequest("the request target is ambiguous", code="bad_target")
-    segments = unquote(path).split("/")[1:]
-    for index, segment in enumerate(segments):
-        if (not segment and index < len(segments) - 1) or segment in (".", "..") \
-                or (segment and segment[-1] in ". "):
-            raise BadRequest("the request target is ambiguous", code="bad_target")
+    decoded = unquote(path)
+    # A backend that applies Unicode compatibility folding would read "／" as "/", "．" as
+    # "." and "％" as "%": the folded form must be as unambiguous as the decoded one.
+    folded = unicodedata.normalize("NFKC", decoded)
+    if folded != decoded and any(c in folded for c in "\\;%"):
+        raise BadRequest("the request target is ambiguous", code="bad_target")
+    for form in {decoded, folded}:
+        segments = form.split("/")[1:]
+        for index, segment in enumerate(segments):
+            if (not segment and index < len(segments) - 1) or segment in (".", "..") \
+                    or (segment and segment[-1] in ". "):
+                raise BadRequest("the request target is ambiguous", code="bad_target")
     return raw_target
 
 

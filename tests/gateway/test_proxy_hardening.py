@@ -129,6 +129,9 @@ class TestTargets:
         "/trade/../admin/restrictions", "/./admin/restrictions", "//admin/restrictions",
         "/admin//restrictions", "/admin./restrictions", "/admin%20/restrictions", "/admin%zz",
         "/admin%5crestrictions", "/admin%3b/restrictions", "/admin%09/restrictions",
+        "/trade%EF%BC%8F..%EF%BC%8Fadmin/restrictions",  # fullwidth solidus: NFKC "/"
+        "/trade/%EF%BC%8E%EF%BC%8E/admin/restrictions",  # fullwidth full stops: NFKC ".."
+        "/admin%EF%BC%853b/restrictions",  # fullwidth percent: NFKC "%3b"
     ])
     async def test_ambiguous_targets_refused_R_PX_2(self, gw: GatewayHarness,
                                                     target: str) -> None:
