@@ -4,8 +4,8 @@
 * The client certificate is optional at the TLS layer (`CERT_OPTIONAL`) so the login page and
   certificate acquisition work without one; routes that need one refuse without it.
 * When a client does present a certificate, OpenSSL verifies it at the handshake: chain to one
-  of the CA's issuing generations (the trust bundle fetched from the CA's public
-  `/certs/bundle.pem`) and the `sslclient` purpose (a certificate whose EKU lacks clientAuth
+  of the CA's issuing generations (fetched from the CA's public `/certs/bundle.pem` and kept
+  only when they chain to the operator's root: gateway.trust) and the `sslclient` purpose (a certificate whose EKU lacks clientAuth
   fails). A failing certificate ends the handshake. Dates are NOT checked at the handshake
   (`X509_V_FLAG_NO_CHECK_TIME`): an expired certificate of ours must reach the page that tells
   its owner to get a new one, instead of a browser's TLS error. The application checks the
