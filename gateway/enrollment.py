@@ -75,6 +75,9 @@ _CA_ERRORS: dict[str, tuple[type[GatewayError], str]] = {
     "acquisition_locked": (Locked, "acquisition_locked"),
     "usable_certificate_exists": (Conflict, "usable_certificate_exists"),
     "attempt_in_progress": (Conflict, "attempt_in_progress"),
+    # Other tries of the same acquisition password are being checked: try again (depends
+    # on concurrency only, never on which secret was wrong).
+    "busy": (TooManyAttempts, "busy"),
     "invalid_user_id": (BadRequest, "bad_request"),
     "acquisition_not_open": (Conflict, "acquisition_not_open"),
     "renewal_not_open": (Conflict, "renewal_not_open"),

@@ -5,12 +5,13 @@
   certificate acquisition work without one; routes that need one refuse without it.
 * When a client does present a certificate, OpenSSL verifies it at the handshake: chain to one
   of the CA's issuing generations (fetched from the CA's public `/certs/bundle.pem` and kept
-  only when they chain to the operator's root: gateway.trust) and the `sslclient` purpose (a certificate whose EKU lacks clientAuth
-  fails). A failing certificate ends the handshake. Dates are NOT checked at the handshake
-  (`X509_V_FLAG_NO_CHECK_TIME`): an expired certificate of ours must reach the page that tells
-  its owner to get a new one, instead of a browser's TLS error. The application checks the
-  leaf's and the chain's validity against the injected clock on every request that needs a
-  certificate, with EKU and revocation (`gateway.verify`).
+  only when they chain to the operator's root: gateway.trust) and the `sslclient` purpose
+  (a certificate whose EKU lacks clientAuth fails). A failing certificate ends the
+  handshake. Dates are NOT checked at the handshake (`X509_V_FLAG_NO_CHECK_TIME`): an
+  expired certificate of ours must reach the page that tells its owner to get a new one,
+  instead of a browser's TLS error. The application checks the leaf's and the chain's
+  validity against the injected clock on every request that needs a certificate, with EKU
+  and revocation (`gateway.verify`).
 * The demo server certificate is a self-signed P-256 certificate made on first run (key 0600).
   Production uses a real server certificate from the bank's public CA: point `tls_cert` and
   `tls_key` at it.
