@@ -274,7 +274,8 @@ async def _acquire(request: web.Request, user_id: str, password: str,
 
 
 async def acquire(request: web.Request) -> web.Response:
-    """POST /auth/acquire: login password, then the CA checks the acquisition password."""
+    """POST /auth/acquire: throttle, the acquisition password at the CA (a ticket), then the
+    login password, then issuance with the ticket (see the module docstring)."""
     form = await read_form(request)
     check_form_token(request, form)
     user_id = form_field(form, "user_id", max_length=64).strip()
