@@ -47,6 +47,7 @@ from gateway.ca_client import CaClient, CaRefused, CaUnavailable
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import GatewayError
 from gateway.tls import TrustBundle, server_context
+from gateway.trust import TrustAnchor, TrustAnchorError, write_cache
 from gateway.users import User, UserStore
 from policy.clock import Clock, SystemClock
 
@@ -99,20 +100,36 @@ def ca_client_for(config: GatewayConfig) -> CaClient:
                     read_api_token(config.ca_api_token_file), internal_ssl=internal_ssl)
 
 
-async def load_trust_bundle(ca: CaClient, cache: Path, *, attempts: int = 20) -> TrustBundle:
-    """Fetch the CA's trust bundle (retrying while the CA starts), cache it; else the cache."""
+def trust_anchor_for(config: GatewayConfig) -> TrustAnchor:
+    """The operator's root for customer certificates (gateway.ca_root / ca_root_sha256)."""
+    try:
+        return TrustAnchor.from_config(config.ca_root, config.ca_root_sha256)
+    except TrustAnchorError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def load_trust_bundle(ca: CaClient, cache: Path, anchor: TrustAnchor, *,
+                            attempts: int = 20) -> TrustBundle:
+    """Fetch the CA's issuer bundle (retrying while the CA starts) and keep only what chains
+    to `anchor` (gateway.trust); cache that. Without the CA: the cache, filtered again."""
     for attempt in range(attempts):
         try:
-            bundle = TrustBundle.from_pem(await ca.trust_bundle())
+            fetched = await ca.trust_bundle()
         except CaUnavailable:
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.5)
             continue
-        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cache.write_bytes(bundle.pem)
+        try:
+            bundle = anchor.filter(fetched, source=ca.public_url + "/certs/bundle.pem")
+        except TrustAnchorError as exc:
+            raise CliError(f"{exc}; refusing the fetched trust bundle") from None
+        write_cache(cache, bundle)
         return bundle
     if cache.exists():
-        return TrustBundle.from_pem(cache.read_bytes())
+        try:
+            return anchor.filter(cache.read_bytes(), source=str(cache))
+        except TrustAnchorError as exc:
+            raise CliError(f"the cached trust bundle is unusable: {exc}") from None
     raise CliError(f"cannot fetch the trust bundle from {ca.public_url} and no cached copy "
                    f"at {cache}; start the CA first")
 
@@ -122,13 +139,14 @@ async def load_trust_bundle(ca: CaClient, cache: Path, *, attempts: int = 20) ->
 
 async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT/SIGTERM."""
-    from gateway.app import build_app, serve_proxied_directly
+    from gateway.app import build_app, prepare_server
 
     if ensure_server_certificate(config.tls_cert, config.tls_key, config.public_url, clock):
         print(f"created a self-signed demo server certificate {config.tls_cert}",
               file=sys.stderr)
+    anchor = trust_anchor_for(config)
     ca = ca_client_for(config)
-    bundle = await load_trust_bundle(ca, config.trust_bundle_cache)
+    bundle = await load_trust_bundle(ca, config.trust_bundle_cache, anchor)
     context = server_context(config.tls_cert, config.tls_key, bundle)
     users = await UserStore.open(config.database, clock)
     hasher = PasswordHasher()
@@ -136,7 +154,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
                     bundle=bundle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    serve_proxied_directly(runner)
+    prepare_server(runner)
     server: asyncio.Server | TlsListener | None = None
     guard: ConnectionGuard | None = None
     try:

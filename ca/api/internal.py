@@ -45,14 +45,31 @@ def _delivery(delivery: Delivery) -> web.Response:
 
 
 async def acquire(request: web.Request) -> web.Response:
-    """POST /v1/acquire {user_id, acquisition_password} -> PKCS#12 (R-CERT-4, R-CERT-5)."""
+    """POST /v1/acquire {user_id, acquisition_password[, ticket]} -> PKCS#12 (R-CERT-4,
+    R-CERT-5); with a ticket from /v1/acquisition-tickets the password is not checked again."""
     body = await read_json(request)
+    ticket = body.get("ticket")
+    if ticket is not None and not isinstance(ticket, str):
+        raise BadRequest("ticket must be a string", code="bad_field")
     delivery = await request.app[RUNTIME].authority.acquire(
+        required_str(body, "user_id", max_length=64),
+        required_str(body, "acquisition_password", max_length=256),
+        actor=_actor(body), ticket=ticket[:128] if ticket else None,
+    )
+    return _delivery(delivery)
+
+
+async def acquisition_ticket(request: web.Request) -> web.Response:
+    """POST /v1/acquisition-tickets {user_id, acquisition_password}: the password checked
+    (counted, locking), a single-use ticket for /v1/acquire returned (ca.tickets)."""
+    body = await read_json(request)
+    ticket, expires_at = await request.app[RUNTIME].authority.open_acquisition(
         required_str(body, "user_id", max_length=64),
         required_str(body, "acquisition_password", max_length=256),
         actor=_actor(body),
     )
-    return _delivery(delivery)
+    return web.json_response({"ticket": ticket, "expires_at": expires_at.isoformat()},
+                             status=201)
 
 
 async def renew(request: web.Request) -> web.Response:
@@ -163,6 +180,7 @@ def _pem(der: bytes) -> str:
 def add_routes(app: web.Application) -> None:
     """Register the internal API."""
     app.router.add_post("/v1/acquire", acquire)
+    app.router.add_post("/v1/acquisition-tickets", acquisition_ticket)
     app.router.add_post("/v1/renew", renew)
     app.router.add_post("/v1/certificates", issue_from_csr)
     app.router.add_get("/v1/certificates/{serial}", certificate)
