@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -19,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from common.passwords import PasswordHasher
@@ -34,6 +32,7 @@ from tests.gateway.conftest import (
     Page,
     csrf_of,
     gateway_section,
+    write_client_pem,
 )
 from tests.support.faults import CaProcess
 from tests.support.servers import free_port
@@ -104,15 +103,7 @@ def _enrolled(directory: Path, pkcs12_b64: str, acquisition: str) -> Enrolled:
     key, cert, _ = pkcs12.load_key_and_certificates(base64.b64decode(pkcs12_b64),
                                                     acquisition.encode())
     assert key is not None and cert is not None
-    cert_file, key_file = directory / "client.crt.pem", directory / "client.key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return Enrolled(USER, GOOD_PASSWORD, cert_file, key_file, format(cert.serial_number, "x"),
-                    hashlib.sha256(der).hexdigest(), cert.not_valid_after_utc)
+    return write_client_pem(directory / "clients", USER, GOOD_PASSWORD, cert, key)
 
 
 def _login(url: str, server_cert: Path, who: Enrolled, password: str) -> Page:

@@ -153,20 +153,8 @@ class GatewayHarness:
     def write_pem(self, user_id: str, password: str, cert: x509.Certificate, key: Any, *,
                   suffix: str = "") -> Enrolled:
         """Write a certificate and key as PEM files for curl and ssl."""
-        folder = self.directory / "clients"
-        folder.mkdir(exist_ok=True)
-        cert_file = folder / f"{user_id}{suffix}.crt.pem"
-        key_file = folder / f"{user_id}{suffix}.key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        key_file.chmod(0o600)
-        der = cert.public_bytes(serialization.Encoding.DER)
-        return Enrolled(user_id=user_id, password=password, cert_file=cert_file,
-                        key_file=key_file, serial=format(cert.serial_number, "x"),
-                        fingerprint=hashlib.sha256(der).hexdigest(),
-                        not_after=cert.not_valid_after_utc)
+        return write_client_pem(self.directory / "clients", user_id, password, cert, key,
+                                suffix=suffix)
 
     def enroll(self, user_id: str, *, role: str = "contractor", name: str = "Tanaka Taro",
                customer: str = "ABC Trading") -> Enrolled:
@@ -352,6 +340,24 @@ class Browser:
             if morsel.key == name:
                 return morsel.value
         return None
+
+
+def write_client_pem(folder: Path, user_id: str, password: str, cert: x509.Certificate,
+                     key: Any, *, suffix: str = "") -> Enrolled:
+    """Write a client certificate and its key (0600) as PEM files for curl and ssl."""
+    folder.mkdir(exist_ok=True)
+    cert_file = folder / f"{user_id}{suffix}.crt.pem"
+    key_file = folder / f"{user_id}{suffix}.key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Enrolled(user_id=user_id, password=password, cert_file=cert_file,
+                    key_file=key_file, serial=format(cert.serial_number, "x"),
+                    fingerprint=hashlib.sha256(der).hexdigest(),
+                    not_after=cert.not_valid_after_utc)
 
 
 def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
