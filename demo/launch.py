@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ca.config import load_ca_config
 from common.config import Address, load_raw
+from common.files import private_directory, restrict_new_files
 from gateway.config import load_gateway_config
 
 DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
@@ -95,6 +96,7 @@ def _wait_tcp(address: Address) -> None:
 
 def main() -> int:
     """Start everything and wait for Ctrl-C."""
+    restrict_new_files()  # inherited by every process it starts
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     args = parser.parse_args()
@@ -102,12 +104,7 @@ def main() -> int:
     ca_config = load_ca_config(args.config)
     gateway = load_gateway_config(args.config)
     demo = load_raw(args.config).section("demo")
-
-    if not (ca_config.keys.directory / "root.crt.pem").exists():
-        result = _run("ca", *config_arg, "init", "--generate-passphrase")
-        if result.returncode != 0:
-            raise SystemExit(result.stderr.strip())
-        print(result.stdout.strip())
+    private_directory(ca_config.data_dir)
 
     children: list[subprocess.Popen[bytes]] = []
 
@@ -115,6 +112,11 @@ def main() -> int:
         children.append(subprocess.Popen([sys.executable, "-m", *command]))
 
     try:
+        if not (ca_config.keys.directory / "root.crt.pem").exists():
+            result = _run("ca", *config_arg, "init", "--generate-passphrase")
+            if result.returncode != 0:
+                raise SystemExit(result.stderr.strip())
+            print(result.stdout.strip())
         start("ca", *config_arg, "serve")
         _wait_http(f"http://{ca_config.public_listen.host}:{ca_config.public_listen.port}/health")
         demo_listen = demo.str("listen", "127.0.0.1:8090")
@@ -149,6 +151,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C while the children stop must not abort the clean-up with a
+        # traceback (and `make` with "Error"): they already have their signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in children:
             if child.poll() is None:
                 child.terminate()
