@@ -25,6 +25,8 @@ import argparse
 import asyncio
 import gc
 import json
+import os
+import secrets
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,11 +41,14 @@ from common.config import ConfigError, to_utc_datetime
 from common.eventloop import loop_factory, until_stopped
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
+from common.sqlite import Owner
 from common.tlsfiles import ensure_server_certificate, tls_client_context
+from gateway import supervisor
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, CaRefused, CaUnavailable
-from gateway.config import GatewayConfig, load_gateway_config
+from gateway.config import GatewayConfig, load_gateway_config, parse_workers
 from gateway.errors import GatewayError
+from gateway.metrics import worker_id, worker_started
 from gateway.tls import TrustBundle, server_context
 from gateway.users import User, UserStore
 from policy.clock import Clock, SystemClock
@@ -129,6 +134,12 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     bundle = await load_trust_bundle(ca, config.trust_bundle_cache)
     context = server_context(config.tls_cert, config.tls_key, bundle)
     users = await UserStore.open(config.database, clock)
+    worker = supervisor.is_worker()
+    if worker:
+        # A worker's login tries are its slot's: a restarted worker settles its dead
+        # predecessor's pending tries at once, never those its siblings are checking now
+        # (common.sqlite.Owner; R-FAULT-3).
+        users.owner = Owner(f"gateway-w{worker_id()}", secrets.token_hex(8))
     hasher = PasswordHasher()
     app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca,
                     bundle=bundle)
@@ -136,9 +147,12 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     await runner.setup()
     serve_proxied_directly(runner)
     try:
+        # Workers each listen with SO_REUSEPORT: one accept queue per worker (supervisor.py).
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
-                           ssl_context=context, backlog=1024)
+                           ssl_context=context, backlog=1024, reuse_port=worker or None)
         await site.start()
+        worker_started()
+        supervisor.notify_ready()
         loop = asyncio.get_running_loop()
         # Start-up objects (aiohttp, cryptography, argon2, zxcvbn's dictionaries) live for the
         # whole run: out of the collector's generations, full collections stay short (as in
@@ -153,6 +167,23 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
         await users.close()
         hasher.close()
     return 0
+
+
+def supervise(config: GatewayConfig, path: Path, workers: int, clock: Clock) -> int:
+    """`serve` with `workers` > 1: the supervising parent (gateway/supervisor.py)."""
+    # Made once here: workers racing to create the demo certificate could pair a key with
+    # another worker's certificate.
+    if ensure_server_certificate(config.tls_cert, config.tls_key, config.public_url, clock):
+        print(f"created a self-signed demo server certificate {config.tls_cert}",
+              file=sys.stderr)
+    lock = supervisor.prepare_metrics_dir(config.metrics_dir)
+    try:
+        print(f"gateway supervisor: {workers} workers on {config.public_url}/",
+              file=sys.stderr, flush=True)
+        command = [sys.executable, "-m", "gateway", "--config", str(path.resolve()), "serve"]
+        return supervisor.Supervisor(command, workers, config.metrics_dir).run()
+    finally:
+        os.close(lock)
 
 
 async def cmd_tls_init(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
@@ -332,11 +363,21 @@ async def cmd_audit_show(config: GatewayConfig, clock: Clock, args: argparse.Nam
     return await _with_users(config, clock, run)
 
 
+def _workers_option(value: str) -> int:
+    try:
+        return parse_workers(value, "--workers")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="sekisho-gateway", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the gateway").set_defaults(handler=cmd_serve)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--workers", type=_workers_option, default=None,
+                       help="worker processes, a number or auto (default: gateway.workers)")
+    serve.set_defaults(handler=cmd_serve)
     commands.add_parser("tls-init", help="create the demo server certificate").set_defaults(
         handler=cmd_tls_init)
     users = commands.add_parser("users", help="helpdesk: manage users").add_subparsers(
@@ -383,6 +424,10 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         config = load_gateway_config(config_path(args))
         configure_logging(config.log_level if args.command == "serve" else "warning",
                           process="gateway")
+        if args.command == "serve" and not supervisor.is_worker():
+            workers = args.workers or config.workers
+            if workers > 1:
+                return supervise(config, config_path(args), workers, clock or SystemClock())
         with asyncio.Runner(loop_factory=loop_factory(args.command)) as runner:
             return int(runner.run(args.handler(config, clock or SystemClock(), args)))
     except (GatewayError, ConfigError, CliError, ValueError, OSError) as exc:
