@@ -136,10 +136,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     users = await UserStore.open(config.database, clock)
     worker = supervisor.is_worker()
     if worker:
-        # A worker's login tries are its slot's: a restarted worker settles its dead
-        # predecessor's pending tries at once, never those its siblings are checking now
-        # (common.sqlite.Owner; R-FAULT-3).
-        users.owner = Owner(f"gateway-w{worker_id()}", secrets.token_hex(8))
+        users.owner = worker_owner(worker_id())
     hasher = PasswordHasher()
     app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca,
                     bundle=bundle)
@@ -167,6 +164,14 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
         await users.close()
         hasher.close()
     return 0
+
+
+def worker_owner(slot: str) -> Owner:
+    """Who holds a worker's login tries (R-FAULT-3): its slot, so that a restarted worker
+    settles its dead predecessor's pending tries at once, and never the tries its sibling
+    workers are checking right now (common.sqlite.Owner declares every earlier run of the
+    same instance name dead)."""
+    return Owner(f"gateway-w{slot}", secrets.token_hex(8))
 
 
 def supervise(config: GatewayConfig, path: Path, workers: int, clock: Clock) -> int:
