@@ -45,7 +45,35 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(condition: object, seconds: float, what: str, log: Path | None = None) -> None:
+def tls_get(port: int, server_cert: Path, path: str, timeout: float = 5) -> Reply:
+    """One GET to 127.0.0.1:`port` on a new TLS connection without a client certificate
+    (each new connection may reach another worker); status 0 when refused."""
+    context = ssl.create_default_context(cafile=str(server_cert))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    except OSError:
+        return Reply(0, "")
+    head, _, body = data.partition(b"\r\n\r\n")
+    return Reply(int(head.split()[1]), body.decode(errors="replace"))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series of a Prometheus text (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            return float(match.group(2))
+    return 0.0
+
+
+def wait_for(condition: object, seconds: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if callable(condition) and condition():
@@ -83,7 +111,7 @@ class Cluster:
     def starts(self) -> list[float]:
         """Starts of each worker slot (1, 2) that listened, as /metrics counts them."""
         text = self.get("/metrics").body
-        return [self.metric(text, "sekisho_gateway_worker_starts_total", worker=slot)
+        return [metric(text, "sekisho_gateway_worker_starts_total", worker=slot)
                 for slot in ("1", "2")]
 
     def wait_workers(self, count: int, starts: float = 2, seconds: float = 60) -> list[int]:
@@ -93,34 +121,13 @@ class Cluster:
             assert self.process is not None
             assert self.process.poll() is None, self.log.read_text(errors="replace")
             return len(self.workers()) == count and sum(self.starts()) == starts
-        _wait_for(up, seconds, f"{count} workers did not come up", self.log)
+        wait_for(up, seconds, f"{count} workers did not come up", self.log)
         return self.workers()
 
     def get(self, path: str, timeout: float = 5) -> Reply:
         """One GET on a new TLS connection (no client certificate); status 0 when refused."""
-        context = ssl.create_default_context(
-            cafile=str(self.directory / "var" / "gateway" / "tls" / "server.crt.pem"))
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw, \
-                    context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            "Connection: close\r\n\r\n".encode())
-                data = b""
-                while chunk := tls.recv(65536):
-                    data += chunk
-        except OSError:
-            return Reply(0, "")
-        head, _, body = data.partition(b"\r\n\r\n")
-        return Reply(int(head.split()[1]), body.decode(errors="replace"))
-
-    def metric(self, text: str, name: str, **labels: str) -> float:
-        """The value of one series of the /metrics text (0 when absent)."""
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-            if match and ",".join(sorted(match.group(1).split(","))) == wanted:
-                return float(match.group(2))
-        return 0.0
+        return tls_get(self.port, self.directory / "var" / "gateway" / "tls" / "server.crt.pem",
+                       path, timeout)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -158,19 +165,19 @@ def test_two_workers_share_the_port_and_metrics_add_up(cluster: Cluster) -> None
     cluster.start()
     pids = cluster.wait_workers(2)
     assert len(set(pids)) == 2
-    _wait_for(lambda: cluster.get("/ready").status == 200, 30, "not ready", cluster.log)
+    wait_for(lambda: cluster.get("/ready").status == 200, 30, "not ready", cluster.log)
     health = cluster.get("/health")
     assert health.status == 200 and json.loads(health.body) == {"status": "ok"}
     assert json.loads(cluster.get("/ready").body) == {"ready": True}
     for _ in range(60):  # new connections: the kernel spreads them over both accept queues
         assert cluster.get("/health").status == 200
     text = cluster.get("/metrics").body
-    first = cluster.metric(text, "sekisho_gateway_requests_total", worker="1", status="2xx")
-    second = cluster.metric(text, "sekisho_gateway_requests_total", worker="2", status="2xx")
+    first = metric(text, "sekisho_gateway_requests_total", worker="1", status="2xx")
+    second = metric(text, "sekisho_gateway_requests_total", worker="2", status="2xx")
     assert first > 0 and second > 0, text
     assert first + second >= 62
     for worker in ("1", "2"):
-        assert cluster.metric(text, "sekisho_gateway_worker_starts_total", worker=worker) == 1
+        assert metric(text, "sekisho_gateway_worker_starts_total", worker=worker) == 1
     folder = cluster.directory / "var" / "gateway" / "metrics"
     assert (folder.stat().st_mode & 0o777) == 0o700
     assert list(folder.glob("*.db"))
@@ -199,7 +206,7 @@ def test_sigterm_stops_parent_and_workers_within_seconds(cluster: Cluster) -> No
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert process.wait(15) == 0
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), 5, "workers outlived the parent")
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 5, "workers outlived the parent")
     assert time.monotonic() - started < 10
     assert cluster.get("/health").status == 0
 
@@ -210,7 +217,7 @@ def test_kill_9_of_the_parent_leaves_no_orphans(cluster: Cluster) -> None:
     pids = cluster.wait_workers(2)
     process.kill()
     process.wait(10)
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), 10,
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 10,
               f"workers {pids} outlived the parent killed with -9")
 
 
@@ -232,15 +239,15 @@ def test_ready_turns_503_when_the_ca_is_gone_and_health_stays_200(cluster: Clust
     revocation_stale on every worker; /health (liveness) stays 200; back when the CA is."""
     cluster.start()
     cluster.wait_workers(2)
-    _wait_for(lambda: cluster.get("/ready").status == 200, 30, "not ready", cluster.log)
+    wait_for(lambda: cluster.get("/ready").status == 200, 30, "not ready", cluster.log)
     cluster.ca.kill9()
-    _wait_for(lambda: all(cluster.get("/ready").status == 503 for _ in range(10)), 20,
+    wait_for(lambda: all(cluster.get("/ready").status == 503 for _ in range(10)), 20,
               "/ready did not turn 503 on every worker")
     reply = cluster.get("/ready")
     assert json.loads(reply.body)["reason"] == "revocation_stale"
     assert cluster.get("/health").status == 200
     cluster.ca.start()
-    _wait_for(lambda: all(cluster.get("/ready").status == 200 for _ in range(10)), 30,
+    wait_for(lambda: all(cluster.get("/ready").status == 200 for _ in range(10)), 30,
               "/ready did not recover with the CA", cluster.log)
 
 
