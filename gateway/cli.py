@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from common.cli import add_common_options, config_path, operator_name, table
@@ -137,6 +138,7 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     worker = supervisor.is_worker()
     if worker:
         users.owner = worker_owner(worker_id())
+        structlog.contextvars.bind_contextvars(worker=int(worker_id()))  # on every log line
     hasher = PasswordHasher()
     app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca,
                     bundle=bundle)

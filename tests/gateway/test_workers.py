@@ -24,6 +24,9 @@ from pathlib import Path
 import pytest
 
 from bench._support import descendants
+from common.config import ConfigError
+from gateway.cli import main as gateway_main
+from gateway.config import parse_workers
 from policy.clock import FakeClock
 from tests.faults.conftest import make_ca_process
 from tests.gateway.conftest import gateway_section
@@ -262,3 +265,18 @@ def test_a_second_supervisor_on_the_same_host_is_refused(cluster: Cluster) -> No
     assert second.returncode == 1
     assert "another gateway supervisor" in second.stderr
     assert len(cluster.workers()) == 2
+
+
+def test_worker_count_is_a_number_or_auto() -> None:
+    assert parse_workers(1) == 1 and parse_workers("3") == 3
+    assert parse_workers("auto") == len(os.sched_getaffinity(0))
+    for wrong in (0, -1, 257, "two", True, 1.5, ""):
+        with pytest.raises(ConfigError, match=r"gateway\.workers"):
+            parse_workers(wrong)
+
+
+def test_serve_refuses_a_bad_workers_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gateway_main(["serve", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers must be a number from 1 to 256" in capsys.readouterr().err
