@@ -161,7 +161,7 @@ class ClusterStack(Stack):
         shared = _on_cpu(1, lambda: self._works(port, cookies[0]))
         cookies.append(cookies[0] if shared else _on_cpu(1, lambda: self._login(port)))
         side = Side(f"ours w={workers}", port, cookies,  # type: ignore[arg-type]
-                    {"gateway": [process.pid, *pids], "backend": [self.backend.pid]})
+                    {"gateway": sorted({process.pid, *pids}), "backend": [self.backend.pid]})
         return side, process
 
     def _works(self, port: int, cookie: dict[str, str]) -> bool:
