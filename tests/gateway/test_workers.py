@@ -164,7 +164,11 @@ def cluster(tmp_path: Path, clock: FakeClock) -> Iterator[Cluster]:
 def test_two_workers_share_the_port_and_metrics_add_up(cluster: Cluster) -> None:
     """Both workers answer on the one port (the per-worker request counters on /metrics,
     read through either worker, show both); /health and /ready answer without a client
-    certificate; the metrics folder is private."""
+    certificate; the metrics folder is private and a previous run's files are gone (this
+    unreadable one would make every scrape fail)."""
+    folder = cluster.directory / "var" / "gateway" / "metrics"
+    folder.mkdir(parents=True, mode=0o755)
+    (folder / "counter_1.db").write_bytes(b"left by a killed run")
     cluster.start()
     pids = cluster.wait_workers(2)
     assert len(set(pids)) == 2
@@ -181,9 +185,8 @@ def test_two_workers_share_the_port_and_metrics_add_up(cluster: Cluster) -> None
     assert first + second >= 62
     for worker in ("1", "2"):
         assert metric(text, "sekisho_gateway_worker_starts_total", worker=worker) == 1
-    folder = cluster.directory / "var" / "gateway" / "metrics"
     assert (folder.stat().st_mode & 0o777) == 0o700
-    assert list(folder.glob("*.db"))
+    assert not (folder / "counter_1.db").exists() and list(folder.glob("*.db"))
 
 
 def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(cluster: Cluster) -> None:
