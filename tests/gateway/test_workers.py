@@ -190,12 +190,15 @@ def test_two_workers_share_the_port_and_metrics_add_up(cluster: Cluster) -> None
 
 
 def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(cluster: Cluster) -> None:
-    """kill -9 of one worker: every request meanwhile is answered by the other; the parent
-    starts a new worker in the dead one's slot (logged), and the slot counts two starts."""
+    """kill -9 of one worker: once it is gone, every new connection is answered by the other
+    (a connection the kernel queued at the dying worker's socket is reset with it, unless
+    net.ipv4.tcp_migrate_req = 1, see README); the parent starts a new worker in the dead
+    one's slot (logged), and the slot counts two starts."""
     cluster.start()
     before = cluster.wait_workers(2)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not _alive(victim), 10, "the killed worker did not die")
     for _ in range(30):
         assert cluster.get("/health").status == 200
     after = cluster.wait_workers(2, starts=3)
@@ -283,3 +286,19 @@ def test_serve_refuses_a_bad_workers_option(capsys: pytest.CaptureFixture[str]) 
         gateway_main(["serve", "--workers", "0"])
     assert exit_info.value.code == 2
     assert "--workers must be a number from 1 to 256" in capsys.readouterr().err
+
+
+def test_a_slot_that_keeps_failing_at_startup_stops_the_supervisor(cluster: Cluster) -> None:
+    """The config is broken while the cluster runs, then a worker dies: its restarts fail at
+    start-up with a growing, bounded backoff (logged), and after 5 in a row the supervisor
+    stops the other worker too and exits 1 instead of looping."""
+    process = cluster.start()
+    pids = cluster.wait_workers(2)
+    cluster.config.write_text(cluster.config.read_text() + "\n[gateway\n")  # invalid TOML
+    os.kill(pids[0], signal.SIGKILL)
+    assert process.wait(120) == 1
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 10, "a worker outlived the parent")
+    log = cluster.log.read_text(errors="replace")
+    delays = [float(found) for found in re.findall(r'"restart_in_seconds": ([\d.]+)', log)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0][:len(delays)] and len(delays) >= 4, log
+    assert "worker_keeps_failing_at_startup" in log
