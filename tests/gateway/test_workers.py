@@ -254,6 +254,14 @@ def test_ready_turns_503_when_the_ca_is_gone_and_health_stays_200(cluster: Clust
               "/ready did not turn 503 on every worker")
     reply = cluster.get("/ready")
     assert json.loads(reply.body)["reason"] == "revocation_stale"
+
+    def both_workers_said_503() -> bool:
+        assert cluster.get("/ready").status == 503
+        text = cluster.get("/metrics").body
+        return all(metric(text, "sekisho_gateway_requests_total", worker=w, status="5xx") > 0
+                   for w in ("1", "2"))
+
+    wait_for(both_workers_said_503, 20, "not every worker answered 503")
     assert cluster.get("/health").status == 200
     cluster.ca.start()
     wait_for(lambda: all(cluster.get("/ready").status == 200 for _ in range(10)), 30,
