@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._support import ROOT, free_port, median, run_ab
 from bench.gateway import Client, Stack, _cpu_seconds, _nginx_conf, _wait_tls
+from common.pgdev import LocalCluster
 
 # The store backend -> the [gateway] lines that select it. PostgreSQL: add
 # "postgresql": lambda stack: f'database = "{stack.pg_dsn}"' once the gateway takes a DSN.
@@ -117,8 +118,26 @@ class Side:
     pids: dict[str, list[int]] = field(default_factory=dict)  # label -> processes to meter
 
 
+def _postgres_pids(cluster: LocalCluster) -> list[int]:
+    """The postmaster (first line of postmaster.pid) and its backends and workers."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    return [postmaster, *_descendants(postmaster)]
+
+
 class ClusterStack(Stack):
-    """bench/gateway.py's stack (CA, backend, users), nothing pinned but the load."""
+    """bench/gateway.py's stack (CA, backend, users), nothing pinned but the load; with
+    `postgres`, a throwaway PostgreSQL whose DSN the store's config line uses."""
+
+    def __init__(self, *, logins: int = 0, store: str = "sqlite",
+                 postgres: LocalCluster | None = None) -> None:
+        super().__init__(logins=logins)
+        self.store = store
+        self.postgres = postgres
+        self.pg_dsn = postgres.dsn() if postgres is not None else ""
+
+    def _gateway_section(self, port: int) -> str:
+        # Every gateway config of the run (the users' creation included) names the store.
+        return super()._gateway_section(port) + STORES[self.store](self) + "\n"
 
     def _spawn(self, command: list[str], log: str, cwd: Path = ROOT
                ) -> subprocess.Popen[bytes]:
@@ -137,12 +156,11 @@ class ClusterStack(Stack):
             process.wait()
         self.processes.remove(process)
 
-    def start_ours(self, workers: int, store: str) -> tuple[Side, subprocess.Popen[bytes]]:
+    def start_ours(self, workers: int) -> tuple[Side, subprocess.Popen[bytes]]:
         """`sekisho-gateway serve --workers N`; one session per worker, steered per core."""
         port = free_port()
         config = self.folder / f"config-w{workers}.toml"
-        config.write_text(self._base_config + self._gateway_section(port)
-                          + STORES[store](self) + "\n")
+        config.write_text(self._base_config + self._gateway_section(port))
         process = self._spawn([sys.executable, "-m", "gateway", "--config", str(config),
                                "serve", "--workers", str(workers)], f"gateway-w{workers}.log")
         _wait_tls(port)
@@ -160,8 +178,11 @@ class ClusterStack(Stack):
         # the worker on core 1 gets its own login.
         shared = _on_cpu(1, lambda: self._works(port, cookies[0]))
         cookies.append(cookies[0] if shared else _on_cpu(1, lambda: self._login(port)))
+        metered = {"gateway": sorted({process.pid, *pids}), "backend": [self.backend.pid]}
+        if self.postgres is not None:  # the database server's CPU is part of the cost
+            metered["postgresql"] = _postgres_pids(self.postgres)
         side = Side(f"ours w={workers}", port, cookies,  # type: ignore[arg-type]
-                    {"gateway": sorted({process.pid, *pids}), "backend": [self.backend.pid]})
+                    metered)
         return side, process
 
     def _works(self, port: int, cookie: dict[str, str]) -> bool:
@@ -275,17 +296,29 @@ def main() -> int:
             print(f"{tool} is needed (Debian: apache2-utils, nginx-light, util-linux)",
                   file=sys.stderr)
             return 1
-    n, c = args.requests, args.concurrency
     print(f"== setup: {os.cpu_count()} cores shared by all; store {args.store}; two ab -k "
-          f"(c={c // 2} each) pinned to core 0 and core 1; gateway, nginx, backend unpinned")
-    with ClusterStack(logins=args.logins) as stack:
+          f"(c={args.concurrency // 2} each) pinned to core 0 and core 1; gateway, nginx, "
+          "backend unpinned")
+    postgres = LocalCluster.throwaway() if args.store == "postgresql" else None
+    if postgres is not None:
+        postgres.start()
+    try:
+        return _measure(args, postgres)
+    finally:
+        if postgres is not None:
+            postgres.destroy()
+
+
+def _measure(args: argparse.Namespace, postgres: LocalCluster | None) -> int:
+    n, c = args.requests, args.concurrency
+    with ClusterStack(logins=args.logins, store=args.store, postgres=postgres) as stack:
         stack.start_gateway("setup")  # creates the server certificate and trust bundle cache
         stack._stop_process(stack.gateways.pop().process)
         results: dict[str, list[dict[str, float]]] = {}
         sides: dict[str, Side] = {}
         login_figures = []
         for kind, workers in (("ours", 1), ("ours", 2), ("nginx", 1), ("nginx", 2)):
-            side, process = (stack.start_ours(workers, args.store) if kind == "ours"
+            side, process = (stack.start_ours(workers) if kind == "ours"
                              else stack.start_nginx_workers(workers))
             try:
                 stack.load(side, 2000, c)  # warm-up
