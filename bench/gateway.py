@@ -327,6 +327,7 @@ class Stack:
             backend_url = "http://127.0.0.1:{self.backend_port}"
             ca_public_url = "{self.ca_public}"
             ca_internal_url = "{self.ca_internal}"
+            ca_root = "var/keys/root.crt.pem"
         """)
 
     def _start(self) -> None:

@@ -33,6 +33,7 @@ from common.cli import add_common_options, config_path, operator_name
 from common.config import ConfigError, load_raw, parse_duration, resolve_path, to_utc_datetime
 from common.errors import Unavailable
 from common.eventloop import loop_factory
+from common.files import restrict_new_files
 from common.logging import configure_logging
 from keys.custody import close_keystore
 from keys.errors import KeyCustodyError
@@ -557,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-ca`."""
+    restrict_new_files()  # keys, store, WAL, tokens: owner-only from their first byte
     args = build_parser().parse_args(argv)
     if args.command == "check-crl":
         return run_check_crl(args, clock or SystemClock())

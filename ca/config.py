@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.config import Address, ConfigError, RawConfig, load_raw
 from common.cutovers import GenerationDates, generation_dates, load_cutovers
+from common.listener import ConnectionLimits
 from policy.cutover import Cutover
 from policy.lockout import LockoutPolicy
 from policy.profile import CertificateProfile
@@ -65,6 +66,7 @@ class CaConfig:
     data_dir: Path
     generations: dict[str, GenerationDates]
     cutovers: tuple[Cutover, ...]
+    connection_limits: ConnectionLimits
     # R-FAULT-2/3: how long an intent or a counted password try may stay unfinished while
     # its process lives (a dead process's are settled at its restart). Above the longest
     # queue a burst builds: 2,000 acquisitions at 600,000 PBKDF2 rounds take ~7 min on 2 cores.
@@ -161,4 +163,5 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         generations=generation_dates(raw),
         cutovers=tuple(load_cutovers(raw)),
         request_deadline=ca.duration("request_deadline", "10m"),
+        connection_limits=ConnectionLimits.from_section(ca),
     )

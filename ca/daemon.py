@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ssl
 from datetime import timedelta
@@ -14,6 +15,8 @@ from ca.config import CaConfig
 from ca.public_listener import PublicListener
 from ca.runtime import CaRuntime, read_api_token
 from common.eventloop import until_stopped
+from common.files import private_directory
+from common.listener import ConnectionGuard, TlsListener, ensure_descriptors, serve_guarded
 from common.tlsfiles import ensure_server_certificate, tls_server_context
 from policy.clock import Clock
 
@@ -42,18 +45,27 @@ def internal_tls_context(config: CaConfig, clock: Clock) -> ssl.SSLContext | Non
 
 async def serve(config: CaConfig, clock: Clock) -> None:
     """Open the runtime, start both listeners, and stop cleanly on a signal."""
+    private_directory(config.data_dir)  # a folder made 0755 by an older version is tightened
+    ensure_descriptors(2 * config.connection_limits.max_connections)  # two listeners
     token = read_api_token(config.api_token_file)
     runtime = await CaRuntime.open(config, clock)
     public, internal = config.public_listen, config.internal_listen
     runners: list[PublicListener | web.AppRunner] = []
+    internal_server: asyncio.Server | TlsListener | None = None
+    internal_guard: ConnectionGuard | None = None
     try:
         runners.append(await PublicListener.start(build_public_app(runtime),
-                                                  public.host, public.port))
-        internal_runner = web.AppRunner(build_internal_app(runtime, token), access_log=None)
+                                                  public.host, public.port,
+                                                  limits=config.connection_limits))
+        # Long-polls are answered at shutdown (ca.app); anything else in flight gets 5 s.
+        internal_runner = web.AppRunner(build_internal_app(runtime, token), access_log=None,
+                                        shutdown_timeout=5)
         runners.append(internal_runner)
         await internal_runner.setup()
-        await web.TCPSite(internal_runner, internal.host, internal.port,
-                          ssl_context=internal_tls_context(config, clock)).start()
+        assert internal_runner.server is not None
+        internal_server, internal_guard = await serve_guarded(
+            internal_runner.server, internal.host, internal.port, config.connection_limits,
+            name="ca-internal", ssl_context=internal_tls_context(config, clock))
         # Start-up objects (aiohttp, cryptography, argon2, zxcvbn's dictionaries) live for the
         # whole run: moving them out of the collector's generations cuts full collections
         # under load from ~30 ms to ~2 ms, which showed as OCSP p99 (bench/ocsp.py).
@@ -63,6 +75,10 @@ async def serve(config: CaConfig, clock: Clock) -> None:
                   internal=f"{internal.host}:{internal.port}")
         await until_stopped()
     finally:
+        if internal_server is not None:
+            internal_server.close()
+        if internal_guard is not None:
+            await internal_guard.stop()
         for runner in reversed(runners):
             await runner.cleanup()
         await runtime.close()

@@ -29,6 +29,7 @@ class RevocationFeed:
         self._changed = asyncio.Condition()
         self._seen_seq = 0
         self._catch_up_lock = asyncio.Lock()
+        self._closing = False
         self.listeners: list[Listener] = []
 
     @property
@@ -65,12 +66,20 @@ class RevocationFeed:
             except Exception:
                 _log.exception("revocation_poll_failed")
 
+    async def close(self) -> None:
+        """Answer every long-poll at once: the daemon is stopping and must not wait for them."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
+
     async def wait_after(self, seq: int, wait_seconds: float) -> list[CertRecord]:
-        """Revocations after `seq`, waiting up to `wait_seconds` for one to happen."""
-        if self._seen_seq <= seq:
+        """Revocations after `seq`, waiting up to `wait_seconds` for one to happen (or for the
+        daemon to stop)."""
+        if self._seen_seq <= seq and not self._closing:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self._seen_seq > seq), wait_seconds
+                        self._changed.wait_for(lambda: self._seen_seq > seq or self._closing),
+                        wait_seconds,
                     )
         return await self._store.revocations_after(seq)

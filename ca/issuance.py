@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -31,6 +32,7 @@ from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
 from ca.issuers import Issuers
 from ca.pkcs12 import KeyWorkers, public_key_of
 from ca.store import CertRecord, Owner, Store, serial_hex
+from ca.tickets import AcquisitionTickets
 from common import faults
 from common.passwords import PasswordHasher, generate_secret
 from keys.hierarchy import IssuerGeneration
@@ -113,6 +115,7 @@ class CertificateAuthority:
         self.owner = owner or Owner("ca-process", secrets.token_hex(8))
         self.revocation_listeners: list[RevocationListener] = []
         self.issuance_listeners: list[IssuanceListener] = []
+        self.tickets = AcquisitionTickets(clock)
 
     # -- acquisition passwords (R-CERT-5) ----------------------------------------------
 
@@ -139,6 +142,9 @@ class CertificateAuthority:
         if reservation == "busy":
             raise Busy("other tries with this acquisition password are being checked; retry")
         if reservation == "locked":
+            # The cost of a check: a locked password must not answer faster (which would
+            # tell a stranger that this user exists and was locked).
+            await self._hasher.verify(None, password)
             raise Locked(
                 "the acquisition password is locked after too many wrong tries; ask the bank "
                 "to issue a new one",
@@ -168,10 +174,23 @@ class CertificateAuthority:
 
     # -- issuance ------------------------------------------------------------------------
 
-    async def acquire(self, user_id: str, acquisition_password: str, *, actor: str) -> Delivery:
-        """First acquisition or re-acquisition with a server-side key (R-CERT-4, R-CERT-5)."""
+    async def open_acquisition(self, user_id: str, acquisition_password: str, *,
+                               actor: str) -> tuple[str, datetime]:
+        """Check the acquisition password (counted, locking) and return a single-use ticket
+        for `acquire` (ca.tickets: the gateway checks the login password in between)."""
         user_id = self._user_id(user_id)
         await self._check_acquisition_password(user_id, acquisition_password, actor)
+        return self.tickets.issue(user_id, acquisition_password)
+
+    async def acquire(self, user_id: str, acquisition_password: str, *, actor: str,
+                      ticket: str | None = None) -> Delivery:
+        """First acquisition or re-acquisition with a server-side key (R-CERT-4, R-CERT-5);
+        with a `ticket` from `open_acquisition`, the password is not evaluated again."""
+        user_id = self._user_id(user_id)
+        if ticket is None:
+            await self._check_acquisition_password(user_id, acquisition_password, actor)
+        elif not self.tickets.redeem(ticket, user_id, acquisition_password):
+            raise Unauthorized("the acquisition ticket is not valid", code="bad_credentials")
         now = self._clock.now()
         try:
             delivery = await self._issue_with_server_key(
@@ -254,7 +273,7 @@ class CertificateAuthority:
         csr = _load_csr(csr_data)
         public_key = csr.public_key()
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            check_csr_key("ec", public_key.curve.key_size)
+            check_csr_key("ec", public_key.curve.key_size, _named_curve_oid(csr))
         elif isinstance(public_key, rsa.RSAPublicKey):
             check_csr_key("rsa", public_key.key_size)
         else:
@@ -437,6 +456,14 @@ class CertificateAuthority:
             return validate_user_id(user_id)
         except PolicyViolation as exc:
             raise BadRequest(str(exc), code=exc.code) from None
+
+
+def _named_curve_oid(csr: x509.CertificateSigningRequest) -> str | None:
+    """The namedCurve OID of the CSR's own EC SubjectPublicKeyInfo (RFC 5480), or None when
+    the key carries explicit curve parameters."""
+    info = asn1_csr.CertificationRequest.load(csr.public_bytes(serialization.Encoding.DER))
+    parameters = info["certification_request_info"]["subject_pk_info"]["algorithm"]["parameters"]
+    return parameters.chosen.dotted if parameters.name == "named" else None
 
 
 def _load_csr(data: bytes) -> x509.CertificateSigningRequest:

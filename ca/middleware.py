@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -95,13 +96,39 @@ def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]
     return authenticate
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object without repeated names: with duplicates, parsers disagree on which wins."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise ValueError("a name appears twice in one object")
+    return body
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body of a request, or a 400 that says why not."""
+    """The JSON object body of a request, or a 400 that says why not.
+
+    Strict RFC 8259: no NaN/Infinity, no numbers that overflow to infinity, no repeated names,
+    no lone surrogates (they cannot be encoded later), and nesting too deep for Python's
+    recursive parser is bad JSON, not a 500.
+    """
     if request.content_type != "application/json":
         raise BadRequest("send the body as application/json", code="bad_content_type")
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(await request.read(), parse_constant=_refuse_constant,
+                          parse_float=_finite_float, object_pairs_hook=_unique_keys)
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, UnicodeError, RecursionError):
         raise BadRequest("the body is not valid JSON", code="bad_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="bad_json")

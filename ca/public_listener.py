@@ -17,14 +17,15 @@ serves the full public app: the same OCSP routes (so HTTP-level faults get their
 place), CRLs, issuer certificates, health and metrics. Both paths answer through
 `OcspService` and `answer_headers`, so an answer is the same whichever path serves it.
 
-Connections idle (or stalled mid-request) for `IDLE_TIMEOUT` are closed, so clients that
-connect and send nothing cannot pile up.
+Every connection, on either path, counts against `ca.max_connections` and is timed by the
+listener watchdog (`common.listener`): a request head not complete within `header_timeout` of
+the connection or of its first byte, a silent body, or idle keep-alive past its limit closes it,
+so clients that connect and stall cannot pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -44,13 +45,12 @@ from ca.ocsp import (
     request_from_get_path,
 )
 from ca.ocsp_service import OcspAnswer, OcspService, PendingLookup
+from common.listener import ConnectionGuard, ConnectionLimits, GuardedHandler, Refused
 from policy.clock import Clock
 
 _log = structlog.get_logger("ca.public")
 
 MAX_HEAD_BYTES = 8190  # aiohttp's own limit on a request line (a 100 KB GET path is refused)
-IDLE_TIMEOUT = 30.0  # seconds without a byte from the client, between or inside requests
-_SWEEP_INTERVAL = 5.0
 _REQUEST_LINE = re.compile(rb"(POST|GET) (/ocsp(?:/[A-Za-z0-9+/=_-]*)?) HTTP/1\.([01])")
 _HEADER_LINE = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
@@ -123,29 +123,32 @@ class PublicListener:
     """The public listener: owns the socket, the fast-path connections and aiohttp's runner."""
 
     def __init__(self, runner: web.AppRunner, ocsp: OcspService, clock: Clock,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 limits: ConnectionLimits) -> None:
         self._runner = runner
-        self._idle_timeout = idle_timeout
         self._ocsp = ocsp
         self._clock = clock
-        self._connections: set[_Connection] = set()
+        self.guard = ConnectionGuard(limits, "ca-public")
         self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._date = (0, "")
 
     @classmethod
     async def start(cls, app: web.Application, host: str, port: int, *,
-                    idle_timeout: float = IDLE_TIMEOUT) -> PublicListener:
+                    limits: ConnectionLimits | None = None) -> PublicListener:
         """Set up `app` (the public app) and listen on host:port."""
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         runtime = app[RUNTIME]
-        listener = cls(runner, runtime.ocsp, runtime.clock, idle_timeout)
+        listener = cls(runner, runtime.ocsp, runtime.clock,
+                       limits or runtime.config.connection_limits)
         loop = asyncio.get_running_loop()
         listener._server = await loop.create_server(
-            lambda: _Connection(listener), host, port, reuse_address=True, backlog=1024)
-        listener._sweeper = asyncio.create_task(listener._sweep(), name="public-idle-sweep")
+            listener._accept, host, port, reuse_address=True, backlog=1024)
+        listener.guard.start()
         return listener
+
+    def _accept(self) -> asyncio.Protocol:
+        connection = _Connection(self)
+        return connection if self.guard.admit(connection) else Refused()
 
     @property
     def port(self) -> int:
@@ -157,21 +160,24 @@ class PublicListener:
         """Stop listening, close fast-path connections, then shut aiohttp's side down."""
         if self._server is not None:
             self._server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        for connection in list(self._connections):
-            connection.close()
+        await self.guard.stop()
+        for connection in list(self.guard.connections):
+            if isinstance(connection, _Connection):
+                connection.close()
         await self._runner.cleanup()
 
     # -- used by connections ----------------------------------------------------------------
 
-    def aiohttp_handler(self) -> asyncio.Protocol:
-        """A fresh aiohttp request handler for a connection the fast path gives up."""
+    def aiohttp_handler(self, connection: _Connection) -> asyncio.Protocol:
+        """A fresh aiohttp request handler, under the same watchdog, for a connection the fast
+        path gives up (it keeps the connection's place under the cap and its clocks)."""
         server = self._runner.server
         assert server is not None
-        return server()
+        handler = GuardedHandler(self.guard, server(), head_started=connection.head_started,
+                                 opened=connection.opened)
+        self.guard.release(connection)
+        self.guard.connections.add(handler)
+        return handler
 
     def try_respond(self, head: RequestHead, body: bytes) -> bytes | _Pending:
         """The whole HTTP response, or the request and the store lookup its answer needs."""
@@ -216,21 +222,9 @@ class PublicListener:
             self._date = (second, formatdate(second, usegmt=True))
         return self._date[1]
 
-    def opened(self, connection: _Connection) -> None:
-        """A new connection starts on the fast path."""
-        self._connections.add(connection)
-
     def released(self, connection: _Connection) -> None:
-        """A connection closed or went to aiohttp."""
-        self._connections.discard(connection)
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(min(_SWEEP_INTERVAL, self._idle_timeout / 2))
-            deadline = time.monotonic() - self._idle_timeout
-            for connection in list(self._connections):
-                if connection.last_active < deadline:
-                    connection.close()
+        """A connection closed."""
+        self.guard.release(connection)
 
 
 class _Connection(asyncio.Protocol):
@@ -245,16 +239,41 @@ class _Connection(asyncio.Protocol):
         self._waiting = False  # an answer needs the store; later requests wait their turn
         self._lookup: asyncio.Task[None] | None = None
         self._write_paused = False
-        self.last_active = time.monotonic()
+        self.opened = time.monotonic()
+        self.idle_since: float | None = self.opened  # waiting for a request's first byte
+        self.head_started: float | None = None  # a request has begun and is not complete
+        self._served_one = False
+        self.write_paused_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._listener.opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        if self.head_started is None:
+            self.head_started = time.monotonic()
         self._buffer += data
         self._serve()
+
+    def overdue(self, now: float, limits: ConnectionLimits) -> str | None:
+        """Which limit this connection is past: a request (head and at most 32 KiB of body)
+        not complete within header_timeout + body_timeout, or idle too long."""
+        if self._write_paused and self.write_paused_at is not None \
+                and now - self.write_paused_at > limits.send_timeout:
+            return "send_timeout"  # pipelined requests, answers never read
+        if self._waiting or self._write_paused:
+            return None  # the store is being asked, or answers are being sent
+        if self.head_started is not None:
+            limit = limits.header_timeout + (limits.body_timeout if self._head else 0)
+            return "request_timeout" if now - self.head_started > limit else None
+        if self.idle_since is None:
+            return None
+        limit = limits.keepalive_timeout if self._served_one else limits.header_timeout
+        return "idle_timeout" if now - self.idle_since > limit else None
+
+    def abort(self) -> None:
+        """Close at once (the watchdog: the client stalled)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close once what is written is flushed
@@ -266,6 +285,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.write_paused_at = time.monotonic()
         self._update_reading()
 
     def resume_writing(self) -> None:
@@ -313,6 +333,10 @@ class _Connection(asyncio.Protocol):
             body = bytes(self._buffer[end + 4:stop])
             del self._buffer[:stop]
             self._head, self._scanned = None, 0
+            self._served_one = True
+            # A pipelined request already buffered has begun; otherwise wait idle for one.
+            now = time.monotonic()
+            self.head_started, self.idle_since = (now, None) if self._buffer else (None, now)
             try:
                 step = self._listener.try_respond(head, body)
             except Exception:
@@ -352,9 +376,8 @@ class _Connection(asyncio.Protocol):
         """Give the connection, and what it sent so far, to aiohttp."""
         transport = self._transport
         assert transport is not None
-        self._listener.released(self)
         self._transport = None
-        handler = self._listener.aiohttp_handler()
+        handler = self._listener.aiohttp_handler(self)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._buffer:

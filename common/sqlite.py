@@ -29,6 +29,7 @@ from typing import Any
 import aiosqlite
 
 from common.errors import Unavailable
+from common.files import private_database
 
 # How long a write waits for another process's write lock before giving up with `store_busy`.
 BUSY_TIMEOUT_MS = 10000
@@ -104,10 +105,12 @@ async def connect(path: Path, migrations: Sequence[str], *, name: str) -> aiosql
     Each migration script runs once, in order; migration i produces schema version i + 1.
     A store that cannot be created or written raises `Unavailable` naming why.
     """
+    # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database
+    # file's mode, and they hold the same data (the gateway's password hashes among it).
     try:
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(private_database, path)
     except OSError as exc:
-        raise Unavailable(f"the {name} database folder {path.parent} cannot be created:"
+        raise Unavailable(f"the {name} database {path} cannot be created:"
                           f" {exc.strerror}", code="store_unwritable") from None
     try:
         db = await aiosqlite.connect(path, isolation_level=None)

@@ -307,9 +307,12 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response({
         "method": request.method,
         "path": request.path,
+        "raw_path": request.raw_path,  # the target exactly as the gateway relayed it
         "query_string": request.query_string,
         "query": {key: request.query.getall(key) for key in request.query},
         "headers": headers,
+        "received_headers": [[name, value] for name, value in request.headers.items()
+                             if name.lower() != "cookie"],
         "body_length": length,
         "body_sha256": digest.hexdigest(),
     })

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ca.config import load_ca_config
 from common.config import Address, load_raw
+from common.files import private_directory, restrict_new_files
 from gateway.config import load_gateway_config
 
 DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
@@ -100,6 +101,7 @@ def _wait_tcp(address: Address) -> None:
 
 def main() -> int:
     """Start everything and wait for Ctrl-C."""
+    restrict_new_files()  # inherited by every process it starts
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     parser.add_argument("--cluster", action="store_true",
@@ -109,27 +111,31 @@ def main() -> int:
     ca_config = load_ca_config(args.config)
     gateway = load_gateway_config(args.config)
     demo = load_raw(args.config).section("demo")
-
-    if not (ca_config.keys.directory / "root.crt.pem").exists():
-        result = _run("ca", *config_arg, "init", "--generate-passphrase")
-        if result.returncode != 0:
-            raise SystemExit(result.stderr.strip())
-        print(result.stdout.strip())
+    private_directory(ca_config.data_dir)
 
     children: list[subprocess.Popen[bytes]] = []
     postgres = ["common.pgdev", "--folder", str(ca_config.data_dir / "pg")]
-    if args.cluster:
-        result = _run(*postgres, "start")
-        if result.returncode != 0:
-            raise SystemExit(f"make run-cluster: PostgreSQL did not start: {result.stderr}")
-        print(f"PostgreSQL (var/pg) accepts connections at {result.stdout.strip()}")
+    postgres_started = False
 
     def start(*command: str) -> None:
         children.append(subprocess.Popen([sys.executable, "-m", *command]))
 
     try:
+        if not (ca_config.keys.directory / "root.crt.pem").exists():
+            result = _run("ca", *config_arg, "init", "--generate-passphrase")
+            if result.returncode != 0:
+                raise SystemExit(result.stderr.strip())
+            print(result.stdout.strip())
         start("ca", *config_arg, "serve")
         _wait_http(f"http://{ca_config.public_listen.host}:{ca_config.public_listen.port}/health")
+        if args.cluster:
+            # After the CA: its start tightens var/ to 0700, which would lock PostgreSQL's
+            # own user (when we run as root) out of var/pg; pgdev opens var/ to it (0710).
+            result = _run(*postgres, "start")
+            if result.returncode != 0:
+                raise SystemExit(f"make run-cluster: PostgreSQL did not start: {result.stderr}")
+            postgres_started = True
+            print(f"PostgreSQL (var/pg) accepts connections at {result.stdout.strip()}")
         demo_listen = demo.str("listen", "127.0.0.1:8090")
         start("demo", "--listen", demo_listen)
         start("gateway", *config_arg, "serve", *(["--workers", "2"] if args.cluster else []))
@@ -167,6 +173,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C while the children stop must not abort the clean-up with a
+        # traceback (and `make` with "Error"): they already have their signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in children:
             if child.poll() is None:
                 child.terminate()
@@ -175,7 +184,7 @@ def main() -> int:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
-        if args.cluster:
+        if postgres_started:
             result = _run(*postgres, "stop")
             print("PostgreSQL stopped" if result.returncode == 0
                   else f"make run-cluster: pg_ctl stop: {result.stderr.strip()}")

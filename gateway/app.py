@@ -32,9 +32,10 @@ from gateway.errors import (
     SessionExpired,
     SessionRequired,
 )
+from gateway.hardening import quiet_parser_errors
 from gateway.messages import error_text
 from gateway.metrics import RequestCounter
-from gateway.proxy import Identity, Proxy, is_websocket
+from gateway.proxy import SECURITY_HEADERS, Identity, Proxy, is_websocket
 from gateway.revocation_client import RevocationChecker
 from gateway.sessions import EndReason, Session, SessionStore
 from gateway.state import (
@@ -105,7 +106,9 @@ DEFERRED_ERROR = web.RequestKey("deferred_error", Exception)
 
 def backend_identity(proxy: Proxy, request: web.Request, session: Session) -> Identity:
     """Role rules first (R-PX-2), then who the backend is told is asking."""
-    if session.role != "admin" and proxy.admin_only(request.path):
+    # On the raw target: admin_only refuses (400) a target whose decoding is ambiguous, and
+    # the backend gets exactly the target that was checked.
+    if session.role != "admin" and proxy.admin_only(request.raw_path):
         raise RoleForbidden("this page is for administrators")
     return session.backend_identity
 
@@ -174,6 +177,19 @@ def serve_proxied_directly(runner: web.AppRunner) -> None:
     server.request_handler = handle
 
 
+def prepare_server(runner: web.AppRunner) -> None:
+    """Everything done to the server between `runner.setup()` and the site's start: the
+    direct path for proxied requests, and parser errors that echo and log no request bytes."""
+    serve_proxied_directly(runner)
+    quiet_parser_errors(runner)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """HSTS, nosniff and a Server header without a version on every page of the full app
+    (proxied responses get them in the proxy, parser errors in gateway.hardening)."""
+    response.headers.update(SECURITY_HEADERS)
+
+
 async def unknown_auth_page(request: web.Request) -> web.StreamResponse:
     """/auth/ is the gateway's own namespace: unknown pages are 404, never proxied."""
     raise NotFound("no such page")
@@ -199,7 +215,10 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserStore,
     app[CA] = ca_client
     app[PROXY] = Proxy(config.backend_url, connect_timeout=config.backend_connect_timeout,
                        read_timeout=config.backend_read_timeout,
-                       admin_path_prefixes=config.admin_path_prefixes)
+                       admin_path_prefixes=config.admin_path_prefixes,
+                       public_url=config.public_url,
+                       websocket_origins=config.websocket_origins)
+    app.on_response_prepare.append(_security_headers)
 
     def on_revocation(event: RevocationEvent) -> None:
         ended = sessions.end_certificate(event.fingerprint_sha256)

@@ -183,6 +183,11 @@ class Authenticator:
             password_expires_at=expires_at(user.password_set_at, self._policy),
         )
 
+    async def spend_one_check(self, password: str) -> None:
+        """The cost of one password check, evaluating nothing and counting nothing: for an
+        answer that must take as long as a checked password (issue 10 item 3)."""
+        await self._hasher.verify(None, password)
+
     async def change_password(
         self, user_id: str, current: str, new: str, *, actor: str | None = None
     ) -> ChangeResult:

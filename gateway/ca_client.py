@@ -105,12 +105,25 @@ class CaClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise CaUnavailable(f"the CA cannot be reached: {type(exc).__name__}") from None
 
-    async def acquire(self, user_id: str, acquisition_password: str) -> Delivered:
-        """POST /v1/acquire: first acquisition or re-acquisition (R-CERT-4, R-CERT-5)."""
-        body = await self._api("POST", "/v1/acquire", json={
+    async def acquire(self, user_id: str, acquisition_password: str, *,
+                      ticket: str | None = None) -> Delivered:
+        """POST /v1/acquire: first acquisition or re-acquisition (R-CERT-4, R-CERT-5); with a
+        `ticket` from `open_acquisition` the CA does not check the password again."""
+        request: dict[str, Any] = {"user_id": user_id,
+                                   "acquisition_password": acquisition_password,
+                                   "actor": "gateway"}
+        if ticket is not None:
+            request["ticket"] = ticket
+        body = await self._api("POST", "/v1/acquire", json=request)
+        return _delivered(body)
+
+    async def open_acquisition(self, user_id: str, acquisition_password: str) -> str:
+        """POST /v1/acquisition-tickets: the CA checks the acquisition password (counted,
+        locking) and returns a single-use ticket for `acquire` (issue 10 item 3)."""
+        body = await self._api("POST", "/v1/acquisition-tickets", json={
             "user_id": user_id, "acquisition_password": acquisition_password,
             "actor": "gateway"})
-        return _delivered(body)
+        return str(body["ticket"])
 
     async def renew(self, serial: str, password: str) -> Delivered:
         """POST /v1/renew: a new certificate, PKCS#12 encrypted with `password` (R-CERT-6)."""

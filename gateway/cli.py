@@ -40,6 +40,8 @@ from aiohttp import web
 from common.cli import add_common_options, config_path, operator_name, table
 from common.config import ConfigError, to_utc_datetime
 from common.eventloop import loop_factory, until_stopped
+from common.files import restrict_new_files
+from common.listener import ConnectionGuard, TlsListener, ensure_descriptors, serve_guarded
 from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.sqlite import Owner
@@ -51,6 +53,7 @@ from gateway.config import GatewayConfig, load_gateway_config, parse_workers
 from gateway.errors import GatewayError
 from gateway.metrics import worker_id, worker_started
 from gateway.tls import TrustBundle, server_context
+from gateway.trust import TrustAnchor, TrustAnchorError, write_cache
 from gateway.users import User, UserStore
 from policy.clock import Clock, SystemClock
 
@@ -103,20 +106,36 @@ def ca_client_for(config: GatewayConfig) -> CaClient:
                     read_api_token(config.ca_api_token_file), internal_ssl=internal_ssl)
 
 
-async def load_trust_bundle(ca: CaClient, cache: Path, *, attempts: int = 20) -> TrustBundle:
-    """Fetch the CA's trust bundle (retrying while the CA starts), cache it; else the cache."""
+def trust_anchor_for(config: GatewayConfig) -> TrustAnchor:
+    """The operator's root for customer certificates (gateway.ca_root / ca_root_sha256)."""
+    try:
+        return TrustAnchor.from_config(config.ca_root, config.ca_root_sha256)
+    except TrustAnchorError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def load_trust_bundle(ca: CaClient, cache: Path, anchor: TrustAnchor, *,
+                            attempts: int = 20) -> TrustBundle:
+    """Fetch the CA's issuer bundle (retrying while the CA starts) and keep only what chains
+    to `anchor` (gateway.trust); cache that. Without the CA: the cache, filtered again."""
     for attempt in range(attempts):
         try:
-            bundle = TrustBundle.from_pem(await ca.trust_bundle())
+            fetched = await ca.trust_bundle()
         except CaUnavailable:
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.5)
             continue
-        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cache.write_bytes(bundle.pem)
+        try:
+            bundle = anchor.filter(fetched, source=ca.public_url + "/certs/bundle.pem")
+        except TrustAnchorError as exc:
+            raise CliError(f"{exc}; refusing the fetched trust bundle") from None
+        write_cache(cache, bundle)
         return bundle
     if cache.exists():
-        return TrustBundle.from_pem(cache.read_bytes())
+        try:
+            return anchor.filter(cache.read_bytes(), source=str(cache))
+        except TrustAnchorError as exc:
+            raise CliError(f"the cached trust bundle is unusable: {exc}") from None
     raise CliError(f"cannot fetch the trust bundle from {ca.public_url} and no cached copy "
                    f"at {cache}; start the CA first")
 
@@ -126,13 +145,14 @@ async def load_trust_bundle(ca: CaClient, cache: Path, *, attempts: int = 20) ->
 
 async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT/SIGTERM."""
-    from gateway.app import build_app, serve_proxied_directly
+    from gateway.app import build_app, prepare_server
 
     if ensure_server_certificate(config.tls_cert, config.tls_key, config.public_url, clock):
         print(f"created a self-signed demo server certificate {config.tls_cert}",
               file=sys.stderr)
+    anchor = trust_anchor_for(config)
     ca = ca_client_for(config)
-    bundle = await load_trust_bundle(ca, config.trust_bundle_cache)
+    bundle = await load_trust_bundle(ca, config.trust_bundle_cache, anchor)
     context = server_context(config.tls_cert, config.tls_key, bundle)
     users = await UserStore.open(config.database, clock)
     worker = supervisor.is_worker()
@@ -144,12 +164,20 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
                     bundle=bundle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    serve_proxied_directly(runner)
+    prepare_server(runner)
+    server: asyncio.Server | TlsListener | None = None
+    guard: ConnectionGuard | None = None
     try:
-        # Workers each listen with SO_REUSEPORT: one accept queue per worker (supervisor.py).
-        site = web.TCPSite(runner, config.listen.host, config.listen.port,
-                           ssl_context=context, backlog=1024, reuse_port=worker or None)
-        await site.start()
+        assert runner.server is not None
+        # Each client connection may also hold a backend connection.
+        ensure_descriptors(2 * config.connection_limits.max_connections)
+        # Header, body and keep-alive timeouts, a TLS handshake timeout and a connection cap
+        # (common/listener.py): aiohttp's own site has none of the first three.
+        server, guard = await serve_guarded(runner.server, config.listen.host,
+                                            config.listen.port, config.connection_limits,
+                                            name="gateway", ssl_context=context,
+                                            # Workers: one accept queue each (supervisor.py).
+                                            reuse_port=worker)
         worker_started()
         supervisor.notify_ready()
         loop = asyncio.get_running_loop()
@@ -162,6 +190,10 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
               f"event loop {type(loop).__module__.split('.')[0]})", file=sys.stderr, flush=True)
         await until_stopped()
     finally:
+        if server is not None:
+            server.close()
+        if guard is not None:
+            await guard.stop()
         await runner.cleanup()
         await users.close()
         hasher.close()
@@ -426,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Entry point of `sekisho-gateway`."""
+    restrict_new_files()  # password hashes (database, WAL), TLS key: owner-only
     args = build_parser().parse_args(argv)
     try:
         config = load_gateway_config(config_path(args))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from common.config import Address, ConfigError, RawConfig, load_raw
 from common.cutovers import load_cutovers
+from common.listener import ConnectionLimits
 from policy.cutover import Cutover
 from policy.password import PasswordPolicy
 from policy.session import SessionPolicy
@@ -48,18 +49,28 @@ class GatewayConfig:
     tls_cert: Path
     tls_key: Path
     trust_bundle_cache: Path
+    # The operator's trust anchor for customer certificates (gateway.trust): the CA's root
+    # certificate file and/or the SHA-256 of its DER. At least one is required.
+    ca_root: Path | None
+    ca_root_sha256: str | None
     session: SessionPolicy
     password: PasswordPolicy
     lockout_max_failures: int
     temporary_password_length: int
     renewal_window: timedelta
     admin_path_prefixes: tuple[str, ...]
+    # Origins whose pages may open a WebSocket through the gateway (default: public_url's).
+    websocket_origins: tuple[str, ...]
     revocation: RevocationSettings
     backend_connect_timeout: timedelta
     backend_read_timeout: timedelta
     max_form_bytes: int
     log_level: str
+    # Anonymous acquisition form: POSTs per client address (IPv6: per /64) per window.
+    acquire_attempts_per_address: int = 20
+    acquire_throttle_window: timedelta = timedelta(minutes=10)
     cutovers: tuple[Cutover, ...] = ()
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Processes (README "Processes"): 1 = one process, as before; N > 1 = a supervising
     # parent and N workers sharing the listen port (gateway/supervisor.py).
     workers: int = 1
@@ -134,12 +145,16 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
     )
     if revocation.feed_wait > timedelta(seconds=30):
         raise ConfigError("gateway.revocation_feed_wait must be at most 30s (the CA's cap)")
+    public_url = _url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url", ("https://",))
+    origins = gw.list_of_str("websocket_allowed_origins", [public_url])
+    if any(not o.startswith("https://") or o.count("/") != 2 for o in origins):
+        raise ConfigError("gateway.websocket_allowed_origins must be origins like "
+                          "https://host[:port] (no path)")
     lockout = gw.int("lockout_max_failures", 3, minimum=1)
     temporary_length = gw.int("temporary_password_length", 12, minimum=password.min_length)
     return GatewayConfig(
         listen=gw.address("listen", "127.0.0.1:8443"),
-        public_url=_url(gw.str("public_url", "https://127.0.0.1:8443"), "public_url",
-                        ("https://",)),
+        public_url=public_url,
         database=gw.path("database", "var/gateway/gateway.sqlite3"),
         backend_url=_url(gw.str("backend_url", "http://127.0.0.1:8090"), "backend_url"),
         ca_public_url=_url(gw.str("ca_public_url", "http://127.0.0.1:8080"), "ca_public_url"),
@@ -151,18 +166,24 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         tls_cert=gw.path("tls_cert", "var/gateway/tls/server.crt.pem"),
         tls_key=gw.path("tls_key", "var/gateway/tls/server.key.pem"),
         trust_bundle_cache=gw.path("trust_bundle_cache", "var/gateway/trust-bundle.pem"),
+        ca_root=gw.path("ca_root") if "ca_root" in gw.values else None,
+        ca_root_sha256=gw.str("ca_root_sha256", "") or None,
         session=session,
         password=password,
         lockout_max_failures=lockout,
         temporary_password_length=temporary_length,
         renewal_window=gw.duration("renewal_window", "30d"),
         admin_path_prefixes=prefixes,
+        websocket_origins=origins,
         revocation=revocation,
         backend_connect_timeout=gw.duration("backend_connect_timeout", "5s"),
         backend_read_timeout=gw.duration("backend_read_timeout", "60s"),
         max_form_bytes=gw.int("max_form_bytes", 16384, minimum=1024),
+        acquire_attempts_per_address=gw.int("acquire_attempts_per_address", 20, minimum=1),
+        acquire_throttle_window=gw.duration("acquire_throttle_window", "10m"),
         log_level=logging.str("level", "info"),
         cutovers=tuple(load_cutovers(raw)),
+        connection_limits=ConnectionLimits.from_section(gw),
         workers=parse_workers(gw.values.get("workers", 1)),
         metrics_dir=gw.path("metrics_dir", "var/gateway/metrics"),
         metrics_allow=_networks(gw.list_of_str("metrics_allow", ["127.0.0.0/8", "::1/128"]),

@@ -2,8 +2,14 @@
 
 The manual's flow: form -> issuing screen -> download page with [ダウンロード] -> the file.
 
-* Acquisition needs no certificate (R-GW-3): user ID + login password (a counted try toward
-  the login lock, R-LOCK-1) + acquisition password (checked and locked by the CA).
+* Acquisition needs no certificate (R-GW-3): user ID + login password + acquisition password.
+  Order of checks (issue 10 item 3): the client's address is throttled; the CA checks the
+  acquisition password first (counted, locked there) and returns a single-use ticket; only
+  then is the login password checked (a counted try toward the login lock, R-LOCK-1); then
+  the CA issues against the ticket. A client without the officer-issued acquisition password
+  therefore can neither test nor lock the login password, and a wrong acquisition password,
+  a locked one, an unknown ID and a wrong login password all get the same form, status and
+  (one password check's) cost: the answer never says which secret was wrong.
 * Renewal needs the current certificate and the login password of its user (a counted try);
   the CA encrypts the new PKCS#12 with that password.
 * The form's POST shows the issuing screen while it runs (static/pages.js), then answers
@@ -43,15 +49,18 @@ from gateway.access import (
 from gateway.access import (
     field as form_field,
 )
+from gateway.auth import LoginStatus
 from gateway.ca_client import CaRefused, Delivered
 from gateway.errors import (
     BadRequest,
     Conflict,
     GatewayError,
     Locked,
+    TooManyAttempts,
     Unauthorized,
 )
 from gateway.state import AUTH, CA, CLOCK, CONFIG, USERS, VERIFIER
+from gateway.throttle import AddressThrottle
 from gateway.verify import ClientCertificate
 from policy.clock import Clock
 
@@ -67,6 +76,9 @@ _CA_ERRORS: dict[str, tuple[type[GatewayError], str]] = {
     "acquisition_locked": (Locked, "acquisition_locked"),
     "usable_certificate_exists": (Conflict, "usable_certificate_exists"),
     "attempt_in_progress": (Conflict, "attempt_in_progress"),
+    # Other tries of the same acquisition password are being checked: try again (depends
+    # on concurrency only, never on which secret was wrong).
+    "busy": (TooManyAttempts, "busy"),
     "invalid_user_id": (BadRequest, "bad_request"),
     "acquisition_not_open": (Conflict, "acquisition_not_open"),
     "renewal_not_open": (Conflict, "renewal_not_open"),
@@ -76,7 +88,8 @@ _CA_ERRORS: dict[str, tuple[type[GatewayError], str]] = {
 }
 # Refusals shown on the form itself, so that the user can correct and resend.
 _FORM_ERRORS = frozenset({
-    "bad_credentials", "acquisition_bad_credentials", "usable_certificate_exists",
+    "bad_credentials", "acquisition_bad_credentials", "too_many_attempts",
+    "usable_certificate_exists",
     "attempt_in_progress", "busy", "bad_request", "acquisition_not_open", "renewal_not_open",
     "certificate_expired", "not_newest_certificate",
 })
@@ -161,6 +174,7 @@ def _ticket_key(ticket: str) -> bytes:
 
 
 PICKUPS = web.AppKey("pickups", PickupStore)
+THROTTLE = web.AppKey("acquire_throttle", AddressThrottle)
 
 
 def _hand_over(request: web.Request, kind: str, delivered: Delivered,
@@ -237,21 +251,43 @@ async def acquire_page(request: web.Request) -> web.Response:
     return render(request, "acquire.html", form_token=form_token(request))
 
 
+# Whatever was wrong - the acquisition password, its lock, the user ID, the login password -
+# the form says the same (issue 10 item 3); the wording warns about both locks (issue 15
+# item 7).
+_SAME_ANSWER_CODE = "acquisition_bad_credentials"
+
+
 async def _acquire(request: web.Request, user_id: str, password: str,
                    acquisition_password: str) -> Delivered:
-    # A malformed or unknown user ID answers like a wrong password (R-LOCK-2).
-    await _check_login_password(request, user_id, password, "acquisition")
-    if not acquisition_password:
-        raise Unauthorized("the acquisition password is wrong",
-                           code="acquisition_bad_credentials")
+    if not request.app[THROTTLE].allow(request.remote):
+        _log.warning("acquisition_throttled", remote=request.remote)
+        raise TooManyAttempts("too many attempts from this address", code="too_many_attempts")
+    auth, ca = request.app[AUTH], request.app[CA]
     try:
-        return await request.app[CA].acquire(user_id, acquisition_password)
+        if not acquisition_password:
+            raise CaRefused("empty", code="bad_credentials", ca_status=401, body={})
+        ticket = await ca.open_acquisition(user_id, acquisition_password)
+    except CaRefused as exc:
+        if exc.code not in ("bad_credentials", "acquisition_locked", "invalid_user_id",
+                            "bad_field"):
+            raise _translate(exc) from None
+        # As long as the answer below after a right acquisition password and a wrong
+        # login password (one more password check).
+        await auth.spend_one_check(password)
+        raise Unauthorized("a secret is wrong", code=_SAME_ANSWER_CODE) from None
+    result = await auth.verify_password(user_id, password, actor="acquisition")
+    if result.status is LoginStatus.BAD_CREDENTIALS:
+        raise Unauthorized("a secret is wrong", code=_SAME_ANSWER_CODE)
+    result.require_user()  # the login lock (the client proved the acquisition password)
+    try:
+        return await ca.acquire(user_id, acquisition_password, ticket=ticket)
     except CaRefused as exc:
         raise _translate(exc) from None
 
 
 async def acquire(request: web.Request) -> web.Response:
-    """POST /auth/acquire: login password, then the CA checks the acquisition password."""
+    """POST /auth/acquire: throttle, the acquisition password at the CA (a ticket), then the
+    login password, then issuance with the ticket (see the module docstring)."""
     form = await read_form(request)
     check_form_token(request, form)
     user_id = form_field(form, "user_id", max_length=64).strip()
@@ -307,6 +343,9 @@ async def renew(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Register the acquisition, renewal and download pages (and the pickup store)."""
     app[PICKUPS] = PickupStore(app[CLOCK])
+    config = app[CONFIG]
+    app[THROTTLE] = AddressThrottle(app[CLOCK], limit=config.acquire_attempts_per_address,
+                                    window=config.acquire_throttle_window)
     app.router.add_get("/auth/acquire", acquire_page)
     app.router.add_post("/auth/acquire", acquire)
     app.router.add_get("/auth/renew", renew_page)

@@ -25,12 +25,12 @@ import asyncio
 import collections
 import contextlib
 import functools
-import posixpath
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 import structlog
@@ -42,7 +42,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
+from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, Forbidden
 
 _log = structlog.get_logger("gateway.proxy")
 
@@ -54,14 +54,28 @@ _WS_HANDSHAKE_RAW = frozenset({
     b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
     b"sec-websocket-protocol", b"sec-websocket-accept",
 })
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "x-forwarded-for", "x-forwarded-proto",
-                              "x-forwarded-host", "forwarded"}
+# Headers the client may not set for the backend: framing and routing ones the gateway sets
+# itself, and the "who/where is the client" family that frameworks trust behind a proxy
+# (X-Original-URL / X-Rewrite-URL even re-route a request past the admin-prefix check).
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host", "content-length", "forwarded", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server",
+    "x-forwarded-scheme", "x-forwarded-ssl", "x-real-ip", "x-client-ip", "true-client-ip",
+    "x-cluster-client-ip", "x-original-url", "x-rewrite-url", "x-original-host",
+}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 _DROP_REQUEST_RAW = frozenset(name.encode() for name in _DROP_REQUEST)
 IDENTITY_PREFIX = "x-sekisho-"
 _IDENTITY_PREFIX_RAW = IDENTITY_PREFIX.encode()
 OWN_COOKIE_PREFIX = "__Host-sekisho-"
 _OWN_COOKIE_PREFIX_RAW = OWN_COOKIE_PREFIX.encode()
+# On every response the gateway sends, proxied or its own (issue 10 item 14). No
+# includeSubDomains: other hosts of the bank's domain are not ours to pin to HTTPS.
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000",
+    "X-Content-Type-Options": "nosniff",
+    "Server": "Sekisho",
+}
 SMALL_BODY = 256 * 1024
 CHUNK = 64 * 1024
 POOL_LIMIT = 256  # open connections to the backend at most
@@ -119,8 +133,8 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 @functools.lru_cache(maxsize=256)
 def _named_raw(connection: str) -> frozenset[bytes]:
-    """Header names (lower-case bytes) that a Connection header value names."""
-    return frozenset(token.strip().lower().encode("utf-8", "surrogateescape")
+    """Header names (lower-case bytes, "_" read as "-") that a Connection header names."""
+    return frozenset(token.strip().lower().replace("_", "-").encode("utf-8", "surrogateescape")
                      for token in connection.split(","))
 
 
@@ -140,7 +154,9 @@ def _client_headers(request: web.Request, *, websocket: bool = False,
     named = _named_raw(",".join(connections)) if connections else frozenset()
     kept = []
     for name, value in request.raw_headers:
-        lower = name.lower()
+        # CGI/WSGI backends turn "-" and "_" both into "_" (HTTP_X_SEKISHO_ROLE): a client's
+        # X_Sekisho_Role would merge with ours. Names are compared with "_" read as "-".
+        lower = name.lower().replace(b"_", b"-")
         if (lower in _DROP_REQUEST_RAW or lower in named or lower.startswith(_IDENTITY_PREFIX_RAW)
                 or (websocket and lower in _WS_HANDSHAKE_RAW)):
             continue
@@ -152,36 +168,76 @@ def _client_headers(request: web.Request, *, websocket: bool = False,
     return kept
 
 
-def forward_request_headers(request: web.Request, identity: Identity, *,
+def forward_request_headers(request: web.Request, identity: Identity, public_host: str, *,
                             websocket: bool = False) -> CIMultiDict[str]:
-    """The headers sent to the backend: client's minus hop-by-hop and X-Sekisho-*, plus ours."""
+    """The headers sent to the backend: client's minus hop-by-hop and X-Sekisho-*, plus ours
+    (client address and host from the gateway's own knowledge, never the client's headers)."""
     out: CIMultiDict[str] = CIMultiDict(
         (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         for name, value in _client_headers(request, websocket=websocket))
     out.update(identity.headers())
-    out["X-Forwarded-For"] = request.remote or ""
+    out["X-Forwarded-For"] = out["X-Real-IP"] = request.remote or ""
     out["X-Forwarded-Proto"] = "https"
-    out["X-Forwarded-Host"] = request.host
+    out["X-Forwarded-Host"] = public_host
     return out
 
 
 def request_head(request: web.Request, identity: Identity, backend_host: bytes,
-                 framing: bytes) -> list[bytes]:
+                 framing: bytes, public_host: bytes = b"") -> list[bytes]:
     """The request head for the backend, as the pieces of one write: the rules of
     `forward_request_headers`; `framing` is the Content-Length or Transfer-Encoding line
-    chosen for the body."""
-    raw_path = request.raw_path
-    if not raw_path.startswith("/"):  # absolute-form or asterisk-form targets are not relayed
-        raise BadRequest("the request target must be a path")
-    parts = [f"{request.method} {raw_path} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
+    chosen for the body. The target is relayed only once `checked_target` accepted it."""
+    target = checked_target(request.raw_path)
+    remote = (request.remote or "").encode()
+    parts = [f"{request.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
              b"Host: ", backend_host, b"\r\n"]
     for name, value in _client_headers(request):
         parts += (name, b": ", value, b"\r\n")
     parts += (identity_block(identity),
-              b"X-Forwarded-For: ", (request.remote or "").encode(),
+              b"X-Forwarded-For: ", remote, b"\r\nX-Real-IP: ", remote,
               b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ",
-              request.host.encode("utf-8", "surrogateescape"), b"\r\n", framing, b"\r\n")
+              public_host, b"\r\n", framing, b"\r\n")
     return parts
+
+
+# -- the request target (issue 10 items 11, 13) --------------------------------------------
+
+# Escapes whose decoding a backend may or may not apply before routing: "/" "\" "." ";" "%"
+# (double encoding), NUL and other controls. A target holding one is refused, so that the
+# path the admin rule saw and the path the backend routes are the same string.
+_AMBIGUOUS_ESCAPE = re.compile(r"%(?:2[fFeE5]|5[cC]|3[bB]|[01][0-9a-fA-F]|7[fF])")
+_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
+
+
+@functools.lru_cache(maxsize=4096)
+def checked_target(raw_target: str) -> str:
+    """The origin-form target relayed to the backend, unchanged, or BadRequest (400).
+
+    Refused: absolute-form and asterisk-form targets, "\\" and ";" in the path, empty
+    segments ("//"), dot segments ("." and ".." raw), segments ending in "." or a space
+    (Windows servers drop them), encoded "/", "\\", ".", ";", "%" (double encoding), NUL and
+    controls, malformed escapes. What is left decodes the same on every backend, so the
+    admin-prefix check (on that decoding) and the backend's routing agree.
+    """
+    if not raw_target.startswith("/") or raw_target.startswith("//"):
+        raise BadRequest("the request target must be a path", code="bad_target")
+    path = raw_target.split("?", 1)[0]
+    if "\\" in path or ";" in path or _AMBIGUOUS_ESCAPE.search(path) or _ESCAPE.search(path) \
+            or any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
+        raise BadRequest("the request target is ambiguous", code="bad_target")
+    decoded = unquote(path)
+    # A backend that applies Unicode compatibility folding would read "／" as "/", "．" as
+    # "." and "％" as "%": the folded form must be as unambiguous as the decoded one.
+    folded = unicodedata.normalize("NFKC", decoded)
+    if folded != decoded and any(c in folded for c in "\\;%"):
+        raise BadRequest("the request target is ambiguous", code="bad_target")
+    for form in {decoded, folded}:
+        segments = form.split("/")[1:]
+        for index, segment in enumerate(segments):
+            if (not segment and index < len(segments) - 1) or segment in (".", "..") \
+                    or (segment and segment[-1] in ". "):
+                raise BadRequest("the request target is ambiguous", code="bad_target")
+    return raw_target
 
 
 def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -190,7 +246,22 @@ def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     for name in (*_DROP_RESPONSE, *named):
         if name in out:
             del out[name]
+    out.update(SECURITY_HEADERS)  # ours replace the backend's (Server: no version)
     return out
+
+
+def normalise_origin(origin: str) -> str:
+    """scheme://host[:port] in lower case, without the scheme's default port ("null" and
+    anything unparsable stay as they are, and match nothing configured)."""
+    try:
+        url = URL(origin.strip())
+    except ValueError:
+        return origin
+    if not url.scheme or not url.host or url.path not in ("", "/") or url.query_string:
+        return origin
+    default = {"https": 443, "http": 80}.get(url.scheme.lower())
+    port = "" if url.port is None or url.port == default else f":{url.port}"
+    return f"{url.scheme.lower()}://{url.host.lower()}{port}"
 
 
 def _content_length(headers: CIMultiDictProxy[str]) -> int | None:
@@ -360,13 +431,22 @@ class Proxy:
     """Relays requests to the backend over pooled keep-alive connections."""
 
     def __init__(self, backend_url: str, *, connect_timeout: timedelta,
-                 read_timeout: timedelta, admin_path_prefixes: tuple[str, ...]) -> None:
+                 read_timeout: timedelta, admin_path_prefixes: tuple[str, ...],
+                 public_url: str = "https://localhost",
+                 websocket_origins: tuple[str, ...] = ()) -> None:
+        # What the backend is told the public host is (X-Forwarded-Host): the configured
+        # public_url's, never the client's Host header.
+        self.public_host = URL(public_url).raw_authority
+        self._public_host_raw = self.public_host.encode("ascii")
+        self._origins = frozenset(normalise_origin(o) for o in
+                                  (websocket_origins or (public_url,)))
         self._connect_timeout = connect_timeout.total_seconds()
         self._read_timeout = read_timeout.total_seconds()
         self._timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout,
                                               sock_read=self._read_timeout)
-        self._admin_prefixes = tuple(p if p.endswith("/") else p + "/"
-                                     for p in admin_path_prefixes)
+        self._admin_prefixes = tuple(
+            unicodedata.normalize("NFKC", p if p.endswith("/") else p + "/").casefold()
+            for p in admin_path_prefixes)
         self._admin_paths: dict[str, bool] = {}
         self._http: aiohttp.ClientSession | None = None
         self._upstream: _Upstream | None = None
@@ -407,31 +487,39 @@ class Proxy:
         if self._http is not None:
             await self._http.close()
 
-    def admin_only(self, path: str) -> bool:
-        """R-PX-2: whether `path` (decoded) falls under an admin-only prefix."""
-        known = self._admin_paths.get(path)
+    def admin_only(self, raw_target: str) -> bool:
+        """R-PX-2: whether the target falls under an admin-only prefix. The target must pass
+        `checked_target` first (BadRequest otherwise): that leaves one decoding, which is
+        compared case-insensitively and after Unicode compatibility folding (a backend that
+        folds "/ADMIN/" or a fullwidth "／ａｄｍｉｎ／" must not see an admin page unchecked)."""
+        known = self._admin_paths.get(raw_target)
         if known is None:
-            known = self._admin_check(path)
-            if len(path) <= 256:  # the answers for the site's own paths are remembered
+            checked_target(raw_target)
+            path = unquote(raw_target.split("?", 1)[0])
+            folded = unicodedata.normalize("NFKC", path).casefold()
+            slashed = folded if folded.endswith("/") else folded + "/"
+            known = slashed.startswith(self._admin_prefixes)
+            if len(raw_target) <= 256:  # the answers for the site's own paths are remembered
                 if len(self._admin_paths) >= 4096:
                     self._admin_paths.clear()
-                self._admin_paths[path] = known
+                self._admin_paths[raw_target] = known
         return known
 
-    def _admin_check(self, path: str) -> bool:
-        # Repeated slashes collapse first: normpath keeps a leading "//", and "//admin/x"
-        # must not slip past an "/admin/" rule.
-        collapsed = re.sub("/{2,}", "/", path)
-        candidates = {path, collapsed,
-                      posixpath.normpath(collapsed) + ("/" if path.endswith("/") else "")}
-        for candidate in candidates:
-            slashed = candidate if candidate.endswith("/") else candidate + "/"
-            if slashed.startswith(self._admin_prefixes):
-                return True
-        return False
-
     def _url(self, request: web.Request) -> URL:
-        return URL(self._backend + request.raw_path, encoded=True)
+        """The backend URL of a request: the backend's origin and the checked target as
+        components (never a string concatenation with the client's target)."""
+        path, _, query = checked_target(request.raw_path).partition("?")
+        base = URL(self._backend)
+        return URL.build(scheme=base.scheme, host=base.raw_host or "", port=base.port,
+                         path=path, query_string=query, encoded=True)
+
+    def check_origin(self, request: web.Request) -> None:
+        """Issue 10 item 12: a browser's WebSocket from another site (cross-site WebSocket
+        hijacking: the cookie and the certificate go along) is refused. Browsers always
+        send Origin on a WebSocket; a client without one is not a browser page."""
+        origin = request.headers.getall("Origin", [])
+        if len(origin) > 1 or (origin and normalise_origin(origin[0]) not in self._origins):
+            raise Forbidden("this page may not open a WebSocket here", code="origin_refused")
 
     async def http(self, request: web.Request, identity: Identity) -> web.StreamResponse:
         """Relay one HTTP request and its response."""
@@ -452,7 +540,8 @@ class Proxy:
             framing = b"Content-Length: %d\r\n" % len(body)
         else:
             framing = b""
-        head = request_head(request, identity, upstream.host_header, framing)
+        head = request_head(request, identity, upstream.host_header, framing,
+                            self._public_host_raw)
         if body:
             head.append(body)
         # A reused connection that fails before any answer was closed by the backend while
@@ -543,13 +632,15 @@ class Proxy:
                         ) -> web.StreamResponse:
         """Relay a WebSocket; ending the session cancels the relay (close code 1008)."""
         assert self._http is not None
-        headers = forward_request_headers(request, identity, websocket=True)
+        self.check_origin(request)
+        url = self._url(request)
+        headers = forward_request_headers(request, identity, self.public_host, websocket=True)
         protocols = tuple(p.strip() for p in
                           request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                           if p.strip())
         try:
             upstream = await self._http.ws_connect(
-                self._url(request), headers=headers, protocols=protocols, autoping=True,
+                url, headers=headers, protocols=protocols, autoping=True,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
             )
         except TimeoutError:

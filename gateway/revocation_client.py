@@ -8,10 +8,12 @@ Three sources, one cache:
    marks the fingerprint revoked, drops its cached answer and tells the listeners (the
    session store ends that certificate's sessions). This is what makes a revocation bite
    within about a second, for new connections and for logged-in sessions alike.
-2. **OCSP** (RFC 6960) at the certificate's AIA URL: a nonce-less POST, so the CA can serve
+2. **OCSP** (RFC 6960) at our CA's configured `ca_public_url` + `/ocsp` (never the AIA URL
+   written in the certificate being judged): a nonce-less POST, so the CA can serve
    its pre-signed answer. The signature, the delegated responder (issued by the same CA,
    EKU OCSPSigning, valid now), the CertID and thisUpdate/nextUpdate are checked.
-3. **The CRL** (RFC 5280) at the certificate's distribution point, when OCSP fails: signature
+3. **The CRL** (RFC 5280) at `ca_public_url` + `/crl/<generation>.crl` (never the
+   certificate's distribution point), when OCSP fails: signature
    by the issuer, nextUpdate in the future. Cached per URL for the same lifetime.
 
 Cache lifetimes: a "good" answer is re-asked after `cache_ttl` (default 5 min) while the
@@ -40,6 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway.ca_client import CaClient, CaRefused, CaUnavailable, RevocationEvent
 from gateway.config import RevocationSettings
 from gateway.errors import CertificateRefused, RevocationUnavailable
+from gateway.tls import generation_of
 from policy.clock import Clock
 
 _log = structlog.get_logger("gateway.revocation")
@@ -186,7 +189,10 @@ class RevocationChecker:
 
     async def _ask_ocsp(self, certificate: x509.Certificate,
                         issuer: x509.Certificate) -> Answer:
-        url = _ocsp_url(certificate) or self._ca.public_url + "/ocsp"
+        # Only our CA's configured responder: never the AIA URL of the certificate being
+        # judged (an attacker who writes that URL would choose who answers, and learn who
+        # logs in when; cf. Keycloak fetching a certificate's URLs before trusting it).
+        url = self._ca.public_url + "/ocsp"
         request = (ocsp.OCSPRequestBuilder()
                    .add_certificate(certificate, issuer, hashes.SHA1())  # noqa: S303 - RFC 5019 CertID
                    .build().public_bytes(serialization.Encoding.DER))
@@ -199,9 +205,12 @@ class RevocationChecker:
     # -- CRL ----------------------------------------------------------------------------
 
     async def _ask_crl(self, certificate: x509.Certificate, issuer: x509.Certificate) -> Answer:
-        url = _crl_url(certificate)
-        if url is None:
-            raise _BadAnswer("the certificate names no CRL distribution point")
+        # Our CA's configured CRL of the issuing generation, never the certificate's
+        # distribution point (see _ask_ocsp). The name is the CA's contract (R-CERT-1).
+        generation = generation_of(issuer)
+        if not generation:
+            raise _BadAnswer("the issuing CA is not one of our generations")
+        url = f"{self._ca.public_url}/crl/{generation}.crl"
         now = self._clock.now()
         cached = self._crls.get(url)
         if cached is None or not self._within(cached.fetched_at, cached.next_update, now):
@@ -255,30 +264,6 @@ class RevocationChecker:
                 self.following = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-
-
-def _ocsp_url(certificate: x509.Certificate) -> str | None:
-    try:
-        aia = certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
-    except x509.ExtensionNotFound:
-        return None
-    for description in aia.value:
-        if (description.access_method == x509.AuthorityInformationAccessOID.OCSP
-                and isinstance(description.access_location, x509.UniformResourceIdentifier)):
-            return description.access_location.value
-    return None
-
-
-def _crl_url(certificate: x509.Certificate) -> str | None:
-    try:
-        points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
-    except x509.ExtensionNotFound:
-        return None
-    for point in points.value:
-        for name in point.full_name or ():
-            if isinstance(name, x509.UniformResourceIdentifier):
-                return name.value
-    return None
 
 
 def _check_signature(public_key: object, signature: bytes, data: bytes,

@@ -4,13 +4,14 @@
 * The client certificate is optional at the TLS layer (`CERT_OPTIONAL`) so the login page and
   certificate acquisition work without one; routes that need one refuse without it.
 * When a client does present a certificate, OpenSSL verifies it at the handshake: chain to one
-  of the CA's issuing generations (the trust bundle fetched from the CA's public
-  `/certs/bundle.pem`) and the `sslclient` purpose (a certificate whose EKU lacks clientAuth
-  fails). A failing certificate ends the handshake. Dates are NOT checked at the handshake
-  (`X509_V_FLAG_NO_CHECK_TIME`): an expired certificate of ours must reach the page that tells
-  its owner to get a new one, instead of a browser's TLS error. The application checks the
-  leaf's and the chain's validity against the injected clock on every request that needs a
-  certificate, with EKU and revocation (`gateway.verify`).
+  of the CA's issuing generations (fetched from the CA's public `/certs/bundle.pem` and kept
+  only when they chain to the operator's root: gateway.trust) and the `sslclient` purpose
+  (a certificate whose EKU lacks clientAuth fails). A failing certificate ends the
+  handshake. Dates are NOT checked at the handshake (`X509_V_FLAG_NO_CHECK_TIME`): an
+  expired certificate of ours must reach the page that tells its owner to get a new one,
+  instead of a browser's TLS error. The application checks the leaf's and the chain's
+  validity against the injected clock on every request that needs a certificate, with EKU
+  and revocation (`gateway.verify`).
 * The demo server certificate is a self-signed P-256 certificate made on first run (key 0600).
   Production uses a real server certificate from the bank's public CA: point `tls_cert` and
   `tls_key` at it.
@@ -18,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
 
 from common.tlsfiles import tls_server_context
 
@@ -97,3 +100,17 @@ def server_context(cert_file: Path, key_file: Path, bundle: TrustBundle) -> ssl.
     # Python's ssl cannot set the CertificateRequest's CA list (SSL_CTX_set_client_CA_list):
     # browsers offer every client certificate they hold; the user picks CN = user ID (§2.2(2)).
     return context
+
+
+_GENERATION_IN_NAME = re.compile(r"\bIssuing CA (g\d+)$")
+
+
+def generation_of(issuer: x509.Certificate) -> str:
+    """The generation an issuing CA certificate belongs to.
+
+    The CA names every issuing generation "<organization> Issuing CA <gN>" (keys.hierarchy),
+    so the name is the contract; no lookup at the CA is needed per request.
+    """
+    names = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    match = _GENERATION_IN_NAME.search(str(names[0].value)) if names else None
+    return match.group(1) if match else ""

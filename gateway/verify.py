@@ -20,7 +20,6 @@ against the clock of that request); its fingerprint is still compared with the s
 from __future__ import annotations
 
 import hashlib
-import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import CertificateRefused, CertificateRequired
 from gateway.revocation_client import RevocationChecker
-from gateway.tls import TrustBundle
+from gateway.tls import TrustBundle, generation_of
 from policy.certificates import CertFacts
 from policy.clock import Clock
 from policy.cutover import Cutover, cutover_for
@@ -79,20 +78,6 @@ def parse_client_certificate(der: bytes, bundle: TrustBundle) -> ClientCertifica
         certificate=certificate, issuer=issuer, client_auth=client_auth,
         chain_validity=bundle.chain_validity(issuer) if issuer is not None else None,
     )
-
-
-_GENERATION_IN_NAME = re.compile(r"\bIssuing CA (g\d+)$")
-
-
-def generation_of(issuer: x509.Certificate) -> str:
-    """The generation an issuing CA certificate belongs to.
-
-    The CA names every issuing generation "<organization> Issuing CA <gN>" (keys.hierarchy),
-    so the name is the contract; no lookup at the CA is needed per request.
-    """
-    names = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    match = _GENERATION_IN_NAME.search(str(names[0].value)) if names else None
-    return match.group(1) if match else ""
 
 
 class CertificateVerifier:

@@ -68,10 +68,24 @@ class ClientSpec:
     ocsp_url: str
 
 
-def check_csr_key(key_type: str, key_size: int) -> None:
-    """R-CERT-8: accept EC P-256/P-384 and RSA of at least 2048 bits for CSR issuance."""
-    if key_type == "ec" and key_size in (256, 384):
-        return
+# R-CERT-8's curves by their OIDs (RFC 5480 §2.1.1.1), with their sizes. A size alone would
+# also let in secp256k1 and the brainpool curves, which no client of ours needs.
+ALLOWED_EC_CURVES = {
+    "1.2.840.10045.3.1.7": 256,  # secp256r1 (P-256)
+    "1.3.132.0.34": 384,  # secp384r1 (P-384)
+}
+
+
+def check_csr_key(key_type: str, key_size: int, curve_oid: str | None = None) -> None:
+    """R-CERT-8: accept EC keys on P-256/P-384 (named by OID) and RSA 2048-8192 for CSR
+    issuance."""
+    if key_type == "ec":
+        if curve_oid is not None and ALLOWED_EC_CURVES.get(curve_oid) == key_size:
+            return
+        raise UnsupportedKey(
+            f"EC keys on curve {curve_oid or 'with explicit parameters'} are not accepted;"
+            " use EC P-256/P-384 or RSA >= 2048"
+        )
     if key_type == "rsa" and 2048 <= key_size <= 8192:
         return
     raise UnsupportedKey(

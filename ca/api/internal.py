@@ -4,6 +4,7 @@ certificate status, acquisition passwords and the revocation feed."""
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,11 @@ from ca.runtime import CaRuntime
 
 RUNTIME = web.AppKey("runtime", CaRuntime)
 MAX_FEED_WAIT_SECONDS = 30.0
+MAX_SEQUENCE = 2**63 - 1  # SQLite's INTEGER
+# ASCII digits only: int() and float() would also take "+5", " 5", "5_0", Arabic-Indic
+# digits, "nan" and "inf".
+_FEED_AFTER = re.compile(r"[0-9]{1,19}|latest")
+_FEED_WAIT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,6})?")
 
 
 def _actor(body: dict[str, Any]) -> str:
@@ -39,14 +45,31 @@ def _delivery(delivery: Delivery) -> web.Response:
 
 
 async def acquire(request: web.Request) -> web.Response:
-    """POST /v1/acquire {user_id, acquisition_password} -> PKCS#12 (R-CERT-4, R-CERT-5)."""
+    """POST /v1/acquire {user_id, acquisition_password[, ticket]} -> PKCS#12 (R-CERT-4,
+    R-CERT-5); with a ticket from /v1/acquisition-tickets the password is not checked again."""
     body = await read_json(request)
+    ticket = body.get("ticket")
+    if ticket is not None and not isinstance(ticket, str):
+        raise BadRequest("ticket must be a string", code="bad_field")
     delivery = await request.app[RUNTIME].authority.acquire(
+        required_str(body, "user_id", max_length=64),
+        required_str(body, "acquisition_password", max_length=256),
+        actor=_actor(body), ticket=ticket[:128] if ticket else None,
+    )
+    return _delivery(delivery)
+
+
+async def acquisition_ticket(request: web.Request) -> web.Response:
+    """POST /v1/acquisition-tickets {user_id, acquisition_password}: the password checked
+    (counted, locking), a single-use ticket for /v1/acquire returned (ca.tickets)."""
+    body = await read_json(request)
+    ticket, expires_at = await request.app[RUNTIME].authority.open_acquisition(
         required_str(body, "user_id", max_length=64),
         required_str(body, "acquisition_password", max_length=256),
         actor=_actor(body),
     )
-    return _delivery(delivery)
+    return web.json_response({"ticket": ticket, "expires_at": expires_at.isoformat()},
+                             status=201)
 
 
 async def renew(request: web.Request) -> web.Response:
@@ -122,19 +145,30 @@ async def revocations(request: web.Request) -> web.Response:
     follower does not download every revocation ever made.
     """
     feed = request.app[RUNTIME].feed
-    if request.query.get("after") == "latest":
+    wait = float(_query_param(request, "wait", _FEED_WAIT, "0"))
+    if wait > MAX_FEED_WAIT_SECONDS:
+        raise BadRequest(f"wait must be at most {MAX_FEED_WAIT_SECONDS:g}", code="bad_query")
+    after_text = _query_param(request, "after", _FEED_AFTER, "0")
+    if after_text == "latest":
         return web.json_response({"last_seq": feed.last_seq, "revocations": []})
-    try:
-        after = int(request.query.get("after", "0"))
-        wait = min(float(request.query.get("wait", "0")), MAX_FEED_WAIT_SECONDS)
-    except ValueError:
-        raise BadRequest("after must be an integer or 'latest', wait a number",
-                         code="bad_query") from None
-    records = await feed.wait_after(after, max(wait, 0.0))
+    after = int(after_text)
+    if after > MAX_SEQUENCE:
+        raise BadRequest("after is beyond any sequence number", code="bad_query")
+    records = await feed.wait_after(after, wait)
     last = max([after, *(r.revocation_seq or 0 for r in records)])
     return web.json_response(
         {"last_seq": last, "revocations": [revocation_view(r) for r in records]}
     )
+
+
+def _query_param(request: web.Request, name: str, pattern: re.Pattern[str], default: str) -> str:
+    """A query parameter given at most once and matching `pattern` exactly, else 400."""
+    values = request.query.getall(name, [default])
+    if len(values) != 1 or pattern.fullmatch(values[0]) is None:
+        raise BadRequest("after must be an integer from 0 or 'latest', wait a number of seconds "
+                         f"from 0 to {MAX_FEED_WAIT_SECONDS:g}, each given once",
+                         code="bad_query")
+    return str(values[0])
 
 
 def _pem(der: bytes) -> str:
@@ -146,6 +180,7 @@ def _pem(der: bytes) -> str:
 def add_routes(app: web.Application) -> None:
     """Register the internal API."""
     app.router.add_post("/v1/acquire", acquire)
+    app.router.add_post("/v1/acquisition-tickets", acquisition_ticket)
     app.router.add_post("/v1/renew", renew)
     app.router.add_post("/v1/certificates", issue_from_csr)
     app.router.add_get("/v1/certificates/{serial}", certificate)

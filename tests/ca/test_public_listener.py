@@ -22,6 +22,7 @@ from cryptography.x509 import ocsp
 from ca.api import ocsp as ocsp_routes
 from ca.api.internal import RUNTIME
 from ca.public_listener import PublicListener, RequestHead, parse_head
+from common.listener import ConnectionLimits
 from tests.conftest import CaHarness
 
 _POST_HEAD = b"POST /ocsp HTTP/1.1\r\nHost: ca\r\nContent-Type: application/ocsp-request\r\n"
@@ -284,7 +285,8 @@ def test_idle_connections_are_closed(ca: CaHarness) -> None:
     app = web.Application()
     app[RUNTIME] = ca.runtime
     ocsp_routes.add_routes(app)
-    listener = ca.loop.run(PublicListener.start(app, "127.0.0.1", 0, idle_timeout=0.2))
+    limits = ConnectionLimits(header_timeout=0.2, body_timeout=0.2, keepalive_timeout=0.2)
+    listener = ca.loop.run(PublicListener.start(app, "127.0.0.1", 0, limits=limits))
     try:
         silent, partial = _Client(listener.port), _Client(listener.port)
         partial.send(b"POST /ocsp HTTP/1.1\r\nHost")

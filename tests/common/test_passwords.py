@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -93,19 +92,17 @@ class TestDummyVerification:
         assert not hasher.needs_rehash(hasher._dummy())
 
     async def test_dummy_costs_about_the_same_R_LOCK_2(self, hasher: PasswordHasher) -> None:
-        """The median time of a dummy check is within a factor of two of a real one."""
+        """The fastest dummy check is within a factor of two of the fastest real one (samples
+        interleaved and the minimum taken: load from other processes only ever adds time)."""
         stored = await hasher.hash("kj3h5gq8")
-
-        async def median(stored_hash: str | None) -> float:
-            samples = []
-            for _ in range(7):
+        await hasher.verify(None, "warm-up")  # builds the dummy hash
+        samples: dict[str | None, list[float]] = {stored: [], None: []}
+        for _ in range(9):
+            for stored_hash, times in samples.items():
                 start = time.perf_counter()
                 await hasher.verify(stored_hash, "wrong-password-1")
-                samples.append(time.perf_counter() - start)
-            return statistics.median(samples)
-
-        await median(None)  # warm-up: builds the dummy hash
-        real, dummy = await median(stored), await median(None)
+                times.append(time.perf_counter() - start)
+        real, dummy = min(samples[stored]), min(samples[None])
         assert 0.5 < dummy / real < 2.0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -19,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from common.passwords import PasswordHasher
@@ -27,7 +25,15 @@ from gateway.auth import Authenticator
 from gateway.users import UserStore
 from policy.clock import SystemClock
 from policy.password import PasswordPolicy
-from tests.gateway.conftest import GOOD_PASSWORD, Browser, Enrolled, Page, gateway_section
+from tests.gateway.conftest import (
+    GOOD_PASSWORD,
+    Browser,
+    Enrolled,
+    Page,
+    csrf_of,
+    gateway_section,
+    write_client_pem,
+)
 from tests.support.faults import CaProcess
 from tests.support.servers import free_port
 
@@ -97,15 +103,7 @@ def _enrolled(directory: Path, pkcs12_b64: str, acquisition: str) -> Enrolled:
     key, cert, _ = pkcs12.load_key_and_certificates(base64.b64decode(pkcs12_b64),
                                                     acquisition.encode())
     assert key is not None and cert is not None
-    cert_file, key_file = directory / "client.crt.pem", directory / "client.key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return Enrolled(USER, GOOD_PASSWORD, cert_file, key_file, format(cert.serial_number, "x"),
-                    hashlib.sha256(der).hexdigest(), cert.not_valid_after_utc)
+    return write_client_pem(directory / "clients", USER, GOOD_PASSWORD, cert, key)
 
 
 def _login(url: str, server_cert: Path, who: Enrolled, password: str) -> Page:
@@ -114,8 +112,11 @@ def _login(url: str, server_cert: Path, who: Enrolled, password: str) -> Page:
 
     async def run() -> Page:
         async with Browser(url, context, who) as browser:
-            return await browser.submit("/auth/login", "/auth/login", {"password": password},
-                                        allow_redirects=False)
+            form = await browser.get("/auth/login")
+            if form.status != 200:  # a locked user gets the lock page before any password
+                return form
+            return await browser.request("POST", "/auth/login", allow_redirects=False,
+                                         data={"csrf": csrf_of(form.text), "password": password})
 
     return asyncio.run(run())
 

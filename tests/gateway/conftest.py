@@ -6,10 +6,11 @@ import asyncio
 import base64
 import hashlib
 import re
+import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +30,9 @@ from common.config import load_raw
 from common.passwords import PasswordHasher
 from common.tlsfiles import ensure_server_certificate
 from demo.backend import build_app as build_backend
-from gateway.app import build_app, serve_proxied_directly
+from gateway.app import build_app, prepare_server
 from gateway.auth import Authenticator
-from gateway.cli import ca_client_for, load_trust_bundle
+from gateway.cli import ca_client_for, load_trust_bundle, trust_anchor_for
 from gateway.config import GatewayConfig, gateway_config_from
 from gateway.state import AUTH, REVOCATION
 from gateway.tls import server_context
@@ -152,20 +153,8 @@ class GatewayHarness:
     def write_pem(self, user_id: str, password: str, cert: x509.Certificate, key: Any, *,
                   suffix: str = "") -> Enrolled:
         """Write a certificate and key as PEM files for curl and ssl."""
-        folder = self.directory / "clients"
-        folder.mkdir(exist_ok=True)
-        cert_file = folder / f"{user_id}{suffix}.crt.pem"
-        key_file = folder / f"{user_id}{suffix}.key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        key_file.chmod(0o600)
-        der = cert.public_bytes(serialization.Encoding.DER)
-        return Enrolled(user_id=user_id, password=password, cert_file=cert_file,
-                        key_file=key_file, serial=format(cert.serial_number, "x"),
-                        fingerprint=hashlib.sha256(der).hexdigest(),
-                        not_after=cert.not_valid_after_utc)
+        return write_client_pem(self.directory / "clients", user_id, password, cert, key,
+                                suffix=suffix)
 
     def enroll(self, user_id: str, *, role: str = "contractor", name: str = "Tanaka Taro",
                customer: str = "ABC Trading") -> Enrolled:
@@ -223,6 +212,34 @@ class GatewayHarness:
         self.gateway_loop.stop()
         self.backend_loop.stop()
         self.stop_ca()
+
+
+def raw_exchange(harness: GatewayHarness, request: bytes, who: Enrolled | None = None, *,
+                 server_hostname: str = "localhost", seconds: float = 10) -> bytes:
+    """Send `request` byte for byte over one TLS connection (Python's ssl, `who`'s
+    certificate) and return everything the gateway answers until it closes or goes quiet:
+    for targets and headers that HTTP client libraries would normalise or refuse."""
+    context = harness.ssl_context(who)
+    context.check_hostname = False
+    host, port = harness.url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=seconds) as raw, \
+            context.wrap_socket(raw, server_hostname=server_hostname) as tls:
+        tls.sendall(request)
+        answer = b""
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and _complete(answer):
+                    break
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            pass
+    return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return match is not None and len(body) >= int(match.group(1))
 
 
 CSRF_PATTERN = re.compile(r'name="csrf" value="([^"]+)"')
@@ -325,6 +342,24 @@ class Browser:
         return None
 
 
+def write_client_pem(folder: Path, user_id: str, password: str, cert: x509.Certificate,
+                     key: Any, *, suffix: str = "") -> Enrolled:
+    """Write a client certificate and its key (0600) as PEM files for curl and ssl."""
+    folder.mkdir(exist_ok=True)
+    cert_file = folder / f"{user_id}{suffix}.crt.pem"
+    key_file = folder / f"{user_id}{suffix}.key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Enrolled(user_id=user_id, password=password, cert_file=cert_file,
+                    key_file=key_file, serial=format(cert.serial_number, "x"),
+                    fingerprint=hashlib.sha256(der).hexdigest(),
+                    not_after=cert.not_valid_after_utc)
+
+
 def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
     """The [gateway] part of a test config.toml (and a long-lived OCSP responder)."""
     return f"""
@@ -339,15 +374,19 @@ def gateway_section(port: int, backend_port: int, extra: str = "") -> str:
         tls_cert = "var/gateway/tls/server.crt.pem"
         tls_key = "var/gateway/tls/server.key.pem"
         backend_read_timeout = "3s"
+        ca_root = "var/keys/root.crt.pem"
         #CA-URLS#
         {extra}
     """
 
 
 def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
-                  tables: str = "", internal_tls: bool = False) -> GatewayHarness:
+                  tables: str = "", internal_tls: bool = False,
+                  public_url_for: Callable[[str], str] | None = None) -> GatewayHarness:
     """Start CA, demo backend and gateway on loopback; the gateway's CA URLs point at the CA
-    (its internal API over TLS, pinning the CA's self-signed certificate, with `internal_tls`)."""
+    (its internal API over TLS, pinning the CA's self-signed certificate, with `internal_tls`).
+    `public_url_for` gets the CA's public URL and returns the one the gateway is given (e.g.
+    a listener in front of the CA, started before the gateway fetches its trust bundle)."""
     port, backend_port = free_port(), free_port()
     config_path = init_ca(directory, clock, extra=gateway_section(port, backend_port, extra),
                           internal_tls=internal_tls)
@@ -356,8 +395,11 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
     internal_url = (f'ca_internal_url = "https://127.0.0.1:{internal}"\n'
                     f'ca_internal_trust = "{ca_config.internal_tls_cert}"' if internal_tls
                     else f'ca_internal_url = "http://127.0.0.1:{internal}"')
+    public_url = f"http://127.0.0.1:{public}"
+    if public_url_for is not None:
+        public_url = public_url_for(public_url)
     text = config_path.read_text().replace(
-        "#CA-URLS#", f'ca_public_url = "http://127.0.0.1:{public}"\n' + internal_url)
+        "#CA-URLS#", f'ca_public_url = "{public_url}"\n' + internal_url)
     config_path.write_text(text + tables)  # further tables, e.g. [[cutover]], after [gateway]
     ca = start_ca(config_path, clock)
     config = gateway_config_from(load_raw(config_path))
@@ -370,7 +412,8 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
 
     async def open_gateway() -> tuple[UserStore, web.Application, ssl.SSLContext]:
         ca_client = ca_client_for(config)
-        bundle = await load_trust_bundle(ca_client, config.trust_bundle_cache)
+        bundle = await load_trust_bundle(ca_client, config.trust_bundle_cache,
+                                         trust_anchor_for(config))
         users = await UserStore.open(config.database, clock)
         app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca_client,
                         bundle=bundle)
@@ -378,7 +421,7 @@ def start_gateway(directory: Path, clock: FakeClock, *, extra: str = "",
 
     users, app, context = gateway_loop.run(open_gateway())
     gateway_runner, _ = gateway_loop.start_app(app, port, ssl_context=context,
-                                               prepare=serve_proxied_directly)
+                                               prepare=prepare_server)
     runners.append((gateway_loop, gateway_runner))
     harness = GatewayHarness(
         ca=ca, config=config, app=app, url=f"https://127.0.0.1:{port}",

@@ -71,13 +71,14 @@ class TestAcquisition:
 
     async def test_unknown_user_id_looks_like_wrong_password_R_LOCK_2(
             self, gw: GatewayHarness) -> None:
-        """Unknown and malformed IDs get the same 401 page as a wrong password."""
+        """Unknown and malformed IDs get the same 401 page as a wrong password (the one
+        answer of the acquisition form, test_acquisition_order)."""
         async with gw.browser() as browser:
             for user_id in ("699999", "../etc"):
                 page = await browser.submit("/auth/acquire", "/auth/acquire", {
                     "user_id": user_id, "password": "whatever1",
                     "acquisition_password": "x"})
-                assert page.status == 401 and page.error == "bad_credentials"
+                assert page.status == 401 and page.error == "acquisition_bad_credentials"
 
 
 class TestRenewal:

@@ -100,12 +100,14 @@ class TestRoles:
                                       "/admin//restrictions"])
     async def test_contractor_refused_admin_paths_R_PX_2(self, gw: GatewayHarness,
                                                          path: str) -> None:
-        """A contractor gets 403 on every spelling of an admin path."""
+        """A contractor is refused every spelling of an admin path: 403, or 400 when the
+        spelling is ambiguous (test_cve_regressions.TestAmbiguousTargets has the raw ones)."""
         user = gw.enroll("500020", role="contractor")
         async with gw.browser(user) as browser:
             await browser.login()
             page = await browser.get(path)
-            assert page.status == 403 and page.error == "role_forbidden", path
+            assert (page.status, page.error) in {(403, "role_forbidden"), (400, "bad_target")}, \
+                path
 
     async def test_admin_reaches_admin_page_R_PX_2(self, gw: GatewayHarness) -> None:
         """The twin: an admin gets the restrictions page."""

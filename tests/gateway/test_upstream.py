@@ -366,7 +366,7 @@ def test_proxy_rejects_non_http_backend_url() -> None:
 
 
 @pytest.mark.parametrize(("path", "admin"), [
-    ("/admin/x", True), ("/admin", True), ("/trade/../admin/x", True), ("/admin/", True),
+    ("/admin/x", True), ("/admin", True), ("/ADMIN/x", True), ("/admin/", True),
     ("/administrator", False), ("/trade/admin", False), ("/", False),
 ])
 def test_admin_only_cached_answers_match_R_PX_2(path: str, admin: bool) -> None:
@@ -375,6 +375,18 @@ def test_admin_only_cached_answers_match_R_PX_2(path: str, admin: bool) -> None:
                   read_timeout=timedelta(seconds=1), admin_path_prefixes=("/admin/",))
     assert proxy.admin_only(path) is admin
     assert proxy.admin_only(path) is admin
+
+
+@pytest.mark.parametrize("path", ["/trade/../admin/x", "//admin/x", "/admin;/x", "/%2e/admin"])
+def test_admin_only_refuses_ambiguous_targets_every_time_R_PX_2(path: str) -> None:
+    """An ambiguous target is refused (400), also when asked again: never remembered."""
+    from gateway.errors import BadRequest
+
+    proxy = Proxy("http://127.0.0.1:1", connect_timeout=timedelta(seconds=1),
+                  read_timeout=timedelta(seconds=1), admin_path_prefixes=("/admin/",))
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            proxy.admin_only(path)
 
 
 
