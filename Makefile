@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.toml
 
-.PHONY: run test install lint bench clean-data
+.PHONY: run run-cluster test install lint bench clean-data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m demo.launch --config $(CONFIG)
+
+# The same, plus a local PostgreSQL under var/pg and the gateway as 2 worker processes.
+run-cluster: install
+	$(PY) -m demo.launch --config $(CONFIG) --cluster
 
 test: install
 	$(PY) -m pytest -q

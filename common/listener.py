@@ -351,19 +351,22 @@ def ensure_descriptors(connections: int) -> None:
 async def serve_guarded(factory: Callable[[], asyncio.Protocol], host: str, port: int,
                         limits: ConnectionLimits, *, name: str,
                         ssl_context: ssl.SSLContext | None = None,
-                        backlog: int = 1024,
+                        backlog: int = 1024, reuse_port: bool = False,
                         ) -> tuple[asyncio.Server | TlsListener, ConnectionGuard]:
     """Listen on host:port, giving each admitted connection to `factory()` (an aiohttp
     `web.Server`, i.e. `runner.server`) under `limits`; the caller closes the server and
-    stops the guard."""
+    stops the guard. `reuse_port`: SO_REUSEPORT, for several processes on one port (the
+    gateway's workers), each with its own accept queue."""
     guard = ConnectionGuard(limits, name)
     server: asyncio.Server | TlsListener
     if ssl_context is None:
         server = await asyncio.get_running_loop().create_server(
-            _PlainAcceptor(guard, factory), host, port, reuse_address=True, backlog=backlog)
+            _PlainAcceptor(guard, factory), host, port, reuse_address=True, backlog=backlog,
+            reuse_port=reuse_port or None)
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=backlog)
+        sock = socket.create_server((host, port), family=family, backlog=backlog,
+                                    reuse_port=reuse_port)
         sock.setblocking(False)
         server = TlsListener(sock, guard, factory, ssl_context)
         server.start()

@@ -6,6 +6,11 @@ password and acquisition password) is kept in var/demo/welcome.txt (0600). Later
 the letter only while it is still true (the demo user has never logged in and the helpdesk has
 not reset the password since); otherwise they say how to get new passwords (issue 15 item 17).
 Ctrl-C stops everything.
+
+`--cluster` (`make run-cluster`) also starts a local PostgreSQL under var/pg
+(`python -m common.pgdev`) and runs the gateway as a supervisor with 2 workers on the one
+port; Ctrl-C stops PostgreSQL too. Until the gateway's store takes a PostgreSQL DSN, the
+workers share the SQLite file (README "Processes").
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ def main() -> int:
     restrict_new_files()  # inherited by every process it starts
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
+    parser.add_argument("--cluster", action="store_true",
+                        help="also a local PostgreSQL under var/pg, and 2 gateway workers")
     args = parser.parse_args()
     config_arg = ["--config", str(args.config)]
     ca_config = load_ca_config(args.config)
@@ -107,6 +114,8 @@ def main() -> int:
     private_directory(ca_config.data_dir)
 
     children: list[subprocess.Popen[bytes]] = []
+    postgres = ["common.pgdev", "--folder", str(ca_config.data_dir / "pg")]
+    postgres_started = False
 
     def start(*command: str) -> None:
         children.append(subprocess.Popen([sys.executable, "-m", *command]))
@@ -119,9 +128,17 @@ def main() -> int:
             print(result.stdout.strip())
         start("ca", *config_arg, "serve")
         _wait_http(f"http://{ca_config.public_listen.host}:{ca_config.public_listen.port}/health")
+        if args.cluster:
+            # After the CA: its start tightens var/ to 0700, which would lock PostgreSQL's
+            # own user (when we run as root) out of var/pg; pgdev opens var/ to it (0710).
+            result = _run(*postgres, "start")
+            if result.returncode != 0:
+                raise SystemExit(f"make run-cluster: PostgreSQL did not start: {result.stderr}")
+            postgres_started = True
+            print(f"PostgreSQL (var/pg) accepts connections at {result.stdout.strip()}")
         demo_listen = demo.str("listen", "127.0.0.1:8090")
         start("demo", "--listen", demo_listen)
-        start("gateway", *config_arg, "serve")
+        start("gateway", *config_arg, "serve", *(["--workers", "2"] if args.cluster else []))
         _wait_tcp(gateway.listen)
 
         welcome = ca_config.data_dir / "demo" / "welcome.txt"
@@ -140,6 +157,11 @@ def main() -> int:
         print(f"Sekisho is running. Open {url}/ in a browser.")
         print("The gateway's demo TLS certificate is self-signed: accept the warning once.")
         print(welcome_text(gateway.database, DEMO_USER[0], welcome))
+        if args.cluster:
+            print("The gateway runs as a supervisor and 2 worker processes on the one port;")
+            print(f"watch them: curl -sk {url}/metrics | grep worker   (and {url}/ready).")
+            print("The workers still share the SQLite store: the gateway takes no PostgreSQL")
+            print("DSN yet (README \"Processes\"), so sessions are per worker for now.")
         print("Ctrl-C stops everything.")
         print("=" * 72 + "\n")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -162,6 +184,10 @@ def main() -> int:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if postgres_started:
+            result = _run(*postgres, "stop")
+            print("PostgreSQL stopped" if result.returncode == 0
+                  else f"make run-cluster: pg_ctl stop: {result.stderr.strip()}")
 
 
 if __name__ == "__main__":

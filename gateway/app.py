@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from common.passwords import PasswordHasher
-from gateway import enrollment, login, pages
+from gateway import enrollment, health, login, pages
 from gateway.access import check_access, clear_session_cookie, logged_in, redirect, render
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, RevocationEvent
@@ -35,6 +35,7 @@ from gateway.errors import (
 )
 from gateway.hardening import quiet_parser_errors
 from gateway.messages import error_text
+from gateway.metrics import RequestCounter
 from gateway.proxy import SECURITY_HEADERS, Identity, Proxy, is_websocket
 from gateway.revocation_client import RevocationChecker
 from gateway.sessions import Session, SessionStore
@@ -142,7 +143,7 @@ def _plainly_proxied(request: web.Request) -> bool:
     and WebSocket upgrades take the full path.
     """
     return ("auth" not in request.path and "lang=" not in request.query_string
-            and not is_websocket(request))
+            and request.path not in health.PATHS and not is_websocket(request))
 
 
 def serve_proxied_directly(runner: web.AppRunner) -> None:
@@ -159,19 +160,23 @@ def serve_proxied_directly(runner: web.AppRunner) -> None:
     assert server is not None, "call after runner.setup()"
     app, full = runner.app, server.request_handler
     verifier, sessions, proxy = app[VERIFIER], app[SESSIONS], app[PROXY]
+    counter = RequestCounter()
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         assert isinstance(request, web.Request)
         if not _plainly_proxied(request):
-            return await full(request)
-        try:
-            _, session = await check_access(verifier, sessions, request)
-            return await proxy.http(request, backend_identity(proxy, request, session))
-        except (asyncio.CancelledError, ConnectionResetError, web.HTTPException):
-            raise
-        except Exception as exc:
-            request[DEFERRED_ERROR] = exc
-            return await full(request)
+            response = await full(request)
+        else:
+            try:
+                _, session = await check_access(verifier, sessions, request)
+                response = await proxy.http(request, backend_identity(proxy, request, session))
+            except (asyncio.CancelledError, ConnectionResetError, web.HTTPException):
+                raise
+            except Exception as exc:
+                request[DEFERRED_ERROR] = exc
+                response = await full(request)
+        counter.count(response.status)  # per worker, on /metrics (gateway/metrics.py)
+        return response
 
     server.request_handler = handle
 
@@ -244,6 +249,7 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
     login.add_routes(app)
     enrollment.add_routes(app)
     pages.add_static_route(app)
+    health.add_routes(app, bundle)
     app.router.add_route("*", "/auth/{tail:.*}", unknown_auth_page)
     app.router.add_route("*", "/{tail:.*}", proxied)
     return app

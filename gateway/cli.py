@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
+import secrets
 import sqlite3
 import stat
 import sys
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 from aiohttp import web
 
 from common import audit
@@ -49,11 +52,14 @@ from common.logging import configure_logging
 from common.passwords import PasswordHasher
 from common.postgres import PostgresConfigError, PostgresSettings
 from common.postgres import schema_version as pg_schema_version
+from common.sqlite import Owner
 from common.tlsfiles import ensure_server_certificate, tls_client_context
+from gateway import supervisor
 from gateway.auth import Authenticator
 from gateway.ca_client import CaClient, CaRefused, CaUnavailable
-from gateway.config import GatewayConfig, load_gateway_config
+from gateway.config import GatewayConfig, load_gateway_config, parse_workers
 from gateway.errors import GatewayError
+from gateway.metrics import worker_id, worker_started
 from gateway.store import UserBackend, open_user_store
 from gateway.tls import TrustBundle, server_context
 from gateway.trust import TrustAnchor, TrustAnchorError, write_cache
@@ -158,6 +164,15 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
     bundle = await load_trust_bundle(ca, config.trust_bundle_cache, anchor)
     context = server_context(config.tls_cert, config.tls_key, bundle)
     users = await open_user_store(config, clock)
+    worker = supervisor.is_worker()
+    if worker:
+        if config.postgres is None:
+            # One host shares the SQLite file: a worker's slot owns its tries, so that its
+            # restart settles its dead predecessor's tries at once (on PostgreSQL every
+            # process is its own owner: slots of other hosts share these names).
+            assert isinstance(users, UserStore)
+            users.owner = worker_owner(worker_id())
+        structlog.contextvars.bind_contextvars(worker=int(worker_id()))  # on every log line
     hasher = PasswordHasher()
     app = build_app(config, clock=clock, users=users, hasher=hasher, ca_client=ca,
                     bundle=bundle)
@@ -174,7 +189,11 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
         # (common/listener.py): aiohttp's own site has none of the first three.
         server, guard = await serve_guarded(runner.server, config.listen.host,
                                             config.listen.port, config.connection_limits,
-                                            name="gateway", ssl_context=context)
+                                            name="gateway", ssl_context=context,
+                                            # Workers: one accept queue each (supervisor.py).
+                                            reuse_port=worker)
+        worker_started()
+        supervisor.notify_ready()
         loop = asyncio.get_running_loop()
         # Start-up objects (aiohttp, cryptography, argon2, zxcvbn's dictionaries) live for the
         # whole run: out of the collector's generations, full collections stay short (as in
@@ -193,6 +212,31 @@ async def cmd_serve(config: GatewayConfig, clock: Clock, args: argparse.Namespac
         await users.close()
         hasher.close()
     return 0
+
+
+def worker_owner(slot: str) -> Owner:
+    """Who holds a worker's login tries (R-FAULT-3): its slot, so that a restarted worker
+    settles its dead predecessor's pending tries at once, and never the tries its sibling
+    workers are checking right now (common.sqlite.Owner declares every earlier run of the
+    same instance name dead)."""
+    return Owner(f"gateway-w{slot}", secrets.token_hex(8))
+
+
+def supervise(config: GatewayConfig, path: Path, workers: int, clock: Clock) -> int:
+    """`serve` with `workers` > 1: the supervising parent (gateway/supervisor.py)."""
+    # Made once here: workers racing to create the demo certificate could pair a key with
+    # another worker's certificate.
+    if ensure_server_certificate(config.tls_cert, config.tls_key, config.public_url, clock):
+        print(f"created a self-signed demo server certificate {config.tls_cert}",
+              file=sys.stderr)
+    lock = supervisor.prepare_metrics_dir(config.metrics_dir)
+    try:
+        print(f"gateway supervisor: {workers} workers on {config.public_url}/",
+              file=sys.stderr, flush=True)
+        command = [sys.executable, "-m", "gateway", "--config", str(path.resolve()), "serve"]
+        return supervisor.Supervisor(command, workers, config.metrics_dir).run()
+    finally:
+        os.close(lock)
 
 
 async def cmd_tls_init(config: GatewayConfig, clock: Clock, args: argparse.Namespace) -> int:
@@ -526,11 +570,21 @@ def _read_sqlite_tables(path: Path) -> dict[str, tuple[list[str], list[tuple[Any
     return result
 
 
+def _workers_option(value: str) -> int:
+    try:
+        return parse_workers(value, "--workers")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="sekisho-gateway", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the gateway").set_defaults(handler=cmd_serve)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--workers", type=_workers_option, default=None,
+                       help="worker processes, a number or auto (default: gateway.workers)")
+    serve.set_defaults(handler=cmd_serve)
     commands.add_parser("tls-init", help="create the demo server certificate").set_defaults(
         handler=cmd_tls_init)
     users = commands.add_parser("users", help="helpdesk: manage users").add_subparsers(
@@ -591,6 +645,10 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         config = load_gateway_config(config_path(args))
         configure_logging(config.log_level if args.command == "serve" else "warning",
                           process="gateway")
+        if args.command == "serve" and not supervisor.is_worker():
+            workers = args.workers or config.workers
+            if workers > 1:
+                return supervise(config, config_path(args), workers, clock or SystemClock())
         with asyncio.Runner(loop_factory=loop_factory(args.command)) as runner:
             return int(runner.run(args.handler(config, clock or SystemClock(), args)))
     except (GatewayError, ConfigError, CliError, ValueError, OSError) as exc:

@@ -5,6 +5,8 @@ The gateway refuses to start with a message naming the key to fix (STYLE 12).
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -72,6 +74,16 @@ class GatewayConfig:
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Set when gateway.database is a postgresql:// DSN (issue 12): then `database` is unused.
     postgres: PostgresSettings | None = None
+    # Processes (README "Processes"): 1 = one process, as before; N > 1 = a supervising
+    # parent and N workers sharing the listen port (gateway/supervisor.py).
+    workers: int = 1
+    # Private folder of the workers' Prometheus files (multiprocess mode), emptied at start.
+    metrics_dir: Path = Path("var/gateway/metrics")
+    # Who may read GET /metrics on the TLS listener (the others get 404).
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    # GET /ready answers 503 once the CA's revocation feed has been unreachable this long.
+    ready_revocation_max_age: timedelta = timedelta(seconds=60)
 
     @property
     def store_name(self) -> str:
@@ -107,6 +119,25 @@ def _postgres_settings(gw: Section, dsn: str) -> PostgresSettings:
         )
     except PostgresConfigError as exc:
         raise ConfigError(f"gateway.database: {exc}") from None
+
+def parse_workers(value: object, key: str = "gateway.workers") -> int:
+    """A worker count: a positive integer, or "auto" for the number of cores we may use."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise ConfigError(f"{key} must be a number from 1 to 256 or \"auto\", not {value!r}")
+    return value
+
+
+def _networks(values: tuple[str, ...], key: str
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(value) for value in values)
+    except ValueError as exc:
+        raise ConfigError(f"gateway.{key}: {exc}") from None
 
 
 def gateway_config_from(raw: RawConfig) -> GatewayConfig:
@@ -188,4 +219,9 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         log_level=logging.str("level", "info"),
         cutovers=tuple(load_cutovers(raw)),
         connection_limits=ConnectionLimits.from_section(gw),
+        workers=parse_workers(gw.values.get("workers", 1)),
+        metrics_dir=gw.path("metrics_dir", "var/gateway/metrics"),
+        metrics_allow=_networks(gw.list_of_str("metrics_allow", ["127.0.0.0/8", "::1/128"]),
+                                "metrics_allow"),
+        ready_revocation_max_age=gw.duration("ready_revocation_max_age", "60s"),
     )

@@ -96,6 +96,8 @@ class RevocationChecker:
         self.listeners: list[Listener] = []
         self.following = False
         self.feed_seq = 0
+        # When the feed last answered (GET /ready: how fresh our view of revocations is).
+        self.last_contact: datetime | None = None
 
     # -- the per-request check ----------------------------------------------------------
 
@@ -254,6 +256,7 @@ class RevocationChecker:
                             self._apply(event)
                     self.feed_seq = max(self.feed_seq, last)
                 self.following = True
+                self.last_contact = self._clock.now()
                 backoff = 0.25
             except (CaUnavailable, CaRefused, ValueError, KeyError, TypeError) as exc:
                 if self.following:
