@@ -27,7 +27,8 @@ from ca.crl import REASONS
 from ca.errors import BadRequest, CaError
 from ca.issuance import parse_reason, parse_serial
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
-from ca.store import CertRecord, Store
+from ca.storage import open_store
+from ca.store import CertRecord
 from common import faults
 from common.cli import add_common_options, config_path, operator_name
 from common.config import ConfigError, load_raw, parse_duration, resolve_path, to_utc_datetime
@@ -78,7 +79,7 @@ async def cmd_init(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
         )
     finally:
         close_keystore(hierarchy.keystore)
-    store = await Store.open(config.database)
+    store = await open_store(config)
     try:
         await store.audit(at=clock.now(), actor=_officer(args), action="ca.initialised",
                           subject=generation.name,
@@ -323,7 +324,7 @@ async def cmd_show(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
 
 async def cmd_audit_verify(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Check the audit chain; exit 1 when it was tampered with."""
-    store = await Store.open(config.database)
+    store = await open_store(config)
     try:
         problems = await store.verify_audit()
         count = len(await store.audit_entries(limit=10**9))
@@ -384,7 +385,7 @@ async def cmd_issuer_new(config: CaConfig, clock: Clock, args: argparse.Namespac
                                               ocsp_validity=config.ocsp_responder_validity)
     finally:
         close_keystore(hierarchy.keystore)
-    store = await Store.open(config.database)
+    store = await open_store(config)
     try:
         await store.audit(at=clock.now(), actor=_officer(args), action="issuer.created",
                           subject=generation.name, details={"algorithm": args.algorithm})

@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives import hashes
 from ca.config import CaConfig
 from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers, crl_etag
 from ca.issuers import Issuers
-from ca.store import CertRecord, Store
+from ca.storage import CaStore
+from ca.store import CertRecord
 from common.sqlite import store_error
 from policy.clock import Clock
 
@@ -68,7 +69,7 @@ class PublishedCrl:
 class CrlPublisher:
     """Signs, stores and serves the CRL of every generation."""
 
-    def __init__(self, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
+    def __init__(self, config: CaConfig, clock: Clock, store: CaStore, issuers: Issuers,
                  tick_seconds: float = 5.0, resign_min_gap: float = 1.0) -> None:
         self._config = config
         self._clock = clock

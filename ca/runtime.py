@@ -14,7 +14,8 @@ from ca.issuers import Issuers
 from ca.metrics import CaMetrics
 from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
-from ca.store import CertRecord, Owner, Store
+from ca.storage import CaStore, daemon_instance, open_store
+from ca.store import CertRecord, Owner
 from common.passwords import PasswordHasher
 from keys.custody import Pkcs11Settings, close_keystore, open_keystore
 from keys.file_signer import ensure_owner_only, write_owner_only
@@ -60,7 +61,7 @@ class CaRuntime:
 
     config: CaConfig
     clock: Clock
-    store: Store
+    store: CaStore
     issuers: Issuers
     workers: KeyWorkers
     hasher: PasswordHasher
@@ -79,19 +80,20 @@ class CaRuntime:
 
         `publishing` is for the daemon: it re-signs CRLs and refreshes OCSP after revocations.
         A CLI command leaves that to the daemon, which notices the CLI's commits. The daemon's
-        reservations belong to instance "ca-daemon" (one daemon per store), so a restarted
+        reservations belong to instance "ca-daemon" (one daemon per store; "ca-daemon@<node>"
+        on PostgreSQL, see `ca.storage.daemon_instance`), so a restarted
         daemon settles those of the run that died at once (R-FAULT-2/3); a CLI's wait for
         their deadline.
         """
         hierarchy = open_hierarchy(config)
         issuers = Issuers(hierarchy, config.generations)
-        store = await Store.open(config.database)
+        store = await open_store(config)
         key_workers = KeyWorkers(workers)
         hasher = PasswordHasher()
         authority = CertificateAuthority(
             config=config, clock=clock, store=store, issuers=issuers, workers=key_workers,
             hasher=hasher, cutovers=config.cutovers,
-            owner=Owner("ca-daemon" if publishing else "ca-cli", secrets.token_hex(8)),
+            owner=Owner(daemon_instance(config, publishing), secrets.token_hex(8)),
         )
         feed = RevocationFeed(store)
         await feed.start()
