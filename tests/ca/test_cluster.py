@@ -1,0 +1,263 @@
+"""The CA as a cluster on PostgreSQL (issue 13): what must hold when several nodes share one
+database. Store level: two stores (two pools, as two nodes have) racing on one database.
+Process level: two real `python -m ca serve` daemons on one DSN and the same key files."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ca import cli as ca_cli
+from ca.store import CertRecord
+from ca.store_pg import PgStore
+from common.errors import Conflict
+from common.postgres import PostgresSettings
+from common.sqlite import Owner
+from policy.clock import FakeClock
+from tests.conftest import openssl
+from tests.support.processes import REPO, Daemons, demo_config, launched
+from tests.support.servers import free_port
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+async def _two_nodes(dsn: str) -> tuple[PgStore, PgStore]:
+    first = await PgStore.open(PostgresSettings(dsn=dsn, application_name="node1"))
+    second = await PgStore.open(PostgresSettings(dsn=dsn, application_name="node2"))
+    return first, second
+
+
+async def _reserve(store: PgStore, serial: str, user_id: str) -> None:
+    def refuse_if_any(existing: list[CertRecord]) -> None:
+        if existing:
+            raise Conflict("the user already holds one", code="usable_certificate_exists")
+
+    await store.reserve(
+        serial=serial, user_id=user_id, generation="g1", kind="csr", not_before=NOW,
+        not_after=NOW + timedelta(days=365), now=NOW, check=refuse_if_any, actor="test",
+        owner=Owner("ca-daemon@test", "run").id, deadline=NOW + timedelta(minutes=10))
+
+
+class TestStoreAcrossNodes:
+    """The store's rules hold between two nodes (two pools on one database)."""
+
+    def test_concurrent_reservations_for_one_user_give_exactly_one(self, postgres_dsn: str,
+                                                                   ) -> None:
+        """40 reservations for one user, spread over two nodes at once: the user's advisory
+        lock makes check-then-insert atomic, so exactly one intent is recorded."""
+
+        async def run() -> tuple[int, int]:
+            first, second = await _two_nodes(postgres_dsn)
+            try:
+                results = await asyncio.gather(*(
+                    _reserve(first if i % 2 else second, f"a{i:x}", "700001")
+                    for i in range(40)), return_exceptions=True)
+                unexpected = [r for r in results if r is not None
+                              and not isinstance(r, Conflict)]
+                assert not unexpected, unexpected
+                rows = await first.list_certificates(user_id="700001", states=("intended",))
+                return sum(r is None for r in results), len(rows)
+            finally:
+                await first.close()
+                await second.close()
+
+        assert asyncio.run(run()) == (1, 1)
+
+    def test_serial_is_unique_across_nodes(self, postgres_dsn: str) -> None:
+        """The same serial reserved by two nodes: the primary key refuses the second."""
+
+        async def run() -> None:
+            first, second = await _two_nodes(postgres_dsn)
+            try:
+                await _reserve(first, "abc", "700002")
+                with pytest.raises(Exception, match="duplicate key"):
+                    await _reserve(second, "abc", "700003")
+            finally:
+                await first.close()
+                await second.close()
+
+        asyncio.run(run())
+
+    def test_revocation_numbers_and_audit_ids_follow_commit_order(self, postgres_dsn: str,
+                                                                  ) -> None:
+        """60 revocations and 60 audit appends at once from two nodes: revocation numbers
+        1..60 with no gap or repeat, and one unbroken audit chain that verifies; a follower
+        reading "after N" while they commit never misses one (the numbers it saw grow)."""
+
+        async def run() -> None:
+            first, second = await _two_nodes(postgres_dsn)
+            try:
+                for i in range(60):
+                    await _reserve(first, f"b{i:x}", f"71{i:04d}")
+                seen: list[int] = []
+                done = asyncio.Event()
+
+                async def follow() -> None:
+                    after = 0
+                    while not done.is_set() or after < 60:
+                        for record in await second.revocations_after(after):
+                            assert record.revocation_seq == after + 1, (after, record)
+                            after = record.revocation_seq
+                            seen.append(after)
+                        await asyncio.sleep(0)
+
+                follower = asyncio.create_task(follow())
+                await asyncio.gather(
+                    *(store.revoke([f"b{i:x}"], at=NOW, reason="superseded", actor="test")
+                      for i, store in ((i, first if i % 2 else second) for i in range(60))),
+                    *(store.audit(at=NOW, actor="test", action="test.append", subject=str(i))
+                      for i, store in ((i, second if i % 2 else first) for i in range(60))))
+                done.set()
+                await asyncio.wait_for(follower, 30)
+                assert seen == list(range(1, 61))
+                assert await first.verify_audit() == []
+                entries = await second.audit_entries(limit=10**6)
+                assert [entry.id for entry in entries] == list(range(1, len(entries) + 1))
+                assert len(entries) == 60 + 60 + 60  # intents, revocations, appends
+            finally:
+                await first.close()
+                await second.close()
+
+        asyncio.run(run())
+
+    def test_audit_verify_finds_tampering_on_postgresql(self, postgres_dsn: str) -> None:
+        """An edited row, a deleted middle row and deleted last rows are each found."""
+
+        async def run() -> list[list[str]]:
+            first, _second = await _two_nodes(postgres_dsn)
+            await _second.close()
+            found = []
+            try:
+                for i in range(5):
+                    await first.audit(at=NOW, actor="test", action="a", subject=str(i))
+                async with first._pool.acquire() as conn:
+                    await conn.execute("UPDATE audit_log SET subject = 'x' WHERE id = 2")
+                    found.append(await first.verify_audit())
+                    await conn.execute("DELETE FROM audit_log WHERE id = 2")
+                    found.append(await first.verify_audit())
+                    await conn.execute("DELETE FROM audit_log WHERE id >= 4")
+                    found.append(await first.verify_audit())
+            finally:
+                await first.close()
+            return found
+
+        edited, deleted, truncated = asyncio.run(run())
+        assert any("row 2 was edited" in p for p in edited)
+        assert any("rows 2..2 are missing" in p for p in deleted)
+        assert any("at the end are missing" in p for p in truncated)
+
+    def test_another_nodes_live_intent_is_not_settled_by_my_restart(self, postgres_dsn: str,
+                                                                    ) -> None:
+        """A node's restart settles its own earlier run's intents at once, never another
+        node's live ones (each node is its own instance: ca-daemon@<node>)."""
+
+        async def run() -> list[tuple[str, str]]:
+            first, second = await _two_nodes(postgres_dsn)
+            try:
+                for serial, owner in (("c1", Owner("ca-daemon@node1", "dead")),
+                                      ("c2", Owner("ca-daemon@node2", "alive"))):
+                    await first.reserve(
+                        serial=serial, user_id=serial, generation="g1", kind="csr",
+                        not_before=NOW, not_after=NOW + timedelta(days=1), now=NOW,
+                        check=lambda _rows: None, actor="test", owner=owner.id,
+                        deadline=NOW + timedelta(minutes=10))
+                return await second.reconcile_intents(NOW, Owner("ca-daemon@node1", "new"))
+            finally:
+                await first.close()
+                await second.close()
+
+        assert asyncio.run(run()) == [("c1", "c1")]
+
+
+# -- two real daemons ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, postgres_dsn: str) -> Iterator[tuple[Daemons, Daemons]]:
+    """Two `python -m ca serve` on one PostgreSQL database and the same key files (one
+    `init`), each with its own ports and node name; a certificate for user 300001 issued
+    361 days ago (an officer's CLI with the clock set back), so it is due for renewal now."""
+    config = demo_config(tmp_path)
+    text = config.read_text().replace('database = "var/ca/ca.sqlite3"',
+                                      f'database = "{postgres_dsn}"\nnode_name = "node1"')
+    config.write_text(text)
+    second = tmp_path / "config-node2.toml"
+    text2 = text
+    for key in ("public_listen", "internal_listen"):
+        old = re.search(rf'^{key} = "127\.0\.0\.1:(\d+)"', text2, re.MULTILINE)
+        assert old is not None
+        new = str(free_port())
+        text2 = text2.replace(f'{key} = "127.0.0.1:{old.group(1)}"',
+                              f'{key} = "127.0.0.1:{new}"')
+        if key == "public_listen":
+            text2 = text2.replace(f'public_url = "http://127.0.0.1:{old.group(1)}"',
+                                  f'public_url = "http://127.0.0.1:{new}"')
+    second.write_text(text2.replace('node_name = "node1"', 'node_name = "node2"'))
+    subprocess.run([sys.executable, "-m", "ca", "--config", str(config), "init",
+                    "--generate-passphrase"], cwd=REPO, check=True, capture_output=True)
+    past = FakeClock(datetime.now(UTC).replace(microsecond=0) - timedelta(days=361))
+    key, csr, out = (tmp_path / f"old.{ext}" for ext in ("key", "csr", "pem"))
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-subj", "/CN=300001", "-out", str(csr))
+    assert ca_cli.main(["--config", str(config), "issue", "300001", "--csr",
+                        str(csr), "--output", str(out)], clock=past) == 0
+    with launched(config, "ca", "--config", str(config), "serve") as node1, \
+            launched(second, "ca", "--config", str(second), "serve") as node2:
+        node1.wait_internal_api()
+        node2.wait_internal_api()
+        yield node1, node2
+
+
+def _serials(node: Daemons, user_id: str) -> list[str]:
+    status, body = node.internal_api("GET", f"/v1/users/{user_id}/certificates")
+    assert status == 200, body
+    return [item["serial"] for item in body["certificates"]]
+
+
+def test_two_daemons_one_certificate_per_race(two_nodes: tuple[Daemons, Daemons]) -> None:
+    """Real processes on one DSN: 10 concurrent renewals of one certificate spread over both
+    nodes -> exactly one new certificate; 10 concurrent acquisitions for one user over both
+    -> exactly one; no serial repeats; the audit chain (appended by both) verifies."""
+    node1, node2 = two_nodes
+    [old_serial] = _serials(node1, "300001")
+
+    def renew(i: int) -> tuple[int, object]:
+        node = (node1, node2)[i % 2]
+        return node.internal_api("POST", "/v1/renew",
+                                 {"serial": old_serial, "password": "renewal-pass-1234"})
+
+    with ThreadPoolExecutor(10) as pool:
+        renewals = list(pool.map(renew, range(10)))
+    assert sorted(status for status, _ in renewals).count(201) == 1, renewals
+    assert {status for status, _ in renewals} <= {201, 409}, renewals
+    assert len(_serials(node2, "300001")) == 2
+
+    status, body = node1.internal_api("POST", "/v1/users/300002/acquisition-password", {})
+    assert status == 201, body
+    password = body["acquisition_password"]
+
+    def acquire(i: int) -> tuple[int, object]:
+        return (node1, node2)[i % 2].internal_api(
+            "POST", "/v1/acquire", {"user_id": "300002", "acquisition_password": password})
+
+    with ThreadPoolExecutor(10) as pool:
+        acquisitions = list(pool.map(acquire, range(10)))
+    assert [status for status, _ in acquisitions].count(201) == 1, acquisitions
+    assert {status for status, _ in acquisitions} <= {201, 409, 429}, acquisitions
+    assert len(_serials(node1, "300002")) == 1
+    serials = _serials(node1, "300001") + _serials(node1, "300002")
+    assert len(set(serials)) == len(serials) == 3
+
+    verify = subprocess.run([sys.executable, "-m", "ca", "--config", str(node2.config_path),
+                             "audit", "verify"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "hash chain verified" in verify.stdout
