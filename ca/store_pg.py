@@ -29,6 +29,7 @@ import asyncpg
 
 from ca.store import (
     _CERT_COLUMNS,
+    COPIED_TABLES,
     AcquisitionSecret,
     CertRecord,
     IntentExpired,
@@ -557,6 +558,39 @@ class PgStore:
         if row is None:
             return None
         return int(row[0]), from_epoch(row[1]), from_epoch(row[2]), bytes(row[3]), int(row[4])
+
+    # -- copy ----------------------------------------------------------------------------
+
+    async def export_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row `db copy` moves, read in one snapshot (REPEATABLE READ)."""
+        async with self._read() as conn, conn.transaction(isolation="repeatable_read",
+                                                          readonly=True):
+            return {table: [tuple(row) for row in await conn.fetch(
+                f"SELECT {columns} FROM {table} ORDER BY 1")]  # noqa: S608 - constants
+                for table, columns in COPIED_TABLES.items()}
+
+    async def import_rows(self, tables: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Load what `export_rows` of another store returned, in one transaction, into this
+        empty store (refused when it holds anything): the revocation counter and the audit
+        head continue from the copied rows."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            for table in COPIED_TABLES:
+                if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):  # noqa: S608
+                    raise ValueError(f"the target database already holds {table}; "
+                                     "db copy only fills an empty CA database")
+            for table, columns in COPIED_TABLES.items():
+                rows = tables.get(table, [])
+                if table == "audit_log":
+                    await audit_pg.insert_copied(conn, rows)
+                elif rows:
+                    marks = ", ".join(f"${i + 1}" for i in range(len(rows[0])))
+                    await conn.executemany(
+                        f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)  # noqa: S608
+            await self._set_revocation_seq(conn, int(await conn.fetchval(
+                "SELECT COALESCE(MAX(revocation_seq), 0) FROM certificates")))
+
+        await self._tx(work)
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -96,7 +96,10 @@ class CaHarness:
     runners: list[Any]
 
     def stop(self) -> None:
-        """Stop the listeners, close the runtime, stop the loop."""
+        """Stop the listeners, close the runtime, stop the loop (once: a test may stop its
+        CA early, e.g. to start another on the same ports)."""
+        if not self.loop.loop.is_running():
+            return
 
         async def shutdown() -> None:
             for runner in self.runners:

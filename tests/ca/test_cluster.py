@@ -22,7 +22,7 @@ from common.errors import Conflict
 from common.postgres import PostgresSettings
 from common.sqlite import Owner
 from policy.clock import FakeClock
-from tests.conftest import openssl
+from tests.conftest import CaHarness, openssl, start_ca
 from tests.support.processes import REPO, Daemons, demo_config, launched
 from tests.support.servers import free_port
 
@@ -261,3 +261,81 @@ def test_two_daemons_one_certificate_per_race(two_nodes: tuple[Daemons, Daemons]
                             timeout=60, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "hash chain verified" in verify.stdout
+
+
+# -- db commands -------------------------------------------------------------------------
+
+
+def _config_on(ca: CaHarness, dsn: str, name: str) -> Path:
+    """A copy of the harness's config.toml whose store is the PostgreSQL `dsn`."""
+    path = ca.directory / name
+    path.write_text(ca.config_path.read_text().replace(
+        'database = "var/ca/ca.sqlite3"', f'database = "{dsn}"'))
+    return path
+
+
+def test_db_migrate_and_status_on_both_backends(ca: CaHarness, postgres_dsn: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`db migrate` applies the schema once (0 -> current, then "already current") on an
+    empty PostgreSQL database; `db status` names the database and its schema version."""
+    pg_config = _config_on(ca, postgres_dsn, "config-pg.toml")
+    assert ca_cli.main(["--config", str(pg_config), "db", "migrate"], clock=ca.clock) == 0
+    assert "schema version 0 -> 1" in capsys.readouterr().out
+    assert ca_cli.main(["--config", str(pg_config), "db", "migrate"], clock=ca.clock) == 0
+    assert "already current" in capsys.readouterr().out
+    assert ca_cli.main(["--config", str(pg_config), "db", "status"], clock=ca.clock) == 0
+    out = capsys.readouterr().out
+    assert "PostgreSQL postgresql://" in out and "schema version:  1" in out
+    assert ca.cli("db", "status") == 0
+    assert "SQLite" in capsys.readouterr().out
+    assert ca.cli("db", "migrate") == 0
+    assert "already current" in capsys.readouterr().out
+
+
+def test_db_copy_moves_an_embedded_ca_to_postgresql(
+        ca: CaHarness, tmp_path: Path, postgres_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`db copy --to DSN`: certificates (a revoked one among them), acquisition secrets with
+    their failure count, CRL numbers and state, the audit chain; the copy verifies, a CA
+    started on it serves the same state and goes on numbering; a second copy into the now
+    non-empty database is refused."""
+    password = ca.acquisition_password("100001")
+    assert ca.acquire("100001", password)[0] == 201
+    serial, _pem = ca.issue_csr("100002", tmp_path)
+    assert ca.cli("revoke", "--serial", serial, "--reason", "keyCompromise") == 0
+    ca.acquisition_password("100003")
+    assert ca.acquire("100003", "wrong-password-1")[0] == 401
+    ca.sync()
+    crl_number = ca.call(ca.runtime.store.crl_number("g1"))
+    assert crl_number >= 1
+    source = ca.call(ca.runtime.store.export_rows())
+    capsys.readouterr()
+
+    assert ca.cli("db", "copy", "--to", postgres_dsn) == 0
+    out = capsys.readouterr().out
+    assert f"audit_log            {len(source['audit_log'])} rows copied" in out
+    assert ca.cli("db", "copy", "--to", postgres_dsn) == 1  # not into a used database
+    assert "already holds" in capsys.readouterr().err
+
+    pg_config = _config_on(ca, postgres_dsn, "config-pg.toml")
+    assert ca_cli.main(["--config", str(pg_config), "audit", "verify"], clock=ca.clock) == 0
+    assert "hash chain verified" in capsys.readouterr().out
+    ca.stop()
+    copy = start_ca(pg_config, ca.clock)
+    try:
+        assert copy.config.database_dsn == postgres_dsn
+        revoked = copy.call(copy.runtime.store.get(serial))
+        assert revoked is not None and revoked.revocation_reason == "keyCompromise"
+        assert copy.call(copy.runtime.store.crl_number("g1")) == crl_number
+        secret = copy.call(copy.runtime.store.get_acquisition_secret("100003"))
+        assert secret is not None and secret.failed_attempts == 1
+        assert copy.acquire("100001", password)[0] == 409  # the copied certificate counts
+        # The copy goes on: the next revocation gets the next number, the chain grows.
+        [other] = copy.call(copy.runtime.store.certificates_of("100001"))
+        assert copy.cli("revoke", "--serial", other.serial, "--reason", "superseded") == 0
+        after = copy.call(copy.runtime.store.get(other.serial))
+        assert revoked.revocation_seq is not None and after is not None
+        assert after.revocation_seq == revoked.revocation_seq + 1
+        assert copy.call(copy.runtime.store.verify_audit()) == []
+    finally:
+        copy.stop()
