@@ -82,6 +82,9 @@ class CaConfig:
     # This node's name in a cluster: its reservations belong to "ca-daemon@<node_name>", so a
     # restarted node settles its own dead run's intents at once, never another node's.
     node_name: str = "local"
+    # On PostgreSQL, LISTEN for other nodes' revocations (off only behind a PgBouncer in
+    # transaction mode, which cannot LISTEN: the 0.25 s poll of the feed then remains).
+    revocation_listen: bool = True
 
 
 def load_ca_config(path: Path) -> CaConfig:
@@ -182,6 +185,7 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         database_password_file=password_file,
         database_password_env=password_env,
         node_name=_node_name(ca.str("node_name", socket.gethostname())),
+        revocation_listen=ca.bool("revocation_listen", True),
     )
 
 

@@ -16,7 +16,9 @@ from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
 from ca.storage import CaStore, daemon_instance, open_store
 from ca.store import CertRecord, Owner
+from ca.store_pg import REVOCATION_CHANNEL, PgStore
 from common.passwords import PasswordHasher
+from common.postgres import ChannelListener
 from keys.custody import Pkcs11Settings, close_keystore, open_keystore
 from keys.file_signer import ensure_owner_only, write_owner_only
 from keys.hierarchy import Hierarchy
@@ -71,6 +73,7 @@ class CaRuntime:
     crls: CrlPublisher
     metrics: CaMetrics
     ocsp: OcspService
+    revocation_listener: ChannelListener | None = None
 
     @classmethod
     async def open(
@@ -117,11 +120,22 @@ class CaRuntime:
 
         feed.listeners.append(count_revoked)
         authority.issuance_listeners.append(count_issued)
+        listener = None
+        if publishing and isinstance(store, PgStore) and config.revocation_listen:
+            # Another node's revocation reaches this node's OCSP at its commit (NOTIFY),
+            # not at the next poll; after each (re)connection the feed catches up, since
+            # notifications sent while nobody listened are lost (common.postgres).
+            listener = ChannelListener(store.settings, REVOCATION_CHANNEL,
+                                       lambda _payload: feed.catch_up(),
+                                       on_listening=feed.catch_up)
+            await listener.start()
         return cls(config, clock, store, issuers, key_workers, hasher, authority, feed,
-                   hierarchy, crls, metrics, ocsp)
+                   hierarchy, crls, metrics, ocsp, listener)
 
     async def close(self) -> None:
         """Release the store, the worker processes and the token's sessions."""
+        if self.revocation_listener is not None:
+            await self.revocation_listener.close()
         self.workers.close()
         await self.store.close()
         close_keystore(self.hierarchy.keystore)

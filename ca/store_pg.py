@@ -38,10 +38,21 @@ from ca.store import (
 from common import audit_pg
 from common.audit import AuditEntry
 from common.errors import Unavailable
-from common.postgres import PostgresSettings, advisory_key, migrate, run_transaction
+from common.postgres import (
+    PostgresSettings,
+    advisory_key,
+    migrate,
+    notify,
+    run_transaction,
+)
 from common.sqlite import Owner, from_epoch, to_epoch
 
 T = TypeVar("T")
+
+# NOTIFY channel of committed revocations (payload: the new revocation sequence): every node
+# LISTENs and catches its feed up at once, so its OCSP says "revoked" without waiting for the
+# next poll (issue 13). The poll stays as the fallback while LISTEN reconnects.
+REVOCATION_CHANNEL = "sekisho_ca_revocations"
 
 # 1: the SQLite store's schema after its migration 2, in one step, plus the counter row.
 _SCHEMA_1 = """
@@ -233,8 +244,11 @@ class PgStore:
 
     @staticmethod
     async def _set_revocation_seq(conn: asyncpg.Connection, value: int) -> None:
+        """Move the counter and wake every node's feed (NOTIFY is delivered at commit, so a
+        node woken by it finds the revocation committed)."""
         await conn.execute("UPDATE ca_counters SET value = $1 WHERE name = 'revocation_seq'",
                            value)
+        await notify(conn, REVOCATION_CHANNEL, str(value))
 
     async def abandon(self, serial: str, der: bytes | None, now: datetime, reason: str) -> None:
         """Mark an intent that was never delivered; a signed one is also revoked."""

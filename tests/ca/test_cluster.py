@@ -5,15 +5,16 @@ Process level: two real `python -m ca serve` daemons on one DSN and the same key
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from ca import cli as ca_cli
 from ca.store import CertRecord
@@ -23,8 +24,9 @@ from common.postgres import PostgresSettings
 from common.sqlite import Owner
 from policy.clock import FakeClock
 from tests.conftest import CaHarness, openssl, start_ca
-from tests.support.processes import REPO, Daemons, demo_config, launched
-from tests.support.servers import free_port
+from tests.support.ca_cluster import cluster_configs, ocsp_status
+from tests.support.ca_cluster import two_nodes as cluster_nodes
+from tests.support.processes import REPO, Daemons
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -185,35 +187,15 @@ def two_nodes(tmp_path: Path, postgres_dsn: str) -> Iterator[tuple[Daemons, Daem
     """Two `python -m ca serve` on one PostgreSQL database and the same key files (one
     `init`), each with its own ports and node name; a certificate for user 300001 issued
     361 days ago (an officer's CLI with the clock set back), so it is due for renewal now."""
-    config = demo_config(tmp_path)
-    text = config.read_text().replace('database = "var/ca/ca.sqlite3"',
-                                      f'database = "{postgres_dsn}"\nnode_name = "node1"')
-    config.write_text(text)
-    second = tmp_path / "config-node2.toml"
-    text2 = text
-    for key in ("public_listen", "internal_listen"):
-        old = re.search(rf'^{key} = "127\.0\.0\.1:(\d+)"', text2, re.MULTILINE)
-        assert old is not None
-        new = str(free_port())
-        text2 = text2.replace(f'{key} = "127.0.0.1:{old.group(1)}"',
-                              f'{key} = "127.0.0.1:{new}"')
-        if key == "public_listen":
-            text2 = text2.replace(f'public_url = "http://127.0.0.1:{old.group(1)}"',
-                                  f'public_url = "http://127.0.0.1:{new}"')
-    second.write_text(text2.replace('node_name = "node1"', 'node_name = "node2"'))
-    subprocess.run([sys.executable, "-m", "ca", "--config", str(config), "init",
-                    "--generate-passphrase"], cwd=REPO, check=True, capture_output=True)
+    config, second = cluster_configs(tmp_path, postgres_dsn)
     past = FakeClock(datetime.now(UTC).replace(microsecond=0) - timedelta(days=361))
     key, csr, out = (tmp_path / f"old.{ext}" for ext in ("key", "csr", "pem"))
     openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
             "-keyout", str(key), "-subj", "/CN=300001", "-out", str(csr))
     assert ca_cli.main(["--config", str(config), "issue", "300001", "--csr",
                         str(csr), "--output", str(out)], clock=past) == 0
-    with launched(config, "ca", "--config", str(config), "serve") as node1, \
-            launched(second, "ca", "--config", str(second), "serve") as node2:
-        node1.wait_internal_api()
-        node2.wait_internal_api()
-        yield node1, node2
+    with cluster_nodes(config, second) as nodes:
+        yield nodes
 
 
 def _serials(node: Daemons, user_id: str) -> list[str]:
@@ -261,6 +243,24 @@ def test_two_daemons_one_certificate_per_race(two_nodes: tuple[Daemons, Daemons]
                             timeout=60, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "hash chain verified" in verify.stdout
+
+
+def test_revocation_on_node2_is_answered_revoked_by_node1(
+        two_nodes: tuple[Daemons, Daemons]) -> None:
+    """A revocation committed through node 2 is answered "revoked" by node 1's OCSP (its
+    feed is woken by NOTIFY; bench/ca_cluster.py measures how soon), and both nodes agree."""
+    node1, node2 = two_nodes
+    [serial] = _serials(node1, "300001")
+    issuer = x509.load_pem_x509_certificate((node1.var / "keys" / "g1.crt.pem").read_bytes())
+    assert ocsp_status(node1, serial, issuer) == "good"
+    status, body = node2.internal_api("POST", "/v1/revoke",
+                                      {"serial": serial, "reason": "keyCompromise"})
+    assert status == 200, body
+    deadline = time.monotonic() + 10  # a bound on the wait, not a timing assertion
+    while ocsp_status(node1, serial, issuer) != "revoked":
+        assert time.monotonic() < deadline, "node 1 never answered revoked"
+        time.sleep(0.01)
+    assert ocsp_status(node2, serial, issuer) == "revoked"
 
 
 # -- db commands -------------------------------------------------------------------------
