@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from ca.storage import CaStore, daemon_instance, open_store
 from ca.store import CertRecord, Owner
 from ca.store_pg import REVOCATION_CHANNEL, PgStore
 from common.passwords import PasswordHasher
-from common.postgres import ChannelListener
+from common.postgres import ChannelListener, LeaderElection
 from keys.custody import Pkcs11Settings, close_keystore, open_keystore
 from keys.file_signer import ensure_owner_only, write_owner_only
 from keys.hierarchy import Hierarchy
@@ -74,6 +76,7 @@ class CaRuntime:
     metrics: CaMetrics
     ocsp: OcspService
     revocation_listener: ChannelListener | None = None
+    crl_election: LeaderElection | None = None
 
     @classmethod
     async def open(
@@ -103,6 +106,16 @@ class CaRuntime:
         authority.revocation_listeners.append(feed.catch_up)
         metrics = CaMetrics()
         crls = CrlPublisher(config, clock, store, issuers)
+        election = None
+        if publishing and isinstance(store, PgStore):
+            # One CRL signer per cluster (issue 13): the node holding the advisory lock; it
+            # signs what is due as soon as it is elected (a handover included).
+            election = LeaderElection(store.settings, "crl", node=config.node_name,
+                                      on_elected=crls.leadership_changed)
+            crls.leader = election
+            await election.start()
+            with contextlib.suppress(TimeoutError):  # the first node: sign the first CRLs
+                await asyncio.wait_for(election.elected.wait(), 1.0)
         crls.on_publish.append(metrics.crl_published)
         ocsp = OcspService(config, clock, store, issuers, metrics, hierarchy)
         if publishing:
@@ -130,12 +143,14 @@ class CaRuntime:
                                        on_listening=feed.catch_up)
             await listener.start()
         return cls(config, clock, store, issuers, key_workers, hasher, authority, feed,
-                   hierarchy, crls, metrics, ocsp, listener)
+                   hierarchy, crls, metrics, ocsp, listener, election)
 
     async def close(self) -> None:
         """Release the store, the worker processes and the token's sessions."""
         if self.revocation_listener is not None:
             await self.revocation_listener.close()
+        if self.crl_election is not None:
+            await self.crl_election.close()
         self.workers.close()
         await self.store.close()
         close_keystore(self.hierarchy.keystore)

@@ -556,11 +556,12 @@ class Store(SqliteStore):
     async def save_crl(
         self, generation: str, crl_number: int, this_update: datetime, next_update: datetime,
         der: bytes, revocation_seq: int = 0,
-    ) -> None:
+    ) -> bool:
         """Persist the newest CRL of a generation (its number must only grow) with the
-        revocation sequence it covers (R-FAULT-1)."""
+        revocation sequence it covers (R-FAULT-1); False when a CRL with this number or a
+        higher one is already stored (nothing changed)."""
         async with self.transaction() as db:
-            await db.execute(
+            cursor = await db.execute(
                 "INSERT INTO crl_state (generation, crl_number, this_update, next_update, der,"
                 " revocation_seq) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (generation) DO UPDATE"
                 " SET crl_number = excluded.crl_number, this_update = excluded.this_update,"
@@ -570,6 +571,7 @@ class Store(SqliteStore):
                 (generation, crl_number, to_epoch(this_update), to_epoch(next_update), der,
                  revocation_seq),
             )
+            return cursor.rowcount == 1
 
     async def crl_number(self, generation: str) -> int:
         """The number of the newest stored CRL of a generation (0 before the first)."""

@@ -536,12 +536,13 @@ class PgStore:
     async def save_crl(
         self, generation: str, crl_number: int, this_update: datetime, next_update: datetime,
         der: bytes, revocation_seq: int = 0,
-    ) -> None:
+    ) -> bool:
         """Persist the newest CRL of a generation (its number only grows: a conditional
-        upsert) with the revocation sequence it covers (R-FAULT-1)."""
+        upsert) with the revocation sequence it covers (R-FAULT-1); False when this number
+        or a higher one is already stored (another node signed it: issue 13)."""
 
-        async def work(conn: asyncpg.Connection) -> None:
-            await conn.execute(
+        async def work(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
                 "INSERT INTO crl_state (generation, crl_number, this_update, next_update, der,"
                 " revocation_seq) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (generation)"
                 " DO UPDATE SET crl_number = excluded.crl_number,"
@@ -550,8 +551,9 @@ class PgStore:
                 " WHERE excluded.crl_number > crl_state.crl_number",
                 generation, crl_number, to_epoch(this_update), to_epoch(next_update), der,
                 revocation_seq)
+            return bool(status == "INSERT 0 1")
 
-        await self._tx(work)
+        return await self._tx(work)
 
     async def crl_number(self, generation: str) -> int:
         """The number of the newest stored CRL of a generation (0 before the first)."""

@@ -5,14 +5,18 @@ Process level: two real `python -m ca serve` daemons on one DSN and the same key
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography import x509
 
@@ -20,11 +24,11 @@ from ca import cli as ca_cli
 from ca.store import CertRecord
 from ca.store_pg import PgStore
 from common.errors import Conflict
-from common.postgres import PostgresSettings
+from common.postgres import PostgresSettings, current_leader
 from common.sqlite import Owner
 from policy.clock import FakeClock
 from tests.conftest import CaHarness, openssl, start_ca
-from tests.support.ca_cluster import cluster_configs, ocsp_status
+from tests.support.ca_cluster import cluster_configs, ocsp_status, public_url
 from tests.support.ca_cluster import two_nodes as cluster_nodes
 from tests.support.processes import REPO, Daemons
 
@@ -339,3 +343,63 @@ def test_db_copy_moves_an_embedded_ca_to_postgresql(
         assert copy.call(copy.runtime.store.verify_audit()) == []
     finally:
         copy.stop()
+
+
+def _served_crl(node: Daemons) -> tuple[int, set[int]]:
+    """(CRL number, revoked serials) of the g1 CRL the node serves."""
+    with urllib.request.urlopen(public_url(node) + "/crl/g1.crl", timeout=10) as response:  # noqa: S310 - loopback
+        crl = x509.load_der_x509_crl(response.read())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    return number, {entry.serial_number for entry in crl}
+
+
+def _leader(dsn: str) -> str | None:
+    async def ask() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            holder = await current_leader(conn, "crl")
+        finally:
+            await conn.close()
+        return None if holder is None else holder[1].rsplit(":", 1)[-1]
+
+    return asyncio.run(ask())
+
+
+def test_crl_signed_by_the_leader_and_after_its_kill_by_the_next(
+        two_nodes: tuple[Daemons, Daemons], postgres_dsn: str) -> None:
+    """One node leads CRL signing (an advisory lock); both serve the same CRL, with the
+    revocation made on either node; kill -9 of the leader -> the other node is elected and
+    a revocation made afterwards is on the CRL it serves, with a higher number (bounded
+    waits, not timing assertions)."""
+    node1, node2 = two_nodes
+    nodes = {"node1": node1, "node2": node2}
+    deadline = time.monotonic() + 10
+    while (leader_name := _leader(postgres_dsn)) is None:
+        assert time.monotonic() < deadline, "no CRL leader elected"
+        time.sleep(0.05)
+    leader, follower = nodes[leader_name], nodes["node2" if leader_name == "node1" else "node1"]
+    [serial] = _serials(node1, "300001")
+    status, body = follower.internal_api("POST", "/v1/revoke",
+                                         {"serial": serial, "reason": "keyCompromise"})
+    assert status == 200, body
+    first = _served_crl(follower)  # the follower waits for the leader's CRL covering it
+    assert int(serial, 16) in first[1]
+    assert _served_crl(leader) == first  # one number, one CRL, whoever serves it
+
+    status, body = follower.internal_api("POST", "/v1/users/300003/acquisition-password", {})
+    assert status == 201, body
+    status, body = follower.internal_api("POST", "/v1/acquire", {
+        "user_id": "300003", "acquisition_password": body["acquisition_password"]})
+    assert status == 201, body
+    second_serial = body["serial"]
+    os.kill(leader.process.pid, signal.SIGKILL)
+    leader.process.wait(10)
+    status, body = follower.internal_api("POST", "/v1/revoke",
+                                         {"serial": second_serial, "reason": "superseded"})
+    assert status == 200, body
+    deadline = time.monotonic() + 15
+    while int(second_serial, 16) not in (after := _served_crl(follower))[1]:
+        assert time.monotonic() < deadline, "the survivor never signed the next CRL"
+        time.sleep(0.1)
+    assert after[0] > first[0]
+    assert _leader(postgres_dsn) == ("node2" if leader is node1 else "node1")
