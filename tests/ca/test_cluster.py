@@ -21,16 +21,19 @@ import pytest
 from cryptography import x509
 
 from ca import cli as ca_cli
+from ca.config import load_ca_config
 from ca.store import CertRecord
 from ca.store_pg import PgStore
+from common.config import ConfigError
 from common.errors import Conflict
 from common.postgres import PostgresSettings, current_leader
 from common.sqlite import Owner
 from policy.clock import FakeClock
-from tests.conftest import CaHarness, openssl, start_ca
+from tests.conftest import CaHarness, openssl, start_ca, write_config
 from tests.support.ca_cluster import cluster_configs, ocsp_status, public_url
 from tests.support.ca_cluster import two_nodes as cluster_nodes
 from tests.support.processes import REPO, Daemons
+from tests.support.servers import free_port
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -403,3 +406,30 @@ def test_crl_signed_by_the_leader_and_after_its_kill_by_the_next(
         time.sleep(0.1)
     assert after[0] > first[0]
     assert _leader(postgres_dsn) == ("node2" if leader is node1 else "node1")
+
+
+@pytest.mark.parametrize(("database", "extra", "message"), [
+    ("postgresql://sekisho:hunter2@127.0.0.1/ca", "", "contains a password"),
+    ("postgresql://sekisho@127.0.0.1/ca?password=hunter2", "", "contains a password"),
+    ("postgres://sekisho@/ca?passfile=/tmp/x", "", "contains a password"),
+    ("postgresql://sekisho@db.example/ca", "", "sslmode=verify-full"),
+    ("postgresql://sekisho@127.0.0.1/ca", 'database_password = "hunter2"', "never goes"),
+])
+def test_database_settings_refused(tmp_path: Path, database: str, extra: str,
+                                   message: str) -> None:
+    """A password in the DSN (any spelling) or in config.toml, or an unauthenticated remote
+    server, is refused when the config is read, naming what to do instead."""
+    path = write_config(tmp_path, public_port=free_port(), internal_port=free_port(),
+                        database=database)
+    path.write_text(path.read_text().replace('node_name = "node1"',
+                                             f'node_name = "node1"\n{extra}'))
+    with pytest.raises(ConfigError, match=message):
+        load_ca_config(path)
+
+
+def test_sqlite_stays_the_default(tmp_path: Path) -> None:
+    """Without a DSN the CA's store is the SQLite file, as before (no PostgreSQL needed)."""
+    path = write_config(tmp_path, public_port=free_port(), internal_port=free_port())
+    config = load_ca_config(path)
+    assert config.database_dsn is None
+    assert config.database == tmp_path / "var" / "ca" / "ca.sqlite3"
