@@ -112,7 +112,12 @@ MIGRATIONS: tuple[str, ...] = (
 _UNREACHABLE = (OSError, asyncpg.exceptions.PostgresConnectionError,
                 asyncpg.exceptions.InterfaceError, asyncpg.exceptions.CannotConnectNowError,
                 asyncpg.exceptions.TooManyConnectionsError,
-                asyncpg.exceptions.AdminShutdownError, TimeoutError)
+                asyncpg.exceptions.AdminShutdownError, TimeoutError,
+                # The database was dropped or renamed, the password or role changed: an
+                # operator's fix, and a 503 meanwhile, not a 500.
+                asyncpg.exceptions.InvalidCatalogNameError,
+                asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+                asyncpg.exceptions.InvalidPasswordError)
 
 _LIVE = "NOT (state = 'intended' AND COALESCE(deadline, 0) < $2)"
 _DEAD_OWNER = "(COALESCE({column}, '') LIKE ${p} AND {column} != ${q})"

@@ -26,6 +26,7 @@ from ca.store import CertRecord
 from ca.store_pg import PgStore
 from common.config import ConfigError
 from common.errors import Conflict
+from common.pgdev import LocalCluster
 from common.postgres import PostgresSettings, current_leader
 from common.sqlite import Owner
 from policy.clock import FakeClock
@@ -433,3 +434,35 @@ def test_sqlite_stays_the_default(tmp_path: Path) -> None:
     config = load_ca_config(path)
     assert config.database_dsn is None
     assert config.database == tmp_path / "var" / "ca" / "ca.sqlite3"
+
+
+@pytest.mark.parametrize("store_backend", ["postgresql"])
+def test_database_connections_dropped_give_503_or_success_never_500(
+        ca: CaHarness, store_backend: str) -> None:
+    """Every server connection of the CA killed (a database restart, a failover): each
+    request is answered 201 (the pool reconnects) or 503 store_unavailable, never a 500
+    or a traceback; the CA then serves normally again."""
+    ca.acquisition_password("100001")
+    statuses = []
+    for _ in range(3):
+        ca.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+               " WHERE datname = current_database() AND pid != pg_backend_pid()")
+        status, body = ca.api("POST", "/v1/users/100002/acquisition-password", json={})
+        assert status in (201, 503), body
+        if status == 503:
+            assert body["error"] == "store_unavailable"
+        statuses.append(status)
+    status, body = ca.api("POST", "/v1/users/100003/acquisition-password", json={})
+    assert status == 201, (statuses, body)
+
+
+@pytest.mark.parametrize("store_backend", ["postgresql"])
+def test_database_gone_gives_503_store_unavailable(
+        ca: CaHarness, store_backend: str, postgres_cluster: LocalCluster,
+        postgres_database: str) -> None:
+    """The CA's database dropped under it: a request that needs the store is answered 503
+    store_unavailable (with Retry-After), never a 500 or a traceback."""
+    ca.acquisition_password("100001")
+    postgres_cluster.psql(f"DROP DATABASE {postgres_database} WITH (FORCE)")
+    status, body = ca.api("POST", "/v1/users/100002/acquisition-password", json={})
+    assert (status, body["error"]) == (503, "store_unavailable"), body
