@@ -526,7 +526,7 @@ async def cmd_db_copy(config: CaConfig, clock: Clock, args: argparse.Namespace) 
     try:
         target_settings = PostgresSettings(
             dsn=args.to, password_file=Path(args.password_file) if args.password_file else None,
-            password_env=args.password_env, application_name="sekisho-ca:db-copy")
+            password_env=args.password_env, application_name="sekisho-ca-cli:db-copy")
     except PostgresConfigError as exc:
         raise CliError(str(exc)) from None
     source = await open_store(config)
@@ -559,6 +559,24 @@ async def cmd_db_copy(config: CaConfig, clock: Clock, args: argparse.Namespace) 
     print("audit chain verified on the target; set ca.database to the DSN (and "
           "database_password_file or database_password_env) and start the CA nodes")
     return 0
+
+
+async def cmd_cluster_status(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """The CA nodes connected to the shared PostgreSQL and which one leads CRL signing
+    (issue 13); exit 1 when no node leads (no CRL is being signed)."""
+    settings = postgres_settings(config)
+    if settings is None:
+        print(f"one node: {_describe_database(config)} (no cluster)")
+        return 0
+    store = await PgStore.open(settings, migrate_schema=False)
+    try:
+        leader, nodes = await store.cluster_status()
+    finally:
+        await store.close()
+    print(f"database:    {_describe_database(config)}")
+    print(f"nodes:       {', '.join(nodes) or '-'}")
+    print(f"CRL leader:  {leader or 'none (no node signs CRLs now)'}")
+    return 0 if leader else 1
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -667,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     password.add_argument("--password-file", help="the target's password, in a 0600 file")
     password.add_argument("--password-env", help="the variable holding the target's password")
     copy.set_defaults(handler=cmd_db_copy)
+
+    cluster = commands.add_parser("cluster", help="the CA nodes on a shared PostgreSQL")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    cluster_sub.add_parser("status", help="connected nodes and the CRL leader").set_defaults(
+        handler=cmd_cluster_status)
     add_common_options(parser)
     return parser
 

@@ -93,7 +93,7 @@ class CaRuntime:
         """
         hierarchy = open_hierarchy(config)
         issuers = Issuers(hierarchy, config.generations)
-        store = await open_store(config)
+        store = await open_store(config, daemon=publishing)
         key_workers = KeyWorkers(workers)
         hasher = PasswordHasher()
         authority = CertificateAuthority(
@@ -113,6 +113,8 @@ class CaRuntime:
             election = LeaderElection(store.settings, "crl", node=config.node_name,
                                       on_elected=crls.leadership_changed)
             crls.leader = election
+            metrics.leader.labels(job="crl", node=config.node_name).set_function(
+                lambda: 1.0 if election is not None and election.is_leader else 0.0)
             await election.start()
             with contextlib.suppress(TimeoutError):  # the first node: sign the first CRLs
                 await asyncio.wait_for(election.elected.wait(), 1.0)

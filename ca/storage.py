@@ -12,19 +12,22 @@ from common.postgres import PostgresSettings
 CaStore = Store | PgStore
 
 
-def postgres_settings(config: CaConfig) -> PostgresSettings | None:
-    """The PostgreSQL settings when `ca.database` is a DSN, else None."""
+def postgres_settings(config: CaConfig, *, daemon: bool = False) -> PostgresSettings | None:
+    """The PostgreSQL settings when `ca.database` is a DSN, else None. A daemon's sessions
+    are named `sekisho-ca:<node>` (what `cluster status` lists), an officer command's
+    `sekisho-ca-cli:<node>`."""
     if config.database_dsn is None:
         return None
+    role = "sekisho-ca" if daemon else "sekisho-ca-cli"
     return PostgresSettings(dsn=config.database_dsn,
                             password_file=config.database_password_file,
                             password_env=config.database_password_env,
-                            application_name=f"sekisho-ca:{config.node_name}")
+                            application_name=f"{role}:{config.node_name}")
 
 
-async def open_store(config: CaConfig) -> CaStore:
+async def open_store(config: CaConfig, *, daemon: bool = False) -> CaStore:
     """Open (creating and migrating if needed) the CA's store as the config says."""
-    settings = postgres_settings(config)
+    settings = postgres_settings(config, daemon=daemon)
     if settings is None:
         return await Store.open(config.database)
     return await PgStore.open(settings)

@@ -41,6 +41,7 @@ from common.errors import Unavailable
 from common.postgres import (
     PostgresSettings,
     advisory_key,
+    current_leader,
     migrate,
     notify,
     run_transaction,
@@ -612,6 +613,21 @@ class PgStore:
                 "SELECT COALESCE(MAX(revocation_seq), 0) FROM certificates")))
 
         await self._tx(work)
+
+    # -- cluster -------------------------------------------------------------------------
+
+    async def cluster_status(self) -> tuple[str | None, list[str]]:
+        """(the CRL leader's node name or None, the nodes connected now): from the leader
+        lock's holder and the sessions' application names (`sekisho-ca:<node>`)."""
+        async with self._read() as conn:
+            holder = await current_leader(conn, "crl")
+            names = await conn.fetch(
+                "SELECT DISTINCT application_name FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE 'sekisho-ca:%'"
+                " ORDER BY 1")
+        nodes = sorted({str(row[0]).split(":")[1] for row in names})  # ...:<node>[:listen]
+        leader = None if holder is None else holder[1].rsplit(":", 1)[-1]
+        return leader, nodes
 
     # -- audit ---------------------------------------------------------------------------
 

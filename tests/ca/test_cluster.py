@@ -382,6 +382,17 @@ def test_crl_signed_by_the_leader_and_after_its_kill_by_the_next(
         assert time.monotonic() < deadline, "no CRL leader elected"
         time.sleep(0.05)
     leader, follower = nodes[leader_name], nodes["node2" if leader_name == "node1" else "node1"]
+    status_out = subprocess.run(
+        [sys.executable, "-m", "ca", "--config", str(follower.config_path), "cluster", "status"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert status_out.returncode == 0, status_out.stdout + status_out.stderr
+    assert "nodes:       node1, node2" in status_out.stdout
+    assert f"CRL leader:  {leader_name}" in status_out.stdout
+    for node, expected in ((leader, "1.0"), (follower, "0.0")):
+        with urllib.request.urlopen(public_url(node) + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+            metrics = response.read().decode()
+        name = leader_name if node is leader else ("node2" if leader_name == "node1" else "node1")
+        assert f'sekisho_ca_leader{{job="crl",node="{name}"}} {expected}' in metrics
     [serial] = _serials(node1, "300001")
     status, body = follower.internal_api("POST", "/v1/revoke",
                                          {"serial": serial, "reason": "keyCompromise"})
