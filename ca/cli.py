@@ -27,7 +27,9 @@ from ca.crl import REASONS
 from ca.errors import BadRequest, CaError
 from ca.issuance import parse_reason, parse_serial
 from ca.runtime import CaRuntime, create_api_token, open_hierarchy
+from ca.storage import open_store, postgres_settings
 from ca.store import CertRecord, Store
+from ca.store_pg import PgStore
 from common import faults
 from common.cli import add_common_options, config_path, operator_name
 from common.config import ConfigError, load_raw, parse_duration, resolve_path, to_utc_datetime
@@ -35,6 +37,7 @@ from common.errors import Unavailable
 from common.eventloop import loop_factory
 from common.files import restrict_new_files
 from common.logging import configure_logging
+from common.postgres import PostgresConfigError, PostgresSettings
 from keys.custody import close_keystore
 from keys.errors import KeyCustodyError
 from keys.file_signer import write_owner_only
@@ -78,7 +81,7 @@ async def cmd_init(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
         )
     finally:
         close_keystore(hierarchy.keystore)
-    store = await Store.open(config.database)
+    store = await open_store(config)
     try:
         await store.audit(at=clock.now(), actor=_officer(args), action="ca.initialised",
                           subject=generation.name,
@@ -358,7 +361,7 @@ async def cmd_show(config: CaConfig, clock: Clock, args: argparse.Namespace) -> 
 
 async def cmd_audit_verify(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
     """Check the audit chain; exit 1 when it was tampered with."""
-    store = await Store.open(config.database)
+    store = await open_store(config)
     try:
         problems = await store.verify_audit()
         count = len(await store.audit_entries(limit=10**9))
@@ -419,7 +422,7 @@ async def cmd_issuer_new(config: CaConfig, clock: Clock, args: argparse.Namespac
                                               ocsp_validity=config.ocsp_responder_validity)
     finally:
         close_keystore(hierarchy.keystore)
-    store = await Store.open(config.database)
+    store = await open_store(config)
     try:
         await store.audit(at=clock.now(), actor=_officer(args), action="issuer.created",
                           subject=generation.name, details={"algorithm": args.algorithm})
@@ -493,6 +496,122 @@ async def cmd_campaign_status(config: CaConfig, clock: Clock, args: argparse.Nam
         return 0
 
     return await _with_runtime(config, clock, run)
+
+
+# -- database --------------------------------------------------------------------------------
+
+
+def _describe_database(config: CaConfig) -> str:
+    """Where the store is, for the operator (a DSN never holds a password: check_dsn)."""
+    return (f"PostgreSQL {config.database_dsn}" if config.database_dsn
+            else f"SQLite {config.database}")
+
+
+async def cmd_db_migrate(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Bring the CA database's schema up to date (both backends; issue 13)."""
+    settings = postgres_settings(config)
+    if settings is None:
+        before = 0
+        if config.database.exists():
+            with contextlib.closing(sqlite3.connect(
+                    f"{config.database.as_uri()}?mode=ro", uri=True)) as db, \
+                    contextlib.suppress(sqlite3.OperationalError):
+                before = int(db.execute("SELECT version FROM schema_version").fetchone()[0])
+        store = await Store.open(config.database)
+        try:
+            after, _known = await store.schema_status()
+        finally:
+            await store.close()
+    else:
+        pg = await PgStore.open(settings, migrate_schema=False)
+        try:
+            before, after = await pg.migrate()
+        finally:
+            await pg.close()
+    print(f"{_describe_database(config)}: schema version {before} -> {after}"
+          + (" (already current)" if before == after else ""))
+    return 0
+
+
+async def cmd_db_status(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Which database, its schema version, the revocation sequence and CRL numbers; exit 1
+    when the schema is behind this program (run `db migrate`)."""
+    settings = postgres_settings(config)
+    store = (await PgStore.open(settings, migrate_schema=False) if settings
+             else await Store.open(config.database))
+    try:
+        applied, known = await store.schema_status()
+        print(f"database:        {_describe_database(config)}")
+        print(f"schema version:  {applied} (this program: {known})")
+        if applied < known:
+            print("the schema is behind: run `sekisho-ca db migrate`")
+            return 1
+        print(f"revocation seq:  {await store.last_revocation_seq()}")
+        for generation in config.generations:
+            print(f"CRL number {generation}: {await store.crl_number(generation)}")
+    finally:
+        await store.close()
+    return 0
+
+
+async def cmd_db_copy(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """Copy the configured CA database into an empty PostgreSQL database (issue 13):
+    certificates, acquisition secrets, CRL numbers and state, the audit chain (verified
+    before and after). Stop the CA daemon first: writes made during the copy are not moved."""
+    try:
+        target_settings = PostgresSettings(
+            dsn=args.to, password_file=Path(args.password_file) if args.password_file else None,
+            password_env=args.password_env, application_name="sekisho-ca-cli:db-copy")
+    except PostgresConfigError as exc:
+        raise CliError(str(exc)) from None
+    source = await open_store(config)
+    try:
+        problems = await source.verify_audit()
+        if problems:
+            raise CliError("the source audit chain is damaged (" + "; ".join(problems[:3])
+                           + "); nothing copied: run `sekisho-ca audit verify`")
+        tables = await source.export_rows()
+    finally:
+        await source.close()
+    target = await PgStore.open(target_settings)
+    try:
+        try:
+            await target.import_rows(tables)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        copied = await target.export_rows()
+        problems = await target.verify_audit()
+    finally:
+        await target.close()
+    # Compared as sets: the two databases may order text differently (collations).
+    if problems or any(set(copied[table]) != set(rows) or len(copied[table]) != len(rows)
+                       for table, rows in tables.items()):
+        print("sekisho-ca: error: the copy does not match its source:", "; ".join(problems)
+              or "rows differ", file=sys.stderr)
+        return 1
+    for table, rows in tables.items():
+        print(f"{table:20} {len(rows)} rows copied")
+    print("audit chain verified on the target; set ca.database to the DSN (and "
+          "database_password_file or database_password_env) and start the CA nodes")
+    return 0
+
+
+async def cmd_cluster_status(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
+    """The CA nodes connected to the shared PostgreSQL and which one leads CRL signing
+    (issue 13); exit 1 when no node leads (no CRL is being signed)."""
+    settings = postgres_settings(config)
+    if settings is None:
+        print(f"one node: {_describe_database(config)} (no cluster)")
+        return 0
+    store = await PgStore.open(settings, migrate_schema=False)
+    try:
+        leader, nodes = await store.cluster_status()
+    finally:
+        await store.close()
+    print(f"database:    {_describe_database(config)}")
+    print(f"nodes:       {', '.join(nodes) or '-'}")
+    print(f"CRL leader:  {leader or 'none (no node signs CRLs now)'}")
+    return 0 if leader else 1
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -587,6 +706,25 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.add_parser("verify", help="verify the audit hash chain").set_defaults(
         handler=cmd_audit_verify
     )
+
+    db = commands.add_parser("db", help="the CA database (SQLite or PostgreSQL)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("migrate", help="bring the schema up to date").set_defaults(
+        handler=cmd_db_migrate)
+    db_sub.add_parser("status", help="schema version, revocation sequence, CRL numbers"
+                      ).set_defaults(handler=cmd_db_status)
+    copy = db_sub.add_parser("copy", help="copy this CA's database into an empty PostgreSQL one")
+    copy.add_argument("--to", required=True, metavar="DSN",
+                      help="postgresql:// DSN of the target (no password in it)")
+    password = copy.add_mutually_exclusive_group()
+    password.add_argument("--password-file", help="the target's password, in a 0600 file")
+    password.add_argument("--password-env", help="the variable holding the target's password")
+    copy.set_defaults(handler=cmd_db_copy)
+
+    cluster = commands.add_parser("cluster", help="the CA nodes on a shared PostgreSQL")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    cluster_sub.add_parser("status", help="connected nodes and the CRL leader").set_defaults(
+        handler=cmd_cluster_status)
     add_common_options(parser)
     return parser
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from common.config import Address, ConfigError, RawConfig, load_raw
+from common.config import Address, ConfigError, RawConfig, Section, load_raw
 from common.cutovers import GenerationDates, generation_dates, load_cutovers
 from common.listener import ConnectionLimits
+from common.postgres import PostgresConfigError, check_dsn
 from policy.cutover import Cutover
 from policy.lockout import LockoutPolicy
 from policy.profile import CertificateProfile
@@ -71,6 +74,17 @@ class CaConfig:
     # its process lives (a dead process's are settled at its restart). Above the longest
     # queue a burst builds: 2,000 acquisitions at 600,000 PBKDF2 rounds take ~7 min on 2 cores.
     request_deadline: timedelta = timedelta(minutes=10)
+    # Issue 13: `ca.database` may be a postgresql:// DSN instead of the SQLite path; its
+    # password comes from a 0600 file or an environment variable, never from config.toml.
+    database_dsn: str | None = None
+    database_password_file: Path | None = None
+    database_password_env: str | None = None
+    # This node's name in a cluster: its reservations belong to "ca-daemon@<node_name>", so a
+    # restarted node settles its own dead run's intents at once, never another node's.
+    node_name: str = "local"
+    # On PostgreSQL, LISTEN for other nodes' revocations (off only behind a PgBouncer in
+    # transaction mode, which cannot LISTEN: the 0.25 s poll of the feed then remains).
+    revocation_listen: bool = True
 
 
 def load_ca_config(path: Path) -> CaConfig:
@@ -122,6 +136,7 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         raise ConfigError('keys.backend = "pkcs11" needs keys.pkcs11_module and keys.token_label')
     if keys.str("ocsp_keys", "token") not in ("token", "file"):
         raise ConfigError('keys.ocsp_keys must be "token" or "file"')
+    database_dsn, password_file, password_env = _database_settings(ca)
     return CaConfig(
         organization=ca.str("organization", "Sekisho"),
         public_url=public_url,
@@ -130,7 +145,9 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         internal_tls=ca.bool("internal_tls", False),
         internal_tls_cert=ca.path("internal_tls_cert", "var/ca/internal-tls.crt.pem"),
         internal_tls_key=ca.path("internal_tls_key", "var/secrets/ca-internal-tls.key.pem"),
-        database=ca.path("database", "var/ca/ca.sqlite3"),
+        database=(ca.path("database", "var/ca/ca.sqlite3")
+                  if not str(ca.values.get("database", "")).startswith("postgres")
+                  else Path("var/ca/ca.sqlite3")),
         api_token_file=ca.path("api_token_file", "var/secrets/ca-api-token"),
         max_body_bytes=ca.int("max_body_bytes", 65536, minimum=4096),
         keys=KeysConfig(
@@ -164,4 +181,36 @@ def ca_config_from(raw: RawConfig) -> CaConfig:
         cutovers=tuple(load_cutovers(raw)),
         request_deadline=ca.duration("request_deadline", "10m"),
         connection_limits=ConnectionLimits.from_section(ca),
+        database_dsn=database_dsn,
+        database_password_file=password_file,
+        database_password_env=password_env,
+        node_name=_node_name(ca.str("node_name", socket.gethostname())),
+        revocation_listen=ca.bool("revocation_listen", True),
     )
+
+
+def _database_settings(ca: Section) -> tuple[str | None, Path | None, str | None]:
+    """(DSN, password file, password variable) when `ca.database` is a PostgreSQL DSN
+    (issue 13), else Nones: the SQLite path stays the default."""
+    if "database_password" in ca.values:
+        raise ConfigError("the database password never goes in the config file; use "
+                          "ca.database_password_file (mode 0600) or ca.database_password_env")
+    raw = ca.str("database", "var/ca/ca.sqlite3")
+    if not raw.startswith(("postgresql://", "postgres://")):
+        return None, None, None
+    try:
+        check_dsn(raw)
+    except PostgresConfigError as exc:
+        raise ConfigError(f"ca.database: {exc}") from None
+    password_file = (ca.path("database_password_file")
+                     if "database_password_file" in ca.values else None)
+    password_env = ca.str("database_password_env", "") or None
+    if password_file is not None and password_env:
+        raise ConfigError("set either ca.database_password_file or ca.database_password_env")
+    return raw, password_file, password_env
+
+
+def _node_name(name: str) -> str:
+    """A node name safe inside an owner id and its LIKE pattern (no ':', '%', '_')."""
+    cleaned = re.sub(r"[^A-Za-z0-9.-]", "-", name)[:64]
+    return cleaned or "local"

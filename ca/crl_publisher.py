@@ -13,6 +13,12 @@
 - Building runs in a worker thread, and the DER is encoded by hand (ca.crl) with each entry's
   bytes kept between builds: a re-sign at 100k entries costs ~15 ms, the first build ~0.25 s,
   and no single call holds the GIL long enough to stall the loop.
+- On a cluster (PostgreSQL, issue 13) only the elected leader (`leader`, a
+  common.postgres.LeaderElection) signs; the other nodes serve the CRL the leader stored,
+  reloaded on every tick and while a request waits for a CRL covering a revocation. A CRL
+  whose save is refused (a deposed leader racing the new one: the store keeps a number only
+  when it is above the stored one) is discarded and the stored one served, so the CRL numbers
+  served anywhere strictly increase and one number always means one CRL.
 - Entries of certificates past their notAfter are dropped when `crl.drop_expired` is set
   (RFC 5280 §3.3 allows it; a retired generation's CRL shrinks to empty as its certificates
   expire, and keeps being signed until the last one has).
@@ -35,7 +41,9 @@ from cryptography.hazmat.primitives import hashes
 from ca.config import CaConfig
 from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers, crl_etag
 from ca.issuers import Issuers
-from ca.store import CertRecord, Store
+from ca.storage import CaStore
+from ca.store import CertRecord
+from common.postgres import LeaderElection
 from common.sqlite import store_error
 from policy.clock import Clock
 
@@ -68,9 +76,11 @@ class PublishedCrl:
 class CrlPublisher:
     """Signs, stores and serves the CRL of every generation."""
 
-    def __init__(self, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
-                 tick_seconds: float = 5.0, resign_min_gap: float = 1.0) -> None:
+    def __init__(self, config: CaConfig, clock: Clock, store: CaStore, issuers: Issuers,
+                 tick_seconds: float = 5.0, resign_min_gap: float = 1.0,
+                 leader: LeaderElection | None = None) -> None:
         self._config = config
+        self.leader = leader
         self._clock = clock
         self._store = store
         self._issuers = issuers
@@ -82,6 +92,7 @@ class CrlPublisher:
         self._locks: dict[str, asyncio.Lock] = {}
         self._dirty: set[str] = set()
         self._resign_task: asyncio.Task[None] | None = None
+        self._elected_task: asyncio.Task[None] | None = None
         self.on_publish: list[Callable[[PublishedCrl], None]] = []
 
     def current(self, generation: str) -> PublishedCrl | None:
@@ -112,13 +123,45 @@ class CrlPublisher:
             # A full store at start: serve the stored CRLs; the schedule retries (R-FAULT-5).
             _log.error("crl_resign_failed", error=named.code, message=str(named))
 
+    @property
+    def signs(self) -> bool:
+        """Whether this node signs CRLs: always on one node, only the leader on a cluster."""
+        return self.leader is None or self.leader.is_leader
+
+    async def follow(self) -> None:
+        """A follower's tick: serve the newest CRL the leader stored."""
+        for name in list(self._issuers.generations):
+            stored = await self.load(name)
+            current = self._current.get(name)
+            if stored is not None and (current is None or stored.number > current.number):
+                self._set(stored)
+
+    def leadership_changed(self) -> None:
+        """Called on election: sign what is due (missing, stale, behind the store's
+        revocations) at once rather than at the next tick."""
+        self._elected_task = asyncio.create_task(self._tick_logged(), name="crl-elected")
+
+    async def _tick_logged(self) -> None:
+        try:
+            await self.tick()
+        except Exception:  # the schedule retries every tick
+            _log.exception("crl_schedule_failed")
+
     async def tick(self) -> None:
         """Re-sign every CRL that is due (by schedule), dirty (after revocations) or behind
-        the store's revocation sequence (R-FAULT-1)."""
+        the store's revocation sequence (R-FAULT-1); a follower reloads instead."""
+        if not self.signs:
+            self._dirty.clear()
+            await self.follow()
+            return
         now = self._clock.now()
         last_seq = await self._store.last_revocation_seq()
         for name in list(self._issuers.generations):
             published = self._current.get(name)
+            if published is None:  # e.g. elected before start() loaded them: not due yet
+                published = await self.load(name)
+                if published is not None:
+                    self._set(published)
             due = (published is None
                    or now >= published.this_update + self._config.crl_resign_interval
                    or now < published.this_update
@@ -134,6 +177,16 @@ class CrlPublisher:
         published = self._current.get(generation)
         if published is None or published.revocation_seq >= seq:
             return published
+        if not self.signs:  # the leader signs it; reload until it is stored
+            deadline = time.monotonic() + wait_seconds
+            while time.monotonic() < deadline:
+                with contextlib.suppress(Exception):
+                    await self.follow()
+                published = self._current.get(generation)
+                if published is not None and published.revocation_seq >= seq:
+                    break
+                await asyncio.sleep(0.05)
+            return self._current.get(generation)
         self._dirty.add(generation)
         if self._resign_task is None or self._resign_task.done():
             self._resign_task = asyncio.create_task(self._resign_dirty(), name="crl-resign")
@@ -158,6 +211,11 @@ class CrlPublisher:
             await asyncio.sleep(max(0.0, self._last_resign + self._resign_min_gap
                                     - time.monotonic()))
             if not self._dirty:  # the schedule (tick) signed it meanwhile
+                break
+            if not self.signs:  # a follower: the leader signs; serve what it stored
+                self._dirty.clear()
+                with contextlib.suppress(Exception):
+                    await self.follow()
                 break
             name = sorted(self._dirty)[0]
             self._last_resign = time.monotonic()
@@ -194,7 +252,15 @@ class CrlPublisher:
                 _build, issuer.certificate, issuer.signer, rows, number, now, next_update
             )
             # Persisted before it is served, so a restart never reuses its number.
-            await self._store.save_crl(generation, number, now, next_update, der, seq)
+            if not await self._store.save_crl(generation, number, now, next_update, der, seq):
+                # Another node stored this number first (a leader handover): serve its CRL,
+                # never a second CRL with the same number.
+                stored = await self.load(generation)
+                _log.warning("crl_superseded", generation=generation, number=number)
+                if stored is None:
+                    raise RuntimeError("a refused CRL save left no stored CRL")
+                self._set(stored)
+                return stored
             self.signings += 1
             published = PublishedCrl(generation, number, now, next_update, der, len(rows), seq)
             self._set(published)

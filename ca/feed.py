@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from ca.store import CertRecord, Store
+from ca.storage import CaStore
+from ca.store import CertRecord
 
 _log = structlog.get_logger("ca.feed")
 Listener = Callable[[list[CertRecord]], Awaitable[None]]
@@ -23,7 +24,7 @@ Listener = Callable[[list[CertRecord]], Awaitable[None]]
 class RevocationFeed:
     """Tracks the highest revocation sequence seen and notifies listeners of new ones."""
 
-    def __init__(self, store: Store, poll_interval: float = 0.25) -> None:
+    def __init__(self, store: CaStore, poll_interval: float = 0.25) -> None:
         self._store = store
         self._poll_interval = poll_interval
         self._changed = asyncio.Condition()

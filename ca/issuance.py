@@ -31,7 +31,8 @@ from ca.config import CaConfig
 from ca.errors import BadRequest, Busy, Conflict, Locked, NotFound, Unauthorized
 from ca.issuers import Issuers
 from ca.pkcs12 import KeyWorkers, public_key_of
-from ca.store import CertRecord, Owner, Store, serial_hex
+from ca.storage import CaStore
+from ca.store import CertRecord, Owner, serial_hex
 from ca.tickets import AcquisitionTickets
 from common import faults
 from common.passwords import PasswordHasher, generate_secret
@@ -99,7 +100,7 @@ class CertificateAuthority:
     """Issues, renews and revokes client certificates for one CA."""
 
     def __init__(
-        self, *, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
+        self, *, config: CaConfig, clock: Clock, store: CaStore, issuers: Issuers,
         workers: KeyWorkers, hasher: PasswordHasher, cutovers: Sequence[Cutover] = (),
         owner: Owner | None = None,
     ) -> None:

@@ -45,6 +45,9 @@ class CaMetrics:
             "sekisho_certificates_issued", "certificates issued", registry=self.registry)
         self.revoked = Counter(
             "sekisho_certificates_revoked", "certificates revoked", registry=self.registry)
+        self.leader = Gauge(
+            "sekisho_ca_leader", "1 while this CA node leads the job on a PostgreSQL cluster",
+            ["job", "node"], registry=self.registry)
         Info("sekisho_build", "build information", registry=self.registry).info(
             {"version": _version(), "component": "ca"})
 

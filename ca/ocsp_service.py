@@ -44,7 +44,8 @@ from ca.ocsp import (
     parse_request,
     try_later_response,
 )
-from ca.store import CertRecord, Store
+from ca.storage import CaStore
+from ca.store import CertRecord
 from common.sqlite import from_epoch
 from keys.errors import KeyCustodyError
 from keys.hierarchy import Hierarchy
@@ -90,7 +91,7 @@ PendingLookup = tuple[ParsedRequest, list[IssuerIdentity | None], list[int]]
 class OcspService:
     """Answers OCSP requests for every issuing generation."""
 
-    def __init__(self, config: CaConfig, clock: Clock, store: Store, issuers: Issuers,
+    def __init__(self, config: CaConfig, clock: Clock, store: CaStore, issuers: Issuers,
                  metrics: CaMetrics, hierarchy: Hierarchy | None = None) -> None:
         self._config = config
         self._clock = clock

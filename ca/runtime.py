@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,11 @@ from ca.issuers import Issuers
 from ca.metrics import CaMetrics
 from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
-from ca.store import CertRecord, Owner, Store
+from ca.storage import CaStore, daemon_instance, open_store
+from ca.store import CertRecord, Owner
+from ca.store_pg import REVOCATION_CHANNEL, PgStore
 from common.passwords import PasswordHasher
+from common.postgres import ChannelListener, LeaderElection
 from keys.custody import Pkcs11Settings, close_keystore, open_keystore
 from keys.file_signer import ensure_owner_only, write_owner_only
 from keys.hierarchy import Hierarchy
@@ -60,7 +65,7 @@ class CaRuntime:
 
     config: CaConfig
     clock: Clock
-    store: Store
+    store: CaStore
     issuers: Issuers
     workers: KeyWorkers
     hasher: PasswordHasher
@@ -70,6 +75,8 @@ class CaRuntime:
     crls: CrlPublisher
     metrics: CaMetrics
     ocsp: OcspService
+    revocation_listener: ChannelListener | None = None
+    crl_election: LeaderElection | None = None
 
     @classmethod
     async def open(
@@ -79,25 +86,38 @@ class CaRuntime:
 
         `publishing` is for the daemon: it re-signs CRLs and refreshes OCSP after revocations.
         A CLI command leaves that to the daemon, which notices the CLI's commits. The daemon's
-        reservations belong to instance "ca-daemon" (one daemon per store), so a restarted
+        reservations belong to instance "ca-daemon" (one daemon per store; "ca-daemon@<node>"
+        on PostgreSQL, see `ca.storage.daemon_instance`), so a restarted
         daemon settles those of the run that died at once (R-FAULT-2/3); a CLI's wait for
         their deadline.
         """
         hierarchy = open_hierarchy(config)
         issuers = Issuers(hierarchy, config.generations)
-        store = await Store.open(config.database)
+        store = await open_store(config, daemon=publishing)
         key_workers = KeyWorkers(workers)
         hasher = PasswordHasher()
         authority = CertificateAuthority(
             config=config, clock=clock, store=store, issuers=issuers, workers=key_workers,
             hasher=hasher, cutovers=config.cutovers,
-            owner=Owner("ca-daemon" if publishing else "ca-cli", secrets.token_hex(8)),
+            owner=Owner(daemon_instance(config, publishing), secrets.token_hex(8)),
         )
         feed = RevocationFeed(store)
         await feed.start()
         authority.revocation_listeners.append(feed.catch_up)
         metrics = CaMetrics()
         crls = CrlPublisher(config, clock, store, issuers)
+        election = None
+        if publishing and isinstance(store, PgStore):
+            # One CRL signer per cluster (issue 13): the node holding the advisory lock; it
+            # signs what is due as soon as it is elected (a handover included).
+            election = LeaderElection(store.settings, "crl", node=config.node_name,
+                                      on_elected=crls.leadership_changed)
+            crls.leader = election
+            metrics.leader.labels(job="crl", node=config.node_name).set_function(
+                lambda: 1.0 if election is not None and election.is_leader else 0.0)
+            await election.start()
+            with contextlib.suppress(TimeoutError):  # the first node: sign the first CRLs
+                await asyncio.wait_for(election.elected.wait(), 1.0)
         crls.on_publish.append(metrics.crl_published)
         ocsp = OcspService(config, clock, store, issuers, metrics, hierarchy)
         if publishing:
@@ -115,11 +135,24 @@ class CaRuntime:
 
         feed.listeners.append(count_revoked)
         authority.issuance_listeners.append(count_issued)
+        listener = None
+        if publishing and isinstance(store, PgStore) and config.revocation_listen:
+            # Another node's revocation reaches this node's OCSP at its commit (NOTIFY),
+            # not at the next poll; after each (re)connection the feed catches up, since
+            # notifications sent while nobody listened are lost (common.postgres).
+            listener = ChannelListener(store.settings, REVOCATION_CHANNEL,
+                                       lambda _payload: feed.catch_up(),
+                                       on_listening=feed.catch_up)
+            await listener.start()
         return cls(config, clock, store, issuers, key_workers, hasher, authority, feed,
-                   hierarchy, crls, metrics, ocsp)
+                   hierarchy, crls, metrics, ocsp, listener, election)
 
     async def close(self) -> None:
         """Release the store, the worker processes and the token's sessions."""
+        if self.revocation_listener is not None:
+            await self.revocation_listener.close()
+        if self.crl_election is not None:
+            await self.crl_election.close()
         self.workers.close()
         await self.store.close()
         close_keystore(self.hierarchy.keystore)

@@ -142,6 +142,17 @@ _CERT_COLUMNS = (
 )
 
 
+# What `db copy` moves (issue 13), table by table, in these columns; the same names on both
+# backends. The audit rows keep their ids and hashes, so the copied chain verifies as it is.
+COPIED_TABLES: dict[str, str] = {
+    "certificates": _CERT_COLUMNS,
+    "acquisition_secrets": "user_id, password_hash, failed_attempts, locked, issued_at,"
+                           " updated_at, pending_attempts, pending_until, pending_owner",
+    "crl_state": "generation, crl_number, this_update, next_update, der, revocation_seq",
+    "audit_log": "id, at, actor, action, subject, details, prev_hash, hash",
+}
+
+
 def _cert(row: Sequence[Any]) -> CertRecord:
     return CertRecord(
         serial=row[0], user_id=row[1], generation=row[2], kind=row[3], state=row[4],
@@ -545,11 +556,12 @@ class Store(SqliteStore):
     async def save_crl(
         self, generation: str, crl_number: int, this_update: datetime, next_update: datetime,
         der: bytes, revocation_seq: int = 0,
-    ) -> None:
+    ) -> bool:
         """Persist the newest CRL of a generation (its number must only grow) with the
-        revocation sequence it covers (R-FAULT-1)."""
+        revocation sequence it covers (R-FAULT-1); False when a CRL with this number or a
+        higher one is already stored (nothing changed)."""
         async with self.transaction() as db:
-            await db.execute(
+            cursor = await db.execute(
                 "INSERT INTO crl_state (generation, crl_number, this_update, next_update, der,"
                 " revocation_seq) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (generation) DO UPDATE"
                 " SET crl_number = excluded.crl_number, this_update = excluded.this_update,"
@@ -559,6 +571,7 @@ class Store(SqliteStore):
                 (generation, crl_number, to_epoch(this_update), to_epoch(next_update), der,
                  revocation_seq),
             )
+            return cursor.rowcount == 1
 
     async def crl_number(self, generation: str) -> int:
         """The number of the newest stored CRL of a generation (0 before the first)."""
@@ -579,6 +592,24 @@ class Store(SqliteStore):
         if row is None:
             return None
         return int(row[0]), from_epoch(row[1]), from_epoch(row[2]), bytes(row[3]), int(row[4])
+
+    # -- copy ----------------------------------------------------------------------------
+
+    async def export_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row `db copy` moves, read in one transaction (a consistent snapshot)."""
+        async with self.transaction() as db:
+            tables = {}
+            for table, columns in COPIED_TABLES.items():
+                async with db.execute(
+                    f"SELECT {columns} FROM {table} ORDER BY 1"  # noqa: S608 - constants
+                ) as cursor:
+                    tables[table] = [tuple(row) for row in await cursor.fetchall()]
+            return tables
+
+    async def schema_status(self) -> tuple[int, int]:
+        """(applied schema version, the version this program knows)."""
+        row = await self._fetchone("SELECT version FROM schema_version")
+        return (int(row[0]) if row else 0), len(MIGRATIONS)
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -36,9 +36,10 @@ CREATE TABLE IF NOT EXISTS audit_log (
 _log = structlog.get_logger("audit")
 
 
-def _entry_hash(
+def entry_hash(
     prev_hash: str, at: str, actor: str, action: str, subject: str, details: str
 ) -> str:
+    """SHA-256(prev_hash || canonical JSON of the row): the link of the chain (R-OPS-2)."""
     canonical = json.dumps([at, actor, action, subject, details], ensure_ascii=False)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
@@ -53,14 +54,14 @@ async def append(
     prev_hash = row[0] if row else GENESIS
     at_text = at.isoformat()
     details_text = json.dumps(details or {}, ensure_ascii=False, sort_keys=True, default=str)
-    entry_hash = _entry_hash(prev_hash, at_text, actor, action, subject, details_text)
+    new_hash = entry_hash(prev_hash, at_text, actor, action, subject, details_text)
     await db.execute(
         "INSERT INTO audit_log (at, actor, action, subject, details, prev_hash, hash)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (at_text, actor, action, subject, details_text, prev_hash, entry_hash),
+        (at_text, actor, action, subject, details_text, prev_hash, new_hash),
     )
-    _log.info("audit", actor=actor, action=action, subject=subject, audit_hash=entry_hash)
-    return entry_hash
+    _log.info("audit", actor=actor, action=action, subject=subject, audit_hash=new_hash)
+    return new_hash
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ async def verify_chain(db: aiosqlite.Connection) -> list[str]:
                 problems.append(f"rows {expected_id}..{row_id - 1} are missing (deleted)")
             if stored_prev != prev_hash:
                 problems.append(f"row {row_id} does not link to the row before it")
-            if _entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
+            if entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
                 problems.append(f"row {row_id} was edited (its hash does not match its content)")
             prev_hash = stored_hash
             expected_id = row_id + 1

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from common.audit import GENESIS, AuditEntry, _entry_hash
+from common.audit import GENESIS, AuditEntry, entry_hash
 
 SCHEMA = """
 CREATE TABLE audit_log (
@@ -49,14 +49,24 @@ async def append(conn: asyncpg.Connection, *, at: datetime, actor: str, action: 
     entry_id, prev_hash = int(head["id"]) + 1, str(head["hash"])
     at_text = at.isoformat()
     details_text = json.dumps(details or {}, ensure_ascii=False, sort_keys=True, default=str)
-    entry_hash = _entry_hash(prev_hash, at_text, actor, action, subject, details_text)
+    new_hash = entry_hash(prev_hash, at_text, actor, action, subject, details_text)
     await conn.execute(
         "INSERT INTO audit_log (id, at, actor, action, subject, details, prev_hash, hash)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        entry_id, at_text, actor, action, subject, details_text, prev_hash, entry_hash)
-    await conn.execute("UPDATE audit_head SET id = $1, hash = $2", entry_id, entry_hash)
-    _log.info("audit", actor=actor, action=action, subject=subject, audit_hash=entry_hash)
-    return entry_hash
+        entry_id, at_text, actor, action, subject, details_text, prev_hash, new_hash)
+    await conn.execute("UPDATE audit_head SET id = $1, hash = $2", entry_id, new_hash)
+    _log.info("audit", actor=actor, action=action, subject=subject, audit_hash=new_hash)
+    return new_hash
+
+
+async def insert_copied(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows copied verbatim from another store's chain (id, at, actor, action,
+    subject, details, prev_hash, hash) and move the head to the last one (`db copy`)."""
+    await conn.executemany(
+        "INSERT INTO audit_log (id, at, actor, action, subject, details, prev_hash, hash)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows)
+    if rows:
+        await conn.execute("UPDATE audit_head SET id = $1, hash = $2", rows[-1][0], rows[-1][7])
 
 
 def _entry(row: Any) -> AuditEntry:
@@ -119,11 +129,14 @@ async def verify_chain(conn: asyncpg.Connection) -> list[str]:
                 problems.append(f"rows {expected_id}..{row_id - 1} are missing (deleted)")
             if stored_prev != prev_hash:
                 problems.append(f"row {row_id} does not link to the row before it")
-            if _entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
+            if entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
                 problems.append(f"row {row_id} was edited (its hash does not match its content)")
             prev_hash = stored_hash
             expected_id = row_id + 1
-        highest = int(await conn.fetchval("SELECT id FROM audit_head") or 0)
+        head = await conn.fetchrow("SELECT id, hash FROM audit_head")
+    highest = int(head["id"]) if head else 0
     if highest >= expected_id:
         problems.append(f"rows {expected_id}..{highest} at the end are missing (deleted)")
+    elif head is not None and highest == expected_id - 1 and head["hash"] != prev_hash:
+        problems.append(f"row {highest} does not match the chain's recorded head")
     return problems

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import re
 import secrets
+import sqlite3
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from cryptography import x509
 
@@ -44,9 +49,11 @@ def clock() -> FakeClock:
 
 def write_config(directory: Path, *, public_port: int, internal_port: int,
                  extra: str = "", kdf_rounds: int = 2048, internal_tls: bool = False,
-                 keys_extra: str = "") -> Path:
+                 keys_extra: str = "", database: str = "var/ca/ca.sqlite3",
+                 node_name: str = "node1") -> Path:
     """A config.toml for a test CA under `directory` (cheap PKCS#12 rounds unless asked);
-    `keys_extra` adds lines to [keys] (e.g. the pkcs11 backend's)."""
+    `keys_extra` adds lines to [keys] (e.g. the pkcs11 backend's); `database` is the SQLite
+    path or a postgresql:// DSN (issue 13)."""
     path = directory / "config.toml"
     path.write_text(textwrap.dedent(f"""
         [paths]
@@ -58,7 +65,8 @@ def write_config(directory: Path, *, public_port: int, internal_port: int,
         public_url = "http://127.0.0.1:{public_port}"
         public_listen = "127.0.0.1:{public_port}"
         internal_listen = "127.0.0.1:{internal_port}"
-        database = "var/ca/ca.sqlite3"
+        database = "{database}"
+        node_name = "{node_name}"
         api_token_file = "var/secrets/ca-api-token"
         internal_tls = {"true" if internal_tls else "false"}
         [keys]
@@ -88,7 +96,10 @@ class CaHarness:
     runners: list[Any]
 
     def stop(self) -> None:
-        """Stop the listeners, close the runtime, stop the loop."""
+        """Stop the listeners, close the runtime, stop the loop (once: a test may stop its
+        CA early, e.g. to start another on the same ports)."""
+        if not self.loop.loop.is_running():
+            return
 
         async def shutdown() -> None:
             for runner in self.runners:
@@ -97,6 +108,35 @@ class CaHarness:
 
         self.loop.run(shutdown())
         self.loop.stop()
+
+    def sql(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one SQL statement on the CA's store directly, whichever the backend (`?`
+        placeholders; a test's look behind the CA's back, or its tampering); returns rows."""
+        if self.config.database_dsn is None:
+            with contextlib.closing(sqlite3.connect(self.config.database)) as db, db:
+                return [tuple(row) for row in db.execute(statement, params).fetchall()]
+        numbers = itertools.count(1)
+        numbered = re.sub(r"\?", lambda _match: f"${next(numbers)}", statement)
+
+        async def run() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(self.config.database_dsn)
+            try:
+                return [tuple(row) for row in await conn.fetch(numbered, *params)]
+            finally:
+                await conn.close()
+
+        return self.loop.run(run())
+
+    def stored_bytes(self) -> bytes:
+        """Everything the store holds, as bytes: the files of a SQLite store; every row of
+        every table of a PostgreSQL one (to prove a secret is nowhere in it)."""
+        if self.config.database_dsn is None:
+            return b"".join(path.read_bytes()
+                            for path in self.config.database.parent.iterdir() if path.is_file())
+        tables = [row[0] for row in self.sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return b"".join(repr(self.sql(f"SELECT * FROM {table}")).encode()  # noqa: S608
+                        for table in tables)
 
     def cli(self, *args: str) -> int:
         """Run `sekisho-ca` in-process (its own store connection, like a separate process)."""
@@ -215,11 +255,37 @@ def key_backend() -> str:
     return "file"
 
 
+@pytest.fixture
+def store_backend() -> str:
+    """Where the test CA keeps its records: "sqlite" unless the test is marked
+    `store_backends`, which runs it on PostgreSQL as well (issue 13)."""
+    return "sqlite"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests marked `key_backends` run once per key backend: encrypted files and a token."""
-    if ("key_backend" in metafunc.fixturenames
-            and metafunc.definition.get_closest_marker("key_backends") is not None):
+    """Tests marked `key_backends` run once per key backend: encrypted files and a token;
+    tests marked `store_backends` once per store: SQLite and PostgreSQL. Marked with both,
+    they run file+sqlite, pkcs11+sqlite and file+postgresql: each backend is covered without
+    the whole cross product (the key and store seams do not meet)."""
+    keys = ("key_backend" in metafunc.fixturenames
+            and metafunc.definition.get_closest_marker("key_backends") is not None)
+    stores = ("store_backend" in metafunc.fixturenames
+              and metafunc.definition.get_closest_marker("store_backends") is not None)
+    if keys and stores:
+        metafunc.parametrize("key_backend,store_backend", [
+            ("file", "sqlite"), ("pkcs11", "sqlite"), ("file", "postgresql")])
+    elif keys:
         metafunc.parametrize("key_backend", ["file", "pkcs11"])
+    elif stores:
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"])
+
+
+def store_backend_config(store_backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """write_config's `database` for `store_backend`: the default SQLite file, or a DSN of a
+    fresh database on the session's throwaway PostgreSQL."""
+    if store_backend == "sqlite":
+        return {}
+    return {"database": request.getfixturevalue("postgres_dsn")}
 
 
 def key_backend_config(key_backend: str, directory: Path, request: pytest.FixtureRequest,
@@ -233,12 +299,14 @@ def key_backend_config(key_backend: str, directory: Path, request: pytest.Fixtur
 
 
 @pytest.fixture
-def ca(tmp_path: Path, clock: FakeClock, key_backend: str,
+def ca(tmp_path: Path, clock: FakeClock, key_backend: str, store_backend: str,
        request: pytest.FixtureRequest) -> Iterator[CaHarness]:
     """A freshly initialised CA, running on loopback with the fake clock; its keys in files,
-    or in a SoftHSM2 token for tests marked `key_backends`."""
+    or in a SoftHSM2 token for tests marked `key_backends`; its store in SQLite, or on
+    PostgreSQL too for tests marked `store_backends`."""
     keys_extra = key_backend_config(key_backend, tmp_path, request)
-    harness = start_ca(init_ca(tmp_path, clock, keys_extra=keys_extra), clock)
+    harness = start_ca(init_ca(tmp_path, clock, keys_extra=keys_extra,
+                               **store_backend_config(store_backend, request)), clock)
     yield harness
     harness.stop()
 

@@ -4,7 +4,6 @@ R-OPS-2)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from tests.conftest import CaHarness, openssl
 
 # R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
-pytestmark = pytest.mark.key_backends
+pytestmark = [pytest.mark.key_backends, pytest.mark.store_backends]
 
 
 def _issue_from_csr(ca: CaHarness, tmp_path: Path, user_id: str, cn: str | None = None) -> str:
@@ -121,8 +120,7 @@ class TestAudit:
         """An edited, a deleted and a truncated row are each reported; exit 1."""
         serial = _issue_from_csr(ca, tmp_path, "200004")
         ca.cli("revoke", "--serial", serial, "--reason", "superseded")
-        with sqlite3.connect(ca.config.database) as db:
-            db.execute(tamper)
+        ca.sql(tamper)
         capsys.readouterr()
         assert ca.cli("audit", "verify") == 1
         assert message in capsys.readouterr().out

@@ -15,7 +15,7 @@ from tests.conftest import CaHarness, init_ca, openssl, start_ca
 from tests.support.servers import http_get
 
 # R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
-pytestmark = pytest.mark.key_backends
+pytestmark = [pytest.mark.key_backends, pytest.mark.store_backends]
 
 
 def _crl_pem(ca: CaHarness, tmp_path: Path) -> Path:

@@ -19,7 +19,7 @@ from tests.conftest import CaHarness, openssl
 from tests.support.servers import http_get
 
 # R-KEY-1: these run with the keys in encrypted files and in a SoftHSM2 token.
-pytestmark = pytest.mark.key_backends
+pytestmark = [pytest.mark.key_backends, pytest.mark.store_backends]
 
 
 def _ocsp(ca: CaHarness, *args: str, nonce: bool = True) -> str:

@@ -10,6 +10,9 @@ import pytest
 from ca.store import IntentExpired, Owner
 from tests.conftest import CaHarness
 
+# The rules hold on either store (issue 13: "the same rules as within one node").
+pytestmark = pytest.mark.store_backends
+
 
 def _reserve(ca: CaHarness, serial: str, owner: Owner, user_id: str = "880001") -> None:
     now = ca.clock.now()
@@ -50,7 +53,7 @@ class TestIntentRules:
             self, ca: CaHarness) -> None:
         """recover() of a new daemon run abandons intents of earlier ca-daemon runs at once,
         leaves a live CLI's intent (owner ca-cli) for its deadline."""
-        _reserve(ca, "abc3", Owner("ca-daemon", "earlier"), "880003")
+        _reserve(ca, "abc3", Owner(ca.runtime.authority.owner.instance, "earlier"), "880003")
         _reserve(ca, "abc4", Owner("ca-cli", "running"), "880004")
         intents, _ = ca.call(ca.runtime.authority.recover())
         assert intents == [("abc3", "880003")]
@@ -67,7 +70,7 @@ class TestAcquisitionTryRules:
         right password is not evaluated any more (423)."""
         password = ca.acquisition_password("880010")
         store, now = ca.runtime.store, ca.clock.now()
-        dead = Owner("ca-daemon", "earlier")
+        dead = Owner(ca.runtime.authority.owner.instance, "earlier")
         for _ in range(3):
             assert ca.call(store.reserve_acquisition_attempt(
                 "880010", 3, now=now, deadline=now + timedelta(minutes=10),
