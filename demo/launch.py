@@ -9,18 +9,19 @@ Ctrl-C stops everything.
 
 `--cluster` (`make run-cluster`) also starts a local PostgreSQL under var/pg
 (`python -m common.pgdev`) and runs the gateway as a supervisor with 2 workers on the one
-port; Ctrl-C stops PostgreSQL too. Until the gateway's store takes a PostgreSQL DSN, the
-workers share the SQLite file (README "Processes").
+port, its store in a database of that PostgreSQL (the gateway reads a copy of the config,
+`config.cluster.toml`, naming it); the CA stays on its SQLite file. Ctrl-C stops PostgreSQL
+too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import os
+import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,35 +30,45 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import asyncpg
+
 from ca.config import load_ca_config
 from common.config import Address, load_raw
 from common.files import private_directory, restrict_new_files
-from gateway.config import load_gateway_config
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.store import open_user_store
+from gateway.users import User
+from policy.clock import SystemClock
 
 DEMO_USER = ("100001", "山田 太郎", "関所商事株式会社", "admin")
 
 
-def letter_still_true(database: Path, user_id: str, letter: Path) -> bool:
+def letter_still_true(config: GatewayConfig, user_id: str, letter: Path) -> bool:
     """Whether the welcome letter's temporary password still logs the demo user in: never
-    logged in, still on a temporary password, and not reset after the letter was written."""
+    logged in, still on a temporary password, and not reset after the letter was written.
+    Read through the gateway's own store (SQLite or PostgreSQL)."""
+
+    async def read() -> User | None:
+        store = await open_user_store(config, SystemClock())
+        try:
+            return await store.get(user_id)
+        finally:
+            await store.close()
+
     try:
-        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True,
-                                                timeout=10)) as db:
-            row = db.execute("SELECT must_change, password_set_at, last_login_at, disabled"
-                             " FROM users WHERE user_id = ?", (user_id,)).fetchone()
-    except sqlite3.Error:
+        user = asyncio.run(read())
+    except Exception:  # no store yet, or unreachable: the letter is not vouched for
         return False
-    if row is None:
+    if user is None:
         return False
-    must_change, password_set_at, last_login_at, disabled = row
     # password_set_at has whole seconds; the letter is written just after the user is added.
-    return (bool(must_change) and last_login_at is None and not disabled
-            and password_set_at <= letter.stat().st_mtime + 1)
+    return (user.must_change and user.last_login_at is None and not user.disabled
+            and user.password_set_at.timestamp() <= letter.stat().st_mtime + 1)
 
 
-def welcome_text(database: Path, user_id: str, letter: Path) -> str:
+def welcome_text(config: GatewayConfig, user_id: str, letter: Path) -> str:
     """What `make run` prints about the demo user: the letter, or how to get new passwords."""
-    if letter_still_true(database, user_id, letter):
+    if letter_still_true(config, user_id, letter):
         return (f"Demo user (the welcome letter, kept in {letter}):\n"
                 f"{letter.read_text().rstrip()}\n"
                 "Acquire the certificate on the login page (電子証明書取得), import the .p12 "
@@ -69,6 +80,40 @@ def welcome_text(database: Path, user_id: str, letter: Path) -> str:
             f"  .venv/bin/sekisho-gateway users reset-password {user_id}\n"
             "and, to acquire a certificate again (new PC, expiry), a new acquisition password:\n"
             f"  .venv/bin/sekisho-ca acquisition-password {user_id}")
+
+
+def cluster_config(config: Path, dsn: str) -> Path:
+    """`make run-cluster`'s copy of the configuration: the same file with the gateway's store
+    set to the local PostgreSQL database (written beside it, so relative paths resolve the
+    same; git-ignored)."""
+    text = config.read_text()
+    line = f'database = "{dsn}"   # make run-cluster: the local PostgreSQL under var/pg'
+    section = re.search(r"^\[gateway\][^\n]*\n(?:(?!^\[).*\n?)*", text, flags=re.M)
+    if section is None:
+        text += f"\n[gateway]\n{line}\n"
+    else:
+        body, count = re.subn(r"^database\s*=.*$", lambda _: line, section.group(0), count=1,
+                              flags=re.M)
+        if not count:
+            body = section.group(0).replace("\n", f"\n{line}\n", 1)
+        text = text[:section.start()] + body + text[section.end():]
+    derived = config.with_name(f"{config.stem}.cluster.toml")
+    fd = os.open(derived, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return derived
+
+
+async def _create_database(dsn: str, name: str) -> str:
+    """The DSN of database `name` on the server of `dsn`, created when missing."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, query = dsn.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
 
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -116,6 +161,7 @@ def main() -> int:
     children: list[subprocess.Popen[bytes]] = []
     postgres = ["common.pgdev", "--folder", str(ca_config.data_dir / "pg")]
     postgres_started = False
+    gateway_config_arg = config_arg  # make run-cluster: a copy naming the PostgreSQL store
 
     def start(*command: str) -> None:
         children.append(subprocess.Popen([sys.executable, "-m", *command]))
@@ -135,16 +181,22 @@ def main() -> int:
             if result.returncode != 0:
                 raise SystemExit(f"make run-cluster: PostgreSQL did not start: {result.stderr}")
             postgres_started = True
-            print(f"PostgreSQL (var/pg) accepts connections at {result.stdout.strip()}")
+            dsn = asyncio.run(_create_database(result.stdout.strip(), "sekisho_gateway"))
+            gateway_config_arg = ["--config", str(cluster_config(args.config, dsn))]
+            gateway = load_gateway_config(Path(gateway_config_arg[1]))
+            print(f"PostgreSQL (var/pg) holds the gateway's store: {dsn}")
         demo_listen = demo.str("listen", "127.0.0.1:8090")
         start("demo", "--listen", demo_listen)
-        start("gateway", *config_arg, "serve", *(["--workers", "2"] if args.cluster else []))
+        start("gateway", *gateway_config_arg, "serve",
+              *(["--workers", "2"] if args.cluster else []))
         _wait_tcp(gateway.listen)
 
-        welcome = ca_config.data_dir / "demo" / "welcome.txt"
+        # The cluster's gateway store is another database: its demo user has its own letter.
+        welcome = ca_config.data_dir / "demo" / (
+            "welcome-cluster.txt" if args.cluster else "welcome.txt")
         if not welcome.exists():
             user_id, name, customer, role = DEMO_USER
-            result = _run("gateway", *config_arg, "users", "add", user_id, "--name", name,
+            result = _run("gateway", *gateway_config_arg, "users", "add", user_id, "--name", name,
                           "--customer", customer, "--role", role)
             if result.returncode != 0:
                 raise SystemExit(f"make run: could not create the demo user: {result.stderr}")
@@ -156,12 +208,13 @@ def main() -> int:
         print("\n" + "=" * 72)
         print(f"Sekisho is running. Open {url}/ in a browser.")
         print("The gateway's demo TLS certificate is self-signed: accept the warning once.")
-        print(welcome_text(gateway.database, DEMO_USER[0], welcome))
+        print(welcome_text(gateway, DEMO_USER[0], welcome))
         if args.cluster:
             print("The gateway runs as a supervisor and 2 worker processes on the one port;")
             print(f"watch them: curl -sk {url}/metrics | grep worker   (and {url}/ready).")
-            print("The workers still share the SQLite store: the gateway takes no PostgreSQL")
-            print("DSN yet (README \"Processes\"), so sessions are per worker for now.")
+            print("Both workers share the PostgreSQL store (sessions, lockout, downloads);")
+            print("helpdesk commands: .venv/bin/sekisho-gateway "
+                  f"{' '.join(gateway_config_arg)} ...")
         print("Ctrl-C stops everything.")
         print("=" * 72 + "\n")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -64,13 +64,23 @@ def test_run_cluster_starts_postgres_ca_and_two_workers_and_ctrl_c_stops_all() -
             [sys.executable, "-m", "demo.launch", "--config", str(config), "--cluster"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=directory)
     try:
-        wait_for(lambda: "Sekisho is running" in log.read_text(errors="replace")
+        wait_for(lambda: "Ctrl-C stops everything" in log.read_text(errors="replace")
                  or launcher.poll() is not None, 180, "the cluster did not start", log)
         assert launcher.poll() is None, log.read_text(errors="replace")
         text = log.read_text(errors="replace")
-        assert "PostgreSQL (var/pg) accepts connections at postgresql://" in text
-        assert "2 worker processes" in text and "SQLite" in text
+        assert "PostgreSQL (var/pg) holds the gateway's store: postgresql://" in text
+        assert "2 worker processes" in text
         assert _pg_status(pg) == 0
+        # The workers' store is the PostgreSQL database (the demo user was created there).
+        cluster_config = config.with_name(f"{config.stem}.cluster.toml")
+        assert 'database = "postgresql://' in cluster_config.read_text()
+        assert cluster_config.stat().st_mode & 0o777 == 0o600
+        shown = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(cluster_config), "db", "status"],
+            capture_output=True, text=True, timeout=60, check=False, cwd=directory)
+        assert "backend        postgresql" in shown.stdout, shown.stdout + shown.stderr
+        assert "users          1 " in shown.stdout, shown.stdout
+        assert "Demo user (the welcome letter" in text
         server_cert = directory / "var" / "gateway" / "tls" / "server.crt.pem"
 
         def both_workers_listen() -> bool:
