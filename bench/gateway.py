@@ -84,11 +84,11 @@ def _users(config_path: Path, ca: dict[str, str], user_ids: list[str], folder: P
         from common.passwords import PasswordHasher
         from gateway.auth import Authenticator
         from gateway.config import load_gateway_config
-        from gateway.users import UserStore
+        from gateway.store import open_user_store
         from policy.clock import SystemClock
         async def main():
             config = load_gateway_config(pathlib.Path({str(config_path)!r}))
-            store = await UserStore.open(config.database, SystemClock())
+            store = await open_user_store(config, SystemClock())
             hasher = PasswordHasher(workers=1)
             auth = Authenticator(store, hasher, config.password, clock=SystemClock())
             for user_id in {user_ids!r}:
