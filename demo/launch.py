@@ -147,6 +147,10 @@ def _wait_tcp(address: Address) -> None:
 def main() -> int:
     """Start everything and wait for Ctrl-C."""
     restrict_new_files()  # inherited by every process it starts
+    # Ctrl-C stops everything even when we were started with SIGINT ignored (a shell's
+    # background job inherits that, and the daemons handle SIGINT themselves, so they would
+    # stop and leave us reporting a failure).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     parser.add_argument("--cluster", action="store_true",
