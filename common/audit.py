@@ -128,6 +128,21 @@ async def search(
     return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
 
 
+def row_problems(expected_id: int, prev_hash: str, row_id: int, at: str, actor: str,
+                 action: str, subject: str, details: str, stored_prev: str,
+                 stored_hash: str) -> list[str]:
+    """What is wrong with one stored row, given the id and hash the chain expects before it
+    (R-OPS-2; shared by the SQLite and PostgreSQL chains)."""
+    problems = []
+    if row_id != expected_id:
+        problems.append(f"rows {expected_id}..{row_id - 1} are missing (deleted)")
+    if stored_prev != prev_hash:
+        problems.append(f"row {row_id} does not link to the row before it")
+    if entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
+        problems.append(f"row {row_id} was edited (its hash does not match its content)")
+    return problems
+
+
 async def verify_chain(db: aiosqlite.Connection) -> list[str]:
     """Return the problems found in the chain (empty when intact)."""
     problems: list[str] = []
@@ -137,12 +152,8 @@ async def verify_chain(db: aiosqlite.Connection) -> list[str]:
         "SELECT id, at, actor, action, subject, details, prev_hash, hash FROM audit_log ORDER BY id"
     ) as cursor:
         async for row_id, at, actor, action, subject, details, stored_prev, stored_hash in cursor:
-            if row_id != expected_id:
-                problems.append(f"rows {expected_id}..{row_id - 1} are missing (deleted)")
-            if stored_prev != prev_hash:
-                problems.append(f"row {row_id} does not link to the row before it")
-            if entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
-                problems.append(f"row {row_id} was edited (its hash does not match its content)")
+            problems += row_problems(expected_id, prev_hash, row_id, at, actor, action, subject,
+                                     details, stored_prev, stored_hash)
             prev_hash = stored_hash
             expected_id = row_id + 1
     async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'") as cursor:

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from common.audit import GENESIS, AuditEntry, entry_hash
+from common.audit import GENESIS, AuditEntry, entry_hash, row_problems
 
 SCHEMA = """
 CREATE TABLE audit_log (
@@ -125,12 +125,8 @@ async def verify_chain(conn: asyncpg.Connection) -> list[str]:
                 "SELECT id, at, actor, action, subject, details, prev_hash, hash"
                 " FROM audit_log ORDER BY id"):
             row_id, at, actor, action, subject, details, stored_prev, stored_hash = row
-            if row_id != expected_id:
-                problems.append(f"rows {expected_id}..{row_id - 1} are missing (deleted)")
-            if stored_prev != prev_hash:
-                problems.append(f"row {row_id} does not link to the row before it")
-            if entry_hash(stored_prev, at, actor, action, subject, details) != stored_hash:
-                problems.append(f"row {row_id} was edited (its hash does not match its content)")
+            problems += row_problems(expected_id, prev_hash, row_id, at, actor, action, subject,
+                                     details, stored_prev, stored_hash)
             prev_hash = stored_hash
             expected_id = row_id + 1
         head = await conn.fetchrow("SELECT id, hash FROM audit_head")

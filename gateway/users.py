@@ -260,6 +260,22 @@ def _user(row: Sequence[Any]) -> User:
     )
 
 
+def validated_new_user(user_id: str, role: Role | str, name: str, customer: str
+                       ) -> tuple[str, Role]:
+    """A new user's ID and role, checked (R-CERT-1 ID rules, §1.3.1 roles) for either store."""
+    try:
+        user_id = validate_user_id(user_id)
+    except InvalidUserId as exc:
+        raise BadRequest(str(exc), code=exc.code) from None
+    try:
+        role = Role(role)
+    except ValueError:
+        raise BadRequest(f"role must be admin or contractor, not {role!r}") from None
+    if not name.strip() or not customer.strip():
+        raise BadRequest("a user needs a name and a customer name")
+    return user_id, role
+
+
 class UserStore(SqliteStore):
     """Users, password history, login-attempt counters and the audit log of one gateway."""
 
@@ -298,16 +314,7 @@ class UserStore(SqliteStore):
         actor: str,
     ) -> User:
         """Create a user with a temporary password: the first login leads to the change page."""
-        try:
-            user_id = validate_user_id(user_id)
-        except InvalidUserId as exc:
-            raise BadRequest(str(exc), code=exc.code) from None
-        try:
-            role = Role(role)
-        except ValueError:
-            raise BadRequest(f"role must be admin or contractor, not {role!r}") from None
-        if not name.strip() or not customer.strip():
-            raise BadRequest("a user needs a name and a customer name")
+        user_id, role = validated_new_user(user_id, role, name, customer)
         now = to_epoch(self._clock.now())
         async with self.transaction() as db:
             try:

@@ -34,7 +34,7 @@ from common import audit_pg
 from common.errors import Unavailable
 from common.postgres import PostgresSettings, migrate, notify, run_transaction, schema_version
 from common.sqlite import Owner, from_epoch, to_epoch
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import Conflict, NotFound
 from gateway.users import (
     _USER_COLUMNS,
     ATTEMPT_DEADLINE,
@@ -50,10 +50,9 @@ from gateway.users import (
     _user,
     pickup_record,
     session_record,
+    validated_new_user,
 )
 from policy.clock import Clock
-from policy.errors import InvalidUserId
-from policy.profile import validate_user_id
 
 T = TypeVar("T")
 
@@ -228,16 +227,7 @@ class PgUserStore:
     async def add_user(self, user_id: str, *, name: str, customer: str, role: Role | str,
                        password_hash: str, actor: str) -> User:
         """Create a user with a temporary password (see `gateway.users.UserStore.add_user`)."""
-        try:
-            user_id = validate_user_id(user_id)
-        except InvalidUserId as exc:
-            raise BadRequest(str(exc), code=exc.code) from None
-        try:
-            role = Role(role)
-        except ValueError:
-            raise BadRequest(f"role must be admin or contractor, not {role!r}") from None
-        if not name.strip() or not customer.strip():
-            raise BadRequest("a user needs a name and a customer name")
+        user_id, role = validated_new_user(user_id, role, name, customer)
         now = to_epoch(self._clock.now())
 
         async def work(conn: asyncpg.Connection) -> None:
