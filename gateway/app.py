@@ -51,6 +51,7 @@ from gateway.state import (
     VERIFIER,
 )
 from gateway.store import UserBackend
+from gateway.throttle import AddressThrottle
 from gateway.tls import TrustBundle
 from gateway.verify import CertificateVerifier
 from policy.clock import Clock
@@ -255,12 +256,14 @@ def build_app(config: GatewayConfig, *, clock: Clock, users: UserBackend,
     return app
 
 
-async def _sweep(sessions: SessionStore, pickups: enrollment.PickupStore) -> None:
+async def _sweep(sessions: SessionStore, pickups: enrollment.PickupStore,
+                 throttle: AddressThrottle) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         try:
             await sessions.sweep()
             await pickups.expire()
+            await throttle.expire()
         except Exception as exc:  # the store unreachable: the next sweep tries again
             _log.warning("session_sweep_failed", error=getattr(exc, "code", type(exc).__name__))
 
@@ -339,8 +342,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     stopped at shutdown."""
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
-    sweeper = asyncio.create_task(_sweep(app[SESSIONS], app[enrollment.PICKUPS]),
-                                  name="session-sweeper")
+    sweeper = asyncio.create_task(
+        _sweep(app[SESSIONS], app[enrollment.PICKUPS], app[enrollment.THROTTLE]),
+        name="session-sweeper")
     flusher = asyncio.create_task(_flush_last_seen(app[SESSIONS]), name="session-last-seen")
     async with _session_end_wakeups(app[USERS]) as wake:
         helpdesk = asyncio.create_task(

@@ -296,7 +296,7 @@ _SAME_ANSWER_CODE = "acquisition_bad_credentials"
 
 async def _acquire(request: web.Request, user_id: str, password: str,
                    acquisition_password: str) -> Delivered:
-    if not request.app[THROTTLE].allow(request.remote):
+    if not await request.app[THROTTLE].allow(request.remote):
         _log.warning("acquisition_throttled", remote=request.remote)
         raise TooManyAttempts("too many attempts from this address", code="too_many_attempts")
     auth, ca = request.app[AUTH], request.app[CA]
@@ -381,7 +381,8 @@ def add_routes(app: web.Application) -> None:
     """Register the acquisition, renewal and download pages (and the pickup store)."""
     app[PICKUPS] = PickupStore(app[CLOCK], app[USERS])
     config = app[CONFIG]
-    app[THROTTLE] = AddressThrottle(app[CLOCK], limit=config.acquire_attempts_per_address,
+    app[THROTTLE] = AddressThrottle(app[CLOCK], app[USERS],
+                                    limit=config.acquire_attempts_per_address,
                                     window=config.acquire_throttle_window)
     app.router.add_get("/auth/acquire", acquire_page)
     app.router.add_post("/auth/acquire", acquire)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from common.audit import AuditEntry
 from gateway.config import GatewayConfig
 from gateway.sessions import SessionBackend
+from gateway.throttle import ThrottleBackend
 from gateway.users import PickupRecord, Role, User, UserStore
 from policy.clock import Clock
 
@@ -27,10 +28,11 @@ class PickupBackend(Protocol):
     async def expire_pickups(self, now: float) -> int: ...
 
 
-class UserBackend(SessionBackend, PickupBackend, Protocol):
+class UserBackend(SessionBackend, PickupBackend, ThrottleBackend, Protocol):
     """What the gateway needs from its store (the public methods of
     `gateway.users.UserStore`; see its docstrings for the rules each one keeps), sessions
-    included (`gateway.sessions.SessionBackend`)."""
+    included (`gateway.sessions.SessionBackend`), and the acquisition form's throttle
+    (`gateway.throttle.ThrottleBackend`)."""
 
     what: str
 

@@ -3,16 +3,21 @@
 `/auth/acquire` needs no certificate, so it is the one place where anyone may submit
 passwords. Every POST counts against the client's address, right or wrong: at most `limit`
 in any `window`. IPv6 clients are counted per /64 (one customer's connection usually holds a
-whole /64, and an attacker can pick addresses inside it freely). Memory is bounded: at most
-`max_addresses` are tracked, each with at most `limit` timestamps; when full, the address
-seen least recently is forgotten first.
+whole /64, and an attacker can pick addresses inside it freely).
+
+The count lives in the gateway's store (`acquire_tries`), not in the process: N gateway
+processes or hosts on one store (issue 12) share one budget per address, instead of giving an
+attacker N times the limit by spreading tries over them. Each address holds at most `limit`
+rows; rows older than the window are swept with the sessions, so the table stays bounded by
+the addresses seen in one window. If the store cannot be reached, the form fails closed (the
+store's error page), as every other step of an acquisition would.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict, deque
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Protocol
 
 from policy.clock import Clock
 
@@ -32,35 +37,33 @@ def address_key(remote: str | None) -> str:
     return str(address)
 
 
-class AddressThrottle:
-    """A sliding window of attempts per client address."""
+class ThrottleBackend(Protocol):
+    """The store's side (`gateway.users.UserStore`, `gateway.users_pg.PgUserStore`)."""
 
-    def __init__(self, clock: Clock, *, limit: int, window: timedelta,
-                 max_addresses: int = 10_000) -> None:
+    async def count_acquire_try(self, address: str, now: float, window: float,
+                                limit: int) -> bool: ...
+    async def expire_acquire_tries(self, before: float) -> int: ...
+
+
+class AddressThrottle:
+    """A sliding window of attempts per client address, shared through the store."""
+
+    def __init__(self, clock: Clock, backend: ThrottleBackend, *, limit: int,
+                 window: timedelta) -> None:
         if limit < 1:
             raise ValueError("the throttle's limit must be at least 1")
         self._clock = clock
+        self._backend = backend
         self._limit = limit
         self._window = window
-        self._max = max_addresses
-        self._attempts: OrderedDict[str, deque[datetime]] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._attempts)
-
-    def allow(self, remote: str | None) -> bool:
+    async def allow(self, remote: str | None) -> bool:
         """Count one attempt from `remote`; False when it is over the limit (not counted)."""
-        key = address_key(remote)
-        now = self._clock.now()
-        times = self._attempts.pop(key, None)
-        if times is None:
-            times = deque(maxlen=self._limit)
-            while len(self._attempts) >= self._max:
-                self._attempts.popitem(last=False)
-        self._attempts[key] = times  # most recently seen last
-        while times and times[0] <= now - self._window:
-            times.popleft()
-        if len(times) >= self._limit:
-            return False
-        times.append(now)
-        return True
+        return await self._backend.count_acquire_try(
+            address_key(remote), self._clock.now().timestamp(), self._window.total_seconds(),
+            self._limit)
+
+    async def expire(self) -> int:
+        """Forget tries older than the window (the sweeper's schedule); how many."""
+        return await self._backend.expire_acquire_tries(
+            (self._clock.now() - self._window).timestamp())

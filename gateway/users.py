@@ -132,6 +132,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX pickups_by_expiry ON pickups (expires_at);
     """,
+    # 6: the anonymous acquisition form's per-address throttle as shared state (issue 10
+    # item 3 across the processes of issue 12): one row per counted try.
+    """
+    CREATE TABLE acquire_tries (
+        address TEXT NOT NULL,                 -- gateway.throttle.address_key
+        at REAL NOT NULL                       -- Unix seconds, UTC, with fractions
+    );
+    CREATE INDEX acquire_tries_by_address ON acquire_tries (address, at);
+    CREATE INDEX acquire_tries_by_time ON acquire_tries (at);
+    """,
 )
 
 PICKUP_COLUMNS = "ticket_hash, kind, user_id, serial, not_after, expires_at, fingerprint, sealed"
@@ -611,6 +621,31 @@ class UserStore(SqliteStore):
                 f" RETURNING {PICKUP_COLUMNS}", (ticket_hash, now)) as cursor:
             row = await cursor.fetchone()
         return pickup_record(row) if row else None
+
+    # -- the acquisition form's throttle (issue 10 item 3; gateway.throttle) ---------------
+
+    async def count_acquire_try(self, address: str, now: float, window: float,
+                                limit: int) -> bool:
+        """Count one try of `address` unless it already has `limit` in the last `window`
+        seconds (then False, not counted). One write transaction: every gateway process on
+        this file shares the budget."""
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM acquire_tries WHERE address = ? AND at <= ?",
+                             (address, now - window))
+            async with db.execute("SELECT count(*) FROM acquire_tries WHERE address = ?",
+                                  (address,)) as cursor:
+                row = await cursor.fetchone()
+            if row is not None and row[0] >= limit:
+                return False
+            await db.execute("INSERT INTO acquire_tries (address, at) VALUES (?, ?)",
+                             (address, now))
+            return True
+
+    async def expire_acquire_tries(self, before: float) -> int:
+        """Delete every counted try at or before `before`; how many."""
+        async with self.transaction() as db:
+            cursor = await db.execute("DELETE FROM acquire_tries WHERE at <= ?", (before,))
+            return cursor.rowcount
 
     async def session_ends_after(self, seq: int) -> list[SessionEnd]:
         """The session events after `seq`, oldest first (what followers apply)."""

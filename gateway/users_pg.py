@@ -32,7 +32,14 @@ import asyncpg
 
 from common import audit_pg
 from common.errors import Unavailable
-from common.postgres import PostgresSettings, migrate, notify, run_transaction, schema_version
+from common.postgres import (
+    PostgresSettings,
+    advisory_key,
+    migrate,
+    notify,
+    run_transaction,
+    schema_version,
+)
 from common.sqlite import Owner, from_epoch, to_epoch
 from gateway.errors import Conflict, NotFound
 from gateway.users import (
@@ -143,6 +150,14 @@ MIGRATIONS: tuple[str, ...] = (
         sealed bytea NOT NULL
     );
     CREATE INDEX pickups_by_expiry ON pickups (expires_at);
+    """,
+    """
+    CREATE TABLE acquire_tries (
+        address text NOT NULL,
+        at double precision NOT NULL
+    );
+    CREATE INDEX acquire_tries_by_address ON acquire_tries (address, at);
+    CREATE INDEX acquire_tries_by_time ON acquire_tries (at);
     """,
 )
 
@@ -545,6 +560,37 @@ class PgUserStore:
             " WHERE seq > $1 ORDER BY seq", seq))
         return [SessionEnd(int(r[0]), str(r[1]), str(r[2]),
                            bytes(r[3]) if r[3] is not None else None, r[4]) for r in rows]
+
+    # -- the acquisition form's throttle (issue 10 item 3; gateway.throttle) ---------------
+
+    async def count_acquire_try(self, address: str, now: float, window: float,
+                                limit: int) -> bool:
+        """Count one try of `address` unless it already has `limit` in the last `window`
+        seconds (then False, not counted). A transaction-scoped advisory lock per address
+        makes count-then-insert atomic across every gateway process at READ COMMITTED."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)",
+                               advisory_key(f"sekisho:acquire-tries:{address}"))
+            await conn.execute("DELETE FROM acquire_tries WHERE address = $1 AND at <= $2",
+                               address, now - window)
+            if await conn.fetchval("SELECT count(*) FROM acquire_tries WHERE address = $1",
+                                   address) >= limit:
+                return False
+            await conn.execute("INSERT INTO acquire_tries (address, at) VALUES ($1, $2)",
+                               address, now)
+            return True
+
+        return bool(await self._tx(work))
+
+    async def expire_acquire_tries(self, before: float) -> int:
+        """Delete every counted try at or before `before`; how many."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            return len(await conn.fetch(
+                "DELETE FROM acquire_tries WHERE at <= $1 RETURNING 1", before))
+
+        return await self._tx(work)
 
     async def last_session_event(self) -> int:
         """The newest session event's sequence number (0 when there is none)."""

@@ -17,7 +17,14 @@ import pytest
 
 from gateway.throttle import AddressThrottle, address_key
 from policy.clock import FakeClock
-from tests.gateway.conftest import GOOD_PASSWORD, GatewayHarness, Page, start_gateway
+from gateway.store import UserBackend
+from tests.gateway.conftest import (
+    BOTH_STORES,
+    GOOD_PASSWORD,
+    GatewayHarness,
+    Page,
+    start_gateway,
+)
 
 
 def _comparable(page: Page) -> tuple[int, str | None, str]:
@@ -156,7 +163,7 @@ class TestTickets:
 
 
 class TestThrottle:
-    """Anonymous attempts are throttled per client address, with bounded memory."""
+    """Anonymous attempts are throttled per client address, counted in the shared store."""
 
     def test_throttle_answers_429_then_lets_through_after_window(
             self, tmp_path: Any, clock: FakeClock) -> None:
@@ -184,18 +191,29 @@ class TestThrottle:
         assert "しばらく時間をおいて" in pages[3].text
         assert pages[4].url.endswith("/auth/download"), pages[4].text[:300]
 
-    def test_memory_is_bounded_and_ipv6_counted_per_64(self) -> None:
-        """100,000 distinct addresses keep at most `max_addresses` entries; addresses of one
-        IPv6 /64 share one budget; IPv4-mapped IPv6 is the IPv4 address."""
-        clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-        throttle = AddressThrottle(clock, limit=2, window=timedelta(minutes=10),
-                                   max_addresses=1000)
-        for index in range(100_000):
-            throttle.allow(f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}")
-        assert len(throttle) == 1000
-        assert throttle.allow("2001:db8::1") and throttle.allow("2001:db8::ffff:2")
-        assert not throttle.allow("2001:db8::abcd")
-        assert throttle.allow("2001:db8:0:1::1")
+    @BOTH_STORES
+    async def test_store_keeps_the_count_bounded_and_ipv6_per_64(
+            self, store: UserBackend, clock: FakeClock) -> None:
+        """The count lives in the store: a second throttle on the same store (another
+        gateway process) shares each address's budget; each address keeps at most `limit`
+        rows and the sweep forgets the ones past the window; addresses of one IPv6 /64 share
+        a budget; IPv4-mapped IPv6 is the IPv4 address."""
+        window = timedelta(minutes=10)
+        first = AddressThrottle(clock, store, limit=2, window=window)
+        second = AddressThrottle(clock, store, limit=2, window=window)
+        assert await first.allow("192.0.2.1") and await second.allow("192.0.2.1")
+        assert not await first.allow("192.0.2.1") and not await second.allow("192.0.2.1")
+        assert not await second.allow("::ffff:192.0.2.1")
+        assert await first.allow("2001:db8::1") and await second.allow("2001:db8::ffff:2")
+        assert not await first.allow("2001:db8::abcd")
+        assert await first.allow("2001:db8:0:1::1")
+        for index in range(200):
+            await first.allow(f"10.0.{index >> 8}.{index & 255}")
+        clock.advance(window + timedelta(seconds=1))
+        assert await first.allow("192.0.2.1")  # a new window
+        # 192.0.2.1 dropped its own old tries when it was counted again.
+        assert await first.expire() == 2 + 1 + 200
+        assert await first.expire() == 0
         assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
 
 

@@ -275,6 +275,32 @@ async def test_acquire_on_a_download_on_b(
 
 
 @BOTH_STORES
+async def test_acquisition_throttle_is_one_budget_over_a_and_b(
+        gw: GatewayHarness, pair: tuple[GatewayProcess, GatewayProcess]) -> None:
+    """40 concurrent anonymous tries from one address, half through A and half through B:
+    exactly the configured 20 reach the CA (401), the other 20 get 429 (issue 10 item 3
+    across processes; before, each process kept its own count and all 40 went through)."""
+    a, b = pair
+    jar = aiohttp.CookieJar(unsafe=True)
+
+    async def tries(url: str, first: int) -> list[int]:
+        async with _browser(gw, url, None, jar) as browser:
+            csrf = csrf_of((await browser.get("/auth/acquire")).text)
+
+            async def one(n: int) -> int:
+                answer = await browser.request("POST", "/auth/acquire", data={
+                    "csrf": csrf, "user_id": f"7399{n:02d}", "password": "wrong-pass1",
+                    "acquisition_password": "wrong-acq1"})
+                return answer.status
+
+            return list(await asyncio.gather(*(one(n) for n in range(first, first + 20))))
+
+    statuses = [s for half in await asyncio.gather(tries(a.url, 0), tries(b.url, 20))
+                for s in half]
+    assert sorted(statuses) == [401] * 20 + [429] * 20, statuses
+
+
+@BOTH_STORES
 async def test_a_restart_logs_nobody_out(
         gw: GatewayHarness, pair: tuple[GatewayProcess, GatewayProcess],
         gateway_store: str) -> None:
