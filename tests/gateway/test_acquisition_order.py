@@ -10,14 +10,14 @@ check nor its lock, and the form's answer is the same whichever secret was wrong
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from gateway.store import UserBackend
 from gateway.throttle import AddressThrottle, address_key
 from policy.clock import FakeClock
-from gateway.store import UserBackend
 from tests.gateway.conftest import (
     BOTH_STORES,
     GOOD_PASSWORD,
