@@ -40,8 +40,10 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 async def _two_nodes(dsn: str) -> tuple[PgStore, PgStore]:
-    first = await PgStore.open(PostgresSettings(dsn=dsn, application_name="node1"))
-    second = await PgStore.open(PostgresSettings(dsn=dsn, application_name="node2"))
+    # Named as the daemons of nodes "node1" and "node2" name their sessions
+    # (ca.storage.postgres_settings): a node with none is dead to the others.
+    first = await PgStore.open(PostgresSettings(dsn=dsn, application_name="sekisho-ca:node1"))
+    second = await PgStore.open(PostgresSettings(dsn=dsn, application_name="sekisho-ca:node2"))
     return first, second
 
 

@@ -19,10 +19,12 @@ import contextlib
 import random
 import sqlite3
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +34,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from ca.store_pg import PgStore
 from common.passwords import PasswordHasher
+from common.postgres import PostgresSettings
+from common.sqlite import Owner
 from gateway.auth import Authenticator
 from gateway.users import UserStore
 from policy.clock import SystemClock
@@ -46,7 +51,7 @@ from tests.gateway.conftest import (
     write_client_pem,
 )
 from tests.support.ca_cluster import cluster_configs, cluster_node, pin_internal_tls
-from tests.support.faults import CaProcess, check_invariants, http
+from tests.support.faults import CaProcess, certificate_of, check_invariants, http
 from tests.support.processes import Daemons, launched
 
 ACQUISITIONS = 500
@@ -403,3 +408,104 @@ def test_burst_over_two_nodes_with_node1_killed_halfway(
     page = asyncio.run(login())
     assert page.status == 303, (page.status, page.error)
     assert "/auth/" not in page.headers["Location"], page.headers["Location"]
+
+
+@pytest.fixture
+def node_pair(tmp_path: Path, postgres_dsn: str) -> Iterator[tuple[CaProcess, CaProcess]]:
+    """Two CA nodes on one PostgreSQL database, not started; killed afterwards."""
+    config1, config2 = cluster_configs(tmp_path, postgres_dsn)
+    nodes = cluster_node(config1, postgres_dsn), cluster_node(config2, postgres_dsn)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill9()
+
+
+@pytest.mark.parametrize(("moment", "earlier_failures", "expected"), [
+    ("ca.after_intent", 0, (201, None)),
+    ("ca.after_attempt_counted", 2, (423, "acquisition_locked")),
+])
+def test_a_dead_nodes_unfinished_acquisition_does_not_block_its_user_on_the_other_node(
+        node_pair: tuple[CaProcess, CaProcess], moment: str, earlier_failures: int,
+        expected: tuple[int, str | None]) -> None:
+    """kill -9 of node 1 while a user's acquisition is at `moment`, and node 1 stays down;
+    the user, sent to node 2 (as a gateway following several CA URLs would), gets within
+    seconds what node 1's own restart would have given: node 2's recovery sees that node 1
+    has no session left in the database and settles its reservations. An intent recorded
+    by the dead node is abandoned, so the user acquires (it used to be refused with 409
+    usable_certificate_exists, naming a certificate never issued, for the whole request
+    deadline: 10 minutes); a counted try of the dead node counts as a failure, so after two
+    earlier failures the password is locked (423) and the officer's new one works (it used
+    to be 429 busy for 10 minutes). Every invariant holds on node 2."""
+    node1, node2 = node_pair
+    node1.start(fault=f"{moment}::{earlier_failures + 1}")
+    pin_internal_tls(node1)
+    node2.start()
+    pin_internal_tls(node2)
+    password = node2.acquisition_password("950001")
+    for _ in range(earlier_failures):
+        assert node1.acquire("950001", "wrong-password-1").status == 401
+
+    def doomed() -> None:  # its connection dies with node 1
+        with contextlib.suppress(OSError):
+            node1.acquire("950001", password)
+
+    thread = threading.Thread(target=doomed, daemon=True)
+    thread.start()
+    node1.wait_fault()
+    node1.kill9()
+    thread.join(30)
+    deadline = time.monotonic() + 30  # a bound on the wait: node 2 recovers every 2 s
+    while ((answer := node2.acquire("950001", password)).status, answer.error) != expected:
+        assert (answer.status, answer.error) in {(409, "usable_certificate_exists"),
+                                                 (429, "busy")}, answer
+        assert time.monotonic() < deadline, f"user still refused by node 2: {answer}"
+        time.sleep(0.5)
+    if answer.status == 423:
+        password = node2.acquisition_password("950001")  # the officer issues a new one
+        answer = node2.acquire("950001", password)
+        assert answer.status == 201, answer
+    serial = answer.body["serial"]
+    der = certificate_of(answer, password).public_bytes(serialization.Encoding.DER)
+    others = node2.rows("SELECT state FROM certificates WHERE user_id = '950001'"
+                        " AND serial != ?", (serial,))
+    assert others == ([("abandoned",)] if moment == "ca.after_intent" else [])
+    check_invariants(node2, {serial: der})
+
+
+def test_only_a_disconnected_nodes_daemon_reservations_are_settled_early(
+        postgres_dsn: str) -> None:
+    """Store level: node 2's recovery pass settles, before their deadline, the intent and
+    the counted try of node 3's daemon (node 3 has no session in the database), never those
+    of node 1's daemon (connected) nor those of an officer's CLI (its intents wait for their
+    deadline, as before)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    owners = {"dead": Owner("ca-daemon@node3", "run"), "live": Owner("ca-daemon@node1", "run"),
+              "cli": Owner("ca-cli@node3", "run")}
+
+    async def run() -> tuple[list[tuple[str, str]], list[str]]:
+        node1, node2 = [await PgStore.open(PostgresSettings(
+            dsn=postgres_dsn, application_name=f"sekisho-ca:{name}"))
+            for name in ("node1", "node2")]
+        try:
+            for name, owner in owners.items():
+                await node1.reserve(
+                    serial=f"{len(name):x}{name.encode().hex()}", user_id=f"96{len(name)}{name}",
+                    generation="g1", kind="csr", not_before=now,
+                    not_after=now + timedelta(days=1), now=now, check=lambda _rows: None,
+                    actor="test", owner=owner.id, deadline=now + timedelta(minutes=10))
+                await node1.set_acquisition_secret(f"97{name}", "hash", now, "test")
+                assert await node1.reserve_acquisition_attempt(
+                    f"97{name}", 3, now=now, deadline=now + timedelta(minutes=10),
+                    owner=owner) == "reserved"
+            me = Owner("ca-daemon@node2", "run")
+            return (await node2.reconcile_intents(now, me),
+                    await node2.expire_acquisition_attempts(now, 3, me))
+        finally:
+            await node1.close()
+            await node2.close()
+
+    intents, tries = asyncio.run(run())
+    assert [user for _, user in intents] == ["964dead"]
+    assert tries == ["97dead"]
