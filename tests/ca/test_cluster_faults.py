@@ -347,6 +347,7 @@ def test_burst_over_two_nodes_with_node1_killed_halfway(
     host, port = gateway.address("listen")
     gateway_url = f"https://{host}:{port}"
     server_cert = tmp_path / "var" / "gateway" / "tls" / "server.crt.pem"
+    assert "CRL leader:  node1" in node2.cli("cluster", "status").stdout  # the one killed
     burst = asyncio.run(_run_burst((node1, node2), gateway_url, server_cert, list(users),
                                    tmp_path / "clients"))
     print(f"\n500-acquisition burst over 2 nodes: {burst.seconds:.1f} s, by node {burst.by_node},"
@@ -388,6 +389,8 @@ def test_burst_over_two_nodes_with_node1_killed_halfway(
         == crl2.public_bytes(serialization.Encoding.DER)
     assert {format(entry.serial_number, "x") for entry in crl1} == stored_revoked
     assert node1.rows("SELECT crl_number FROM crl_state WHERE generation = 'g1'") == [(number,)]
+
+    assert "CRL leader:  node2" in node1.cli("cluster", "status").stdout
 
     # The gateway: no pickup left behind, and a user who acquired through it logs in.
     with contextlib.closing(sqlite3.connect(
