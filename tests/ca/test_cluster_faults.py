@@ -9,6 +9,10 @@ them), node 2 kept issuing while node 1 was down, `sekisho-ca audit verify` pass
 PostgreSQL, and both nodes serve the same CRL (one number, the store's revoked serials) and
 answer OCSP as the store says. The gateway stays consistent: every download page it showed
 was downloaded (no pickup left behind) and a user who acquired through it logs in.
+
+And a node that dies and stays down: its users' unfinished acquisitions (an intent, a counted
+try) are settled by the surviving node, which sees that the dead node has no session left in
+the database, instead of blocking those users until the request deadline.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ class Burst:
     by_node: dict[str, int] = field(default_factory=lambda: {"node1": 0, "node2": 0,
                                                              "gateway": 0})
     answer_lost: set[str] = field(default_factory=set)  # 409 usable_certificate_exists
-    interrupted: set[str] = field(default_factory=set)  # a try died with node 1 (or 5xx)
+    interrupted: set[str] = field(default_factory=set)  # a try died with node 1 (or 503)
     refused: dict[str, object] = field(default_factory=dict)  # anything else: a failure
     revoked: set[str] = field(default_factory=set)
     retried: Counter[int | str] = field(default_factory=Counter)  # why tries were repeated
