@@ -121,7 +121,24 @@ _UNREACHABLE = (OSError, asyncpg.exceptions.PostgresConnectionError,
                 asyncpg.exceptions.InvalidPasswordError)
 
 _LIVE = "NOT (state = 'intended' AND COALESCE(deadline, 0) < $2)"
-_DEAD_OWNER = "(COALESCE({column}, '') LIKE ${p} AND {column} != ${q})"
+# Whose reservations (intents, counted tries) can no longer complete, besides those past
+# their deadline: an earlier run of the caller's own instance (`Owner.earlier_runs`), and the
+# daemon of a node that has no session left in this database - killed, or cut off from it -
+# so that the surviving nodes settle a dead node's reservations within a recovery pass (2 s),
+# as its own restart would, instead of refusing its users until the request deadline
+# (10 min; issue 13: no single point of failure). A live daemon always holds sessions named
+# `sekisho-ca:<node>` or `sekisho-ca:<node>:listen` (ca.storage.postgres_settings; its
+# recovery pass and revocation poll use its pool every few seconds), and application_name is
+# visible to every role. A node only cut off is still safe: its intent, once abandoned, can
+# no longer be stored as issued (`complete` needs state 'intended'), so nothing it signs
+# is ever delivered.
+_DEAD_OWNER = (
+    "((COALESCE({column}, '') LIKE ${p} AND {column} != ${q})"
+    " OR ({column} LIKE 'ca-daemon@%' AND NOT EXISTS (SELECT 1 FROM pg_stat_activity"
+    " WHERE datname = current_database()"
+    " AND split_part(application_name, ':', 1) = 'sekisho-ca'"
+    " AND split_part(application_name, ':', 2)"
+    " = split_part(split_part({column}, '@', 2), ':', 1))))")
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

@@ -1,11 +1,13 @@
 """Two real CA nodes (`python -m ca serve`) on one PostgreSQL database and the same key
 files, for the cluster tests and bench/ca_cluster.py (issue 13), and an OCSP query of one
-node's public listener."""
+node's public listener. `cluster_node` makes a node a `CaProcess` (tests/support/faults.py)
+for the tests that kill -9 it and start it again."""
 
 from __future__ import annotations
 
 import contextlib
 import re
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -16,6 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from ca.config import load_ca_config
+from common.tlsfiles import tls_client_context
+from tests.support.faults import CaProcess
 from tests.support.processes import REPO, Daemons, demo_config, launched
 from tests.support.servers import free_port
 
@@ -50,6 +55,24 @@ def two_nodes(first: Path, second: Path) -> Iterator[tuple[Daemons, Daemons]]:
         node1.wait_internal_api()
         node2.wait_internal_api()
         yield node1, node2
+
+
+def cluster_node(config_path: Path, dsn: str) -> CaProcess:
+    """One node of `cluster_configs` as a `CaProcess` (not started): named after its
+    node_name, reading the cluster's database, its internal API over TLS pinned to the
+    certificate the first node's `serve` writes into the shared data folder."""
+    config = load_ca_config(config_path)
+    return CaProcess(
+        config_path=config_path, public_url=f"http://127.0.0.1:{config.public_listen.port}",
+        internal_url=f"https://127.0.0.1:{config.internal_listen.port}",
+        database=config.database, token=config.api_token_file.read_text().strip(),
+        directory=config_path.parent, name=config.node_name, dsn=dsn)
+
+
+def pin_internal_tls(node: CaProcess) -> ssl.SSLContext:
+    """The client context of `node`'s internal listener (once its certificate exists)."""
+    node.internal_tls = tls_client_context(load_ca_config(node.config_path).internal_tls_cert)
+    return node.internal_tls
 
 
 def public_url(node: Daemons) -> str:

@@ -14,16 +14,23 @@ any fault, once the daemon is back:
 - no user is stuck: no stale intent, no stale counted try, and a fresh acquisition with the
   right password is answered 201, 409 usable_certificate_exists (and the store shows that
   certificate) or 423 locked - never 429 or a 5xx.
+
+A `CaProcess` with a `dsn` is one node of a CA cluster on PostgreSQL (issue 13): `rows` reads
+that database, and nodes sharing a folder keep their logs apart by `name`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -34,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -64,14 +72,17 @@ class Answer:
 
 
 def http(method: str, url: str, *, body: bytes | None = None, token: str | None = None,
-         content_type: str = "application/json", timeout: float = 30) -> Answer:
-    """One plain-HTTP request (urllib), errors included."""
+         content_type: str = "application/json", timeout: float = 30,
+         context: ssl.SSLContext | None = None) -> Answer:
+    """One HTTP request (urllib), errors included; https with `context` (a pinned
+    certificate, e.g. the CA's internal listener)."""
     headers = {"Content-Type": content_type} if body is not None else {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout,  # noqa: S310
+                                    context=context) as response:
             status, got, raw = response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         status, got, raw = exc.code, dict(exc.headers), exc.read()
@@ -93,11 +104,15 @@ class CaProcess:
     directory: Path
     process: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
+    name: str = "ca"  # log and marker file names: cluster nodes share one folder
+    dsn: str | None = None  # the PostgreSQL store of a cluster node (then `database` is unused)
+    internal_tls: ssl.SSLContext | None = None  # pins the internal listener's certificate
 
     @property
     def marker(self) -> Path:
         """Where an armed fault point writes the PID when it is reached."""
-        return self.directory / "fault-reached"
+        return self.directory / ("fault-reached" if self.name == "ca"
+                                 else f"{self.name}-fault-reached")
 
     def start(self, fault: str | None = None, *, wait: bool = True,
               timeout: float = 60) -> CaProcess:
@@ -107,7 +122,7 @@ class CaProcess:
             env["SEKISHO_FAULT"] = fault
             env["SEKISHO_FAULT_MARKER"] = str(self.marker)
         self.marker.unlink(missing_ok=True)
-        log = self.directory / f"ca-{len(self.logs)}.log"
+        log = self.directory / f"{self.name}-{len(self.logs)}.log"
         self.logs.append(log)
         with log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -181,7 +196,7 @@ class CaProcess:
         """Call the internal API with the bearer token."""
         body = json.dumps(payload).encode() if payload is not None else None
         return http(method, self.internal_url + path, body=body, token=self.token,
-                    timeout=timeout)
+                    timeout=timeout, context=self.internal_tls)
 
     def acquisition_password(self, user_id: str) -> str:
         """Have the CA issue (or reissue) an acquisition password."""
@@ -195,10 +210,24 @@ class CaProcess:
                         {"user_id": user_id, "acquisition_password": password}, timeout)
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the store directly (a separate read-only connection, like an auditor)."""
+        """Read the store directly (a separate read-only connection, like an auditor);
+        `?` placeholders on either backend."""
+        if self.dsn is not None:
+            return asyncio.run(_pg_rows(self.dsn, sql, params))
         with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True,
                                                 timeout=30)) as db:
             return list(db.execute(sql, params).fetchall())
+
+
+async def _pg_rows(dsn: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    numbers = itertools.count(1)
+    numbered = re.sub(r"\?", lambda _match: f"${next(numbers)}", sql)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction(readonly=True):
+            return [tuple(row) for row in await conn.fetch(numbered, *params)]
+    finally:
+        await conn.close()
 
 
 def certificate_of(answer: Answer, password: str) -> x509.Certificate:
