@@ -211,6 +211,8 @@ def _database_settings(ca: Section) -> tuple[str | None, Path | None, str | None
 
 
 def _node_name(name: str) -> str:
-    """A node name safe inside an owner id and its LIKE pattern (no ':', '%', '_')."""
-    cleaned = re.sub(r"[^A-Za-z0-9.-]", "-", name)[:64]
+    """A node name safe inside an owner id and its LIKE pattern (no ':', '%', '_'), short
+    enough that `sekisho-ca:<node>:listen` fits PostgreSQL's 63-byte application_name
+    uncut: other nodes tell a live node by it (ca.store_pg's dead-owner test)."""
+    cleaned = re.sub(r"[^A-Za-z0-9.-]", "-", name)[:40]
     return cleaned or "local"

@@ -483,3 +483,16 @@ def test_database_gone_gives_503_store_unavailable(
     postgres_cluster.psql(f"DROP DATABASE {postgres_database} WITH (FORCE)")
     status, body = ca.api("POST", "/v1/users/100002/acquisition-password", json={})
     assert (status, body["error"]) == (503, "store_unavailable"), body
+
+
+def test_a_long_node_name_fits_the_session_name_other_nodes_read(tmp_path: Path) -> None:
+    """A host name of 100 characters becomes a node name whose `sekisho-ca:<node>:listen`
+    session name fits PostgreSQL's 63 bytes uncut: a cut name would make the other nodes
+    take this live node for dead and settle its acquisitions under it."""
+    path = write_config(tmp_path, public_port=free_port(), internal_port=free_port(),
+                        database="postgresql://sekisho@127.0.0.1/ca")
+    path.write_text(path.read_text().replace('node_name = "node1"',
+                                             f'node_name = "{"rack_7:" * 15}"'))
+    name = load_ca_config(path).node_name
+    assert len(f"sekisho-ca:{name}:listen".encode()) <= 63
+    assert name.startswith("rack-7-rack-7-") and ":" not in name and "_" not in name
