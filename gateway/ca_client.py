@@ -160,7 +160,7 @@ class CaClient:
                 if exc.sent and not replayable:
                     break
                 continue
-            nodes.succeeded(node)
+            nodes.succeeded(node, use=only is None)
             return result
         raise CaUnavailable("the CA cannot be reached (" + "; ".join(reasons) + ")")
 

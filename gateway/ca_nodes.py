@@ -83,12 +83,13 @@ class CaNodes:
                          key=lambda node: node.retry_at)
         return ready + waiting
 
-    def succeeded(self, node: CaNode) -> None:
-        """`node` answered (any answer below 500, or a 500 that is not about its health)."""
+    def succeeded(self, node: CaNode, *, use: bool = True) -> None:
+        """`node` answered (any answer below 500, or a 500 that is not about its health);
+        with `use`, it becomes the node in use (not for a call only that node could take)."""
         if node.failures:
             _log.info("ca_node_back", role=self.role, node=node.url, failures=node.failures)
         node.failures, node.retry_at, node.last_error = 0, 0.0, ""
-        if node is not self._current:
+        if use and node is not self._current:
             previous, self._current = self._current, node
             _log.warning("ca_node_failover", role=self.role, node=node.url,
                          previous=previous.url, reason=previous.last_error or "back-off")
