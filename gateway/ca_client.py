@@ -9,7 +9,9 @@ that is safe.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -73,6 +75,10 @@ class AcquisitionTicket:
     value: str
     node: str
 
+
+# A probe of a failed node is a cheap read; a node that takes longer is not back yet.
+_PROBE_SECONDS = 3.0
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=_PROBE_SECONDS, connect=_PROBE_SECONDS)
 
 # Answers of a node (or of a proxy in front of it) that say "not this node, not now".
 _NODE_DOWN_STATUSES = frozenset({502, 503, 504})
@@ -164,15 +170,19 @@ class CaClient:
             return result
         raise CaUnavailable("the CA cannot be reached (" + "; ".join(reasons) + ")")
 
-    async def _api(self, method: str, path: str, *, json: Any = None, replayable: bool,
+    async def _api(self, method: str, path: str | Callable[[CaNode], str], *,
+                   json: Any = None, replayable: bool,
                    client_timeout: aiohttp.ClientTimeout | None = None,
                    only: str | None = None) -> dict[str, Any]:
+        """One internal API call (`path` may depend on the node asked); CaRefused for a 4xx,
+        CaUnavailable when no node answered."""
         headers = {"Authorization": f"Bearer {self._token}"}
 
         async def call(node: CaNode) -> tuple[int, Any]:
+            target = path(node) if callable(path) else path
             try:
                 async with self._http(fresh=not replayable).request(
-                    method, node.url + path, json=json, headers=headers,
+                    method, node.url + target, json=json, headers=headers,
                     timeout=client_timeout or self._timeout, ssl=node.ssl,
                 ) as response:
                     if response.status in _NODE_DOWN_STATUSES:
@@ -268,10 +278,16 @@ class CaClient:
         """GET /v1/revocations?after=N&wait=S (long poll); returns (last_seq, events).
 
         Replayable (a read). The sequence numbers are the shared database's, so `after=N`
-        means the same on every node."""
+        means the same on every node. Only the node in use is asked to wait: a node asked
+        because it failed answers at once, so the move to it is known (and on /metrics) now,
+        not after its long poll; the follower's next request waits there."""
         timeout = aiohttp.ClientTimeout(total=wait + 10, connect=3)
-        body = await self._api("GET", f"/v1/revocations?after={after}&wait={wait:g}",
-                               client_timeout=timeout, replayable=True)
+
+        def path(node: CaNode) -> str:
+            waits = wait if node is self.internal.current else 0
+            return f"/v1/revocations?after={after}&wait={waits:g}"
+
+        body = await self._api("GET", path, client_timeout=timeout, replayable=True)
         events = [
             RevocationEvent(int(r["seq"]), str(r["serial"]), str(r["user_id"]),
                             str(r["fingerprint_sha256"]).lower())
@@ -289,16 +305,39 @@ class CaClient:
             raise CaUnavailable(f"{url}: {exc}") from None
 
     async def fetch_public(self, path: str, *, seconds: float, method: str = "GET",
-                           data: bytes | None = None, content_type: str | None = None
-                           ) -> bytes:
+                           data: bytes | None = None, content_type: str | None = None,
+                           only: str | None = None) -> bytes:
         """A public resource (OCSP, CRL, trust bundle) from the first public node that answers
-        200. Replayable: these are reads (an OCSP POST only asks)."""
+        200 (or from the one at `only`). Replayable: these are reads (an OCSP POST only
+        asks)."""
 
         async def call(node: CaNode) -> bytes:
             return await self._fetch_from(node.url + path, seconds=seconds, method=method,
                                           data=data, content_type=content_type)
 
-        return await self._on_nodes(self.public, call, replayable=True)
+        return await self._on_nodes(self.public, call, replayable=True, only=only)
+
+    async def probe_failed_nodes(self) -> None:
+        """Ask each failed node whose back-off is over whether it is back (gateway/ca_nodes.py):
+        the internal API for the feed's position, the public listener for /health. A node
+        that answers is up again (on /metrics) and is used again if configured first."""
+        for node in self.internal.due_for_probe():
+            with contextlib.suppress(CaUnavailable, CaRefused):
+                await self._api("GET", "/v1/revocations?after=latest&wait=0", replayable=True,
+                                only=node.url, client_timeout=_PROBE_TIMEOUT)
+                self.internal.fail_back(node)
+        for node in self.public.due_for_probe():
+            with contextlib.suppress(CaUnavailable):
+                await self.fetch_public("/health", seconds=_PROBE_SECONDS, only=node.url)
+                self.public.fail_back(node)
+
+    async def watch_nodes(self, interval: float = 1.0) -> None:
+        """Probe failed nodes every `interval` seconds until cancelled (the app's background
+        tasks); nothing to do with one node, or while every node answers."""
+        while True:
+            await asyncio.sleep(interval)
+            if len(self.internal.nodes) > 1 or len(self.public.nodes) > 1:
+                await self.probe_failed_nodes()
 
     async def _fetch_from(self, url: str, *, seconds: float, method: str,
                           data: bytes | None, content_type: str | None) -> bytes:

@@ -9,9 +9,13 @@ node can answer any call; this module only decides the order in which they are a
   no latency spike from probing a node that may still be dead.
 * A node that **failed** (refused the connection, timed out, reset it, answered 502/503/504)
   is skipped for a back-off: 1 s after its first failure, doubling with each further one up to
-  30 s. When the back-off is over it is a candidate again, after the node in use: a node that
-  comes back is used as soon as the node in use fails. Its failures are forgotten at its first
-  answer.
+  30 s. When the back-off is over it is a candidate again, after the node in use. Its failures
+  are forgotten at its first answer.
+* A failed node whose back-off is over is **probed** once a second (CaClient.watch_nodes, a
+  cheap read: the feed's position, the public /health): when it answers it is up again and,
+  if it comes before the node in use in the configured order, the gateway goes back to it
+  (the operator lists the preferred node first, e.g. the one in the gateway's own rack).
+  A probe that fails doubles its back-off, as a failed call does.
 * When every node is in back-off, all are still tried (the one whose back-off ends first,
   first): the gateway never gives up on the CA without asking.
 
@@ -96,6 +100,21 @@ class CaNodes:
             metrics.ca_failover(self.role)
             self._publish(previous)
         self._publish(node)
+
+    def due_for_probe(self) -> list[CaNode]:
+        """Failed nodes whose back-off is over (to be asked whether they are back)."""
+        return [node for node in self.nodes if node.failures and self.is_up(node)]
+
+    def fail_back(self, node: CaNode) -> None:
+        """`node` answered a probe: use it again when it is configured before the node in
+        use (and has not failed since)."""
+        if node.failures == 0 and self.nodes.index(node) < self.nodes.index(self._current):
+            previous, self._current = self._current, node
+            _log.warning("ca_node_failback", role=self.role, node=node.url,
+                         previous=previous.url)
+            metrics.ca_failover(self.role)
+            self._publish(previous)
+            self._publish(node)
 
     def failed(self, node: CaNode, reason: str) -> None:
         """`node` did not answer usefully: skip it for its back-off."""

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from common.passwords import PasswordHasher
 from demo.backend import build_app as build_backend
 from gateway.auth import Authenticator
+from gateway.ca_nodes import BACKOFF_MAX
 from gateway.users import UserStore
 from policy.clock import FakeClock, SystemClock
 from policy.password import PasswordPolicy
@@ -35,13 +36,18 @@ from tests.faults.test_gateway_crash import GatewayProcess
 from tests.gateway.conftest import GOOD_PASSWORD, Browser, Enrolled, write_client_pem
 from tests.gateway.test_workers import metric
 from tests.support.ca_cluster import cluster_configs, public_url, two_nodes
-from tests.support.processes import Daemons
+from tests.support.processes import Daemons, launched
 from tests.support.servers import LoopThread, free_port
 
 # A revocation made on node 2 after node 1's death ends the revoked user's session within
 # this bound (the feed answers within 0.25 s of the commit; the rest is slack for a loaded
 # machine). Measured figures: README "CA cluster".
 REVOCATION_BOUND_S = 5.0
+# The gateway's feed follower moves to node 2 within this bound of node 1's kill -9.
+FAILOVER_BOUND_S = 5.0
+# A restarted node 1 is probed and used again (listed first) within this bound of answering:
+# its back-off (at most BACKOFF_MAX) plus the 1 s between probes, plus slack.
+FAILBACK_BOUND_S = BACKOFF_MAX + 5.0
 
 
 @dataclass
@@ -184,7 +190,7 @@ def test_gateway_keeps_serving_through_the_death_of_a_ca_node(cluster_gateway: S
     internal and public calls to node 2 (/metrics), a user first seen after the kill logs in
     (a fresh OCSP answer, no stale one to fall back on), a new acquisition goes through
     node 2, and a revocation made on node 2 ends the revoked user's session within
-    REVOCATION_BOUND_S."""
+    REVOCATION_BOUND_S. Node 1 restarted is used again (failback)."""
     setup = cluster_gateway
     node1, node2 = setup.node1, setup.node2
     steady, newcomer, revoked = (_enroll(node1, tmp_path, user_id)
@@ -194,7 +200,7 @@ def test_gateway_keeps_serving_through_the_death_of_a_ca_node(cluster_gateway: S
         assert time.monotonic() < deadline, setup.log()
         time.sleep(0.1)
 
-    async def scenario() -> tuple[list[int], float]:
+    async def scenario() -> tuple[list[int], float, float]:
         async with setup.browser(steady) as user, setup.browser(revoked) as victim:
             assert (await user.login()).status == 200
             assert (await victim.login()).status == 200
@@ -210,7 +216,14 @@ def test_gateway_keeps_serving_through_the_death_of_a_ca_node(cluster_gateway: S
             asking = asyncio.create_task(keep_asking(time.monotonic() + 8))
             await asyncio.sleep(2)
             os.kill(node1.process.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
             await asyncio.to_thread(node1.process.wait, 10)
+            # The feed's long poll on node 1 is reset by the kill: it moves at once.
+            while await asyncio.to_thread(setup.in_use, "internal") != setup.urls(
+                    "internal")[1:]:
+                assert time.monotonic() - killed_at < FAILOVER_BOUND_S, setup.log()
+                await asyncio.sleep(0.05)
+            failover = time.monotonic() - killed_at
             await asking
 
             async with setup.browser(newcomer) as first_seen:
@@ -237,9 +250,9 @@ def test_gateway_keeps_serving_through_the_death_of_a_ca_node(cluster_gateway: S
                 assert time.monotonic() - revoked_at < REVOCATION_BOUND_S, setup.log()
                 await asyncio.sleep(0.05)
             assert page.status == 403 and page.error == "cert_revoked", page.status
-            return statuses, time.monotonic() - revoked_at
+            return statuses, time.monotonic() - revoked_at, failover
 
-    statuses, latency = asyncio.run(scenario())
+    statuses, latency, failover = asyncio.run(scenario())
     assert len(statuses) > 30 and set(statuses) == {200}, statuses
     assert setup.in_use("internal") == setup.urls("internal")[1:]
     assert setup.in_use("public") == setup.urls("public")[1:]
@@ -255,4 +268,23 @@ def test_gateway_keeps_serving_through_the_death_of_a_ca_node(cluster_gateway: S
     assert "revocation_unavailable_fail_closed" not in log
     _, issued = node2.internal_api("GET", "/v1/users/910003/certificates")
     assert len(issued["certificates"]) == 1
-    print(f"revocation on node 2 -> session refused after {latency:.2f} s")
+
+    # Node 1 comes back: the gateway probes it and, as it is listed first, uses it again.
+    with launched(node1.config_path, "ca", "--config", str(node1.config_path),
+                  "serve") as again:
+        again.wait_internal_api()
+        back_at = time.monotonic()
+        while (setup.in_use("internal"), setup.in_use("public")) != (
+                setup.urls("internal")[:1], setup.urls("public")[:1]):
+            assert time.monotonic() - back_at < FAILBACK_BOUND_S, setup.log()
+            time.sleep(0.1)
+        failback = time.monotonic() - back_at
+
+        async def still_served() -> int:  # the login page checks the certificate
+            async with setup.browser(newcomer) as user:
+                return (await user.get("/auth/login")).status
+
+        assert asyncio.run(still_served()) == 200
+    print(f"\nfeed moved to node 2 {failover:.2f} s after the kill; revocation on node 2 -> "
+          f"session refused after {latency:.2f} s; node 1 used again {failback:.2f} s after "
+          "it answered")

@@ -119,6 +119,27 @@ class TestOrderAndBackoff:
         assert nodes.current is a and a.failures == 0
         assert nodes.candidates() == [a, c, b]
 
+    def test_fail_back_only_to_a_node_configured_before_the_one_in_use(self) -> None:
+        """A probe that finds A back (A listed first) makes A the node in use again; C back
+        while B is in use changes nothing; a node that failed again is not used."""
+        ticker = Ticker()
+        nodes = CaNodes("internal", ["http://a", "http://b", "http://c"], monotonic=ticker)
+        a, b, c = nodes.nodes
+        for node in (a, c):
+            nodes.failed(node, "refused")
+        nodes.succeeded(b)
+        ticker.now += 1.01
+        assert nodes.due_for_probe() == [a, c]
+        nodes.succeeded(c, use=False)
+        nodes.fail_back(c)
+        assert nodes.current is b
+        nodes.failed(a, "refused again")
+        nodes.fail_back(a)
+        assert nodes.current is b and nodes.due_for_probe() == []
+        nodes.succeeded(a, use=False)
+        nodes.fail_back(a)
+        assert nodes.current is a
+
     def test_backoff_doubles_up_to_a_cap_and_all_nodes_down_are_still_tried(self) -> None:
         """1, 2, 4, ... 30 s; with every node in back-off, all are still asked, the one whose
         back-off ends first, first."""
@@ -169,6 +190,8 @@ class FakeNode:
                                      status=int(mode))
         if request.path in ("/ocsp", "/certs/bundle.pem") or request.path.startswith("/crl/"):
             return web.Response(body=f"from {self.name}".encode())
+        if request.path == "/health":
+            return web.json_response({"status": "ok"})
         if request.path == "/v1/revocations":
             return web.json_response({"last_seq": 7, "revocations": []})
         if request.path == "/v1/acquisition-tickets":
@@ -250,6 +273,42 @@ class TestClientFailover:
             assert client.internal_url == a.url and a.paths() == ["/v1/revocations"]
             assert _metric("sekisho_gateway_ca_node_up", node=a.url, **labels) == 1
             assert _metric("sekisho_gateway_ca_node_up", node=b.url, **labels) == 0
+        finally:
+            await client.close()
+
+    async def test_a_failed_node_is_probed_and_used_again_when_it_is_back(
+            self, fake_nodes: tuple[FakeNode, FakeNode]) -> None:
+        """A dies -> B in use; probes during A's back-off ask nothing, a probe after it that
+        fails doubles it; once A answers a probe (feed position, /health) it is up and in
+        use again, for the internal API and the public listener alike."""
+        a, b = fake_nodes
+        ticker = Ticker()
+        client = _client(a, b, ticker)
+        try:
+            await a.stop()
+            await client.revocations("latest", 0)
+            await client.fetch_public("/ocsp", seconds=3, method="POST", data=b"r")
+            assert (client.internal_url, client.public_url) == (b.url, b.url)
+            await client.probe_failed_nodes()  # within the back-off: nothing asked
+            ticker.now += 1.01
+            await client.probe_failed_nodes()  # A still dead: 2 s now
+            assert [node.failures for node in (client.internal.nodes[0],
+                                               client.public.nodes[0])] == [2, 2]
+            await a.start()
+            ticker.now += 1.5
+            await client.probe_failed_nodes()
+            assert a.seen == []
+            ticker.now += 0.6
+            await client.probe_failed_nodes()
+            assert sorted(a.paths()) == ["/health", "/v1/revocations"]
+            assert (client.internal_url, client.public_url) == (a.url, a.url)
+            for role in ("internal", "public"):
+                assert _metric("sekisho_gateway_ca_node_up", worker="1", role=role,
+                               node=a.url) == 1
+                assert _metric("sekisho_gateway_ca_node_in_use", worker="1", role=role,
+                               node=a.url) == 1
+            await client.revocations(7, 0)
+            assert a.paths().count("/v1/revocations") == 2
         finally:
             await client.close()
 
