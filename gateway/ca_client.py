@@ -150,10 +150,10 @@ class CaClient:
                 await session.close()
 
     async def _on_nodes(self, nodes: CaNodes, call: Callable[[CaNode], Awaitable[_T]], *,
-                        replayable: bool, only: str | None = None) -> _T:
-        """`call` on the first node that answers (all of them, or only the one at `only`);
-        CaUnavailable when none did, or when a request that is not `replayable` may have
-        reached a node that then failed."""
+                        replayable: bool, only: str | None = None) -> tuple[CaNode, _T]:
+        """`call` on the first node that answers (all of them, or only the one at `only`):
+        that node and its answer; CaUnavailable when none did, or when a request that is not
+        `replayable` may have reached a node that then failed."""
         reasons = []
         for node in nodes.candidates():
             if only is not None and node.url != only:
@@ -167,15 +167,15 @@ class CaClient:
                     break
                 continue
             nodes.succeeded(node, use=only is None)
-            return result
+            return node, result
         raise CaUnavailable("the CA cannot be reached (" + "; ".join(reasons) + ")")
 
     async def _api(self, method: str, path: str | Callable[[CaNode], str], *,
                    json: Any = None, replayable: bool,
                    client_timeout: aiohttp.ClientTimeout | None = None,
-                   only: str | None = None) -> dict[str, Any]:
-        """One internal API call (`path` may depend on the node asked); CaRefused for a 4xx,
-        CaUnavailable when no node answered."""
+                   only: str | None = None) -> tuple[CaNode, dict[str, Any]]:
+        """One internal API call (`path` may depend on the node asked): the node that answered
+        and its JSON; CaRefused for a 4xx, CaUnavailable when no node answered."""
         headers = {"Authorization": f"Bearer {self._token}"}
 
         async def call(node: CaNode) -> tuple[int, Any]:
@@ -194,8 +194,8 @@ class CaClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _failure(exc) from None
 
-        status, body = await self._on_nodes(self.internal, call, replayable=replayable,
-                                            only=only)
+        node, (status, body) = await self._on_nodes(self.internal, call,
+                                                    replayable=replayable, only=only)
         if not isinstance(body, dict):
             body = {}
         if status >= 500:  # the node answers, but this call failed there (a bug: no retry)
@@ -203,7 +203,7 @@ class CaClient:
         if status >= 400:
             raise CaRefused(str(body.get("message", "refused")),
                             code=str(body.get("error", "refused")), ca_status=status, body=body)
-        return body
+        return node, body
 
     async def acquire(self, user_id: str, acquisition_password: str, *,
                       ticket: AcquisitionTicket | None = None) -> Delivered:
@@ -223,16 +223,16 @@ class CaClient:
                                    "actor": "gateway"}
         if ticket is not None:
             try:
-                body = await self._api("POST", "/v1/acquire",
-                                       json={**request, "ticket": ticket.value},
-                                       replayable=True, only=ticket.node)
+                _, body = await self._api("POST", "/v1/acquire",
+                                          json={**request, "ticket": ticket.value},
+                                          replayable=True, only=ticket.node)
                 return _delivered(body)
             except CaUnavailable as exc:
                 if len(self.internal.nodes) == 1:
                     raise
                 _log.warning("acquisition_ticket_node_failed", node=ticket.node,
                              reason=str(exc))
-        body = await self._api("POST", "/v1/acquire", json=request, replayable=True)
+        _, body = await self._api("POST", "/v1/acquire", json=request, replayable=True)
         return _delivered(body)
 
     async def open_acquisition(self, user_id: str,
@@ -244,10 +244,10 @@ class CaClient:
         (R-CERT-5), and a node that died after counting a wrong password would have it
         counted twice. A refused connection moves on (nothing was counted).
         """
-        body = await self._api("POST", "/v1/acquisition-tickets", json={
+        node, body = await self._api("POST", "/v1/acquisition-tickets", json={
             "user_id": user_id, "acquisition_password": acquisition_password,
             "actor": "gateway"}, replayable=False)
-        return AcquisitionTicket(str(body["ticket"]), self.internal_url)
+        return AcquisitionTicket(str(body["ticket"]), node.url)
 
     async def renew(self, serial: str, password: str) -> Delivered:
         """POST /v1/renew: a new certificate, PKCS#12 encrypted with `password` (R-CERT-6).
@@ -256,7 +256,7 @@ class CaClient:
         under way, and of a certificate that is no longer the user's newest (R-CERT-6, in the
         shared database), so a renewal the failed node did is not done twice.
         """
-        body = await self._api("POST", "/v1/renew",
+        _, body = await self._api("POST", "/v1/renew",
                                json={"serial": serial, "password": password, "actor": "gateway"},
                                replayable=True)
         return _delivered(body)
@@ -268,7 +268,7 @@ class CaClient:
         password after the next node's, and the letter would carry a password that no longer
         works. A refused connection moves on.
         """
-        body = await self._api("POST", f"/v1/users/{user_id}/acquisition-password",
+        _, body = await self._api("POST", f"/v1/users/{user_id}/acquisition-password",
                                json={"actor": actor}, replayable=False)
         return str(body["acquisition_password"])
 
@@ -287,7 +287,7 @@ class CaClient:
             waits = wait if node is self.internal.current else 0
             return f"/v1/revocations?after={after}&wait={waits:g}"
 
-        body = await self._api("GET", path, client_timeout=timeout, replayable=True)
+        _, body = await self._api("GET", path, client_timeout=timeout, replayable=True)
         events = [
             RevocationEvent(int(r["seq"]), str(r["serial"]), str(r["user_id"]),
                             str(r["fingerprint_sha256"]).lower())
@@ -315,7 +315,8 @@ class CaClient:
             return await self._fetch_from(node.url + path, seconds=seconds, method=method,
                                           data=data, content_type=content_type)
 
-        return await self._on_nodes(self.public, call, replayable=True, only=only)
+        _, body = await self._on_nodes(self.public, call, replayable=True, only=only)
+        return body
 
     async def probe_failed_nodes(self) -> None:
         """Ask each failed node whose back-off is over whether it is back (gateway/ca_nodes.py):
