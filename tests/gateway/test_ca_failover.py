@@ -436,3 +436,37 @@ async def test_each_internal_node_is_pinned_to_its_own_certificate(
         await swapped.close()
         await a.stop()
         await b.stop()
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ('ca_internal_url = ["https://127.0.0.1:9", "ftp://127.0.0.1:10"]',
+     "gateway.ca_internal_url[1] must start with http:// or https://"),
+    ('ca_public_url = ["http://127.0.0.1:9", "127.0.0.1:10"]',
+     "gateway.ca_public_url[1] must start with http:// or https://"),
+    ('ca_internal_url = ["https://127.0.0.1:9", "https://127.0.0.1:10"]\n'
+     'ca_internal_trust = ["{present}", "{missing}"]',
+     "gateway.ca_internal_trust: {missing} does not exist"),
+])
+def test_serve_refuses_a_wrong_node_naming_the_key(
+        tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str], lines: str,
+        message: str) -> None:
+    """`sekisho-gateway serve` stops at start-up (exit 1, one line naming the key and the
+    item) before asking any node: a wrong URL in a list, a missing pin of the second node."""
+    from gateway import cli as gateway_cli
+
+    present, missing = tmp_path / "node1.crt.pem", tmp_path / "node2.crt.pem"
+    ensure_server_certificate(present, tmp_path / "node1.key.pem", "https://127.0.0.1", clock)
+    token = tmp_path / "token"
+    token.write_text("t" * 40)
+    token.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[gateway]
+database = "{tmp_path / 'gw.sqlite3'}"
+ca_api_token_file = "{token}"
+ca_root_sha256 = "{'ab' * 32}"
+{lines.format(present=present, missing=missing)}
+""")
+    assert gateway_cli.main(["--config", str(config), "serve"]) == 1
+    err = capsys.readouterr().err
+    assert message.format(missing=missing) in err and "Traceback" not in err
