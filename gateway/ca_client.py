@@ -78,7 +78,15 @@ class AcquisitionTicket:
 
 # A probe of a failed node is a cheap read; a node that takes longer is not back yet.
 _PROBE_SECONDS = 3.0
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=_PROBE_SECONDS, connect=_PROBE_SECONDS)
+# Limit of the TCP connect alone (not the wait for a free pooled connection, which is no sign
+# of a dead node): a node that does not accept within it is failed over as "not sent". At
+# most half of a call's total, so that it fires first (the total's expiry may come after
+# the request was sent).
+_CONNECT_SECONDS = 3.0
+
+
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(total / 2, _CONNECT_SECONDS))
 
 # Answers of a node (or of a proxy in front of it) that say "not this node, not now".
 _NODE_DOWN_STATUSES = frozenset({502, 503, 504})
@@ -116,7 +124,7 @@ class CaClient:
                                 [context or True for context in contexts], monotonic=monotonic)
         self.public = CaNodes("public", public_urls, monotonic=monotonic)
         self._token = token
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
+        self._timeout = _timeout(timeout)
         self._session: aiohttp.ClientSession | None = None
         self._fresh_session: aiohttp.ClientSession | None = None
 
@@ -134,7 +142,7 @@ class CaClient:
         if fresh:
             if self._fresh_session is None or self._fresh_session.closed:
                 self._fresh_session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=16, force_close=True),
+                    connector=aiohttp.TCPConnector(limit=64, force_close=True),
                     timeout=self._timeout)
             return self._fresh_session
         if self._session is None or self._session.closed:
@@ -281,7 +289,7 @@ class CaClient:
         means the same on every node. Only the node in use is asked to wait: a node asked
         because it failed answers at once, so the move to it is known (and on /metrics) now,
         not after its long poll; the follower's next request waits there."""
-        timeout = aiohttp.ClientTimeout(total=wait + 10, connect=3)
+        timeout = _timeout(wait + 10)
 
         def path(node: CaNode) -> str:
             waits = wait if node is self.internal.current else 0
@@ -325,7 +333,7 @@ class CaClient:
         for node in self.internal.due_for_probe():
             with contextlib.suppress(CaUnavailable, CaRefused):
                 await self._api("GET", "/v1/revocations?after=latest&wait=0", replayable=True,
-                                only=node.url, client_timeout=_PROBE_TIMEOUT)
+                                only=node.url, client_timeout=_timeout(_PROBE_SECONDS))
                 self.internal.fail_back(node)
         for node in self.public.due_for_probe():
             with contextlib.suppress(CaUnavailable):
@@ -346,7 +354,7 @@ class CaClient:
         try:
             async with self._http().request(
                 method, url, data=data, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=seconds, connect=min(seconds, 3.0)),
+                timeout=_timeout(seconds),
             ) as response:
                 if response.status in _NODE_DOWN_STATUSES:
                     raise _NodeFailed(f"answered {response.status}", sent=True)

@@ -9,7 +9,9 @@ tests/gateway/test_ca_cluster_failover.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +366,35 @@ class TestClientFailover:
             assert await client.issue_acquisition_password("u1", actor="x") == "pw-B"
         finally:
             await client.close()
+
+    async def test_a_node_that_never_accepts_is_failed_over_after_the_connect_limit(
+            self, fake_nodes: tuple[FakeNode, FakeNode]) -> None:
+        """A host that has vanished drops connection attempts without an answer (here: a
+        listening socket whose accept queue is full). After the connect limit the call moves
+        to B, even a counted one (nothing was sent), and the silent node is in back-off."""
+        _, b = fake_nodes
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(0)
+            port = silent.getsockname()[1]
+            fillers = []
+            for _ in range(4):  # fill the accept queue: further SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+            client = CaClient([f"http://127.0.0.1:{port}", b.url], [b.url], TOKEN,
+                              timeout=2.0, monotonic=Ticker())  # connect limit 1 s
+            try:
+                assert (await client.open_acquisition("u1", "acq")).node == b.url
+                silent_node = client.internal.nodes[0]
+                assert silent_node.failures == 1
+                assert "ConnectionTimeoutError" in silent_node.last_error
+            finally:
+                await client.close()
+                for filler in fillers:
+                    filler.close()
 
     async def test_a_ticket_is_redeemed_on_its_node_or_the_next_node_checks_the_password(
             self, fake_nodes: tuple[FakeNode, FakeNode]) -> None:
