@@ -339,11 +339,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     follower; all stopped at shutdown."""
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
-    # Several CA nodes (issue 13): a failed node is probed until it is back.
-    watcher = asyncio.create_task(app[CA].watch_nodes(), name="ca-node-watcher")
     sweeper = asyncio.create_task(_sweep(app[SESSIONS], app[enrollment.PICKUPS]),
                                   name="session-sweeper")
     flusher = asyncio.create_task(_flush_last_seen(app[SESSIONS]), name="session-last-seen")
+    # Several CA nodes (issue 13): a failed node is probed until it is back.
+    watcher = asyncio.create_task(app[CA].watch_nodes(), name="ca-node-watcher")
     async with _session_end_wakeups(app[USERS]) as wake:
         helpdesk = asyncio.create_task(
             follow_session_events(app[USERS], app[SESSIONS],
