@@ -372,6 +372,10 @@ class CaClient:
 def _failure(exc: BaseException) -> _NodeFailed:
     """A transport error as a node failure; only a connection never made is "not sent"."""
     sent = not isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Not the pinned certificate (gateway.ca_internal_trust): a replaced certificate, or
+        # someone else on the node's address. Nothing was sent (not even the token).
+        _log.error("ca_node_certificate_refused", node=str(exc.host), port=exc.port)
     return _NodeFailed(f"cannot be reached: {type(exc).__name__}", sent=sent)
 
 

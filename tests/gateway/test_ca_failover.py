@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 
 from common.config import ConfigError, RawConfig
@@ -459,8 +460,12 @@ async def test_each_internal_node_is_pinned_to_its_own_certificate(
         assert await right.revocations("latest", 0) == (7, [])
         assert right.internal_url == b.url
         await a.start()
-        with pytest.raises(CaUnavailable, match="ClientConnectorCertificateError"):
+        with structlog.testing.capture_logs() as logs, \
+                pytest.raises(CaUnavailable, match="ClientConnectorCertificateError"):
             await swapped.revocations("latest", 0)
+        refused = [e for e in logs if e["event"] == "ca_node_certificate_refused"]
+        assert [(e["log_level"], e["port"]) for e in refused] == [("error", a.port),
+                                                                   ("error", b.port)]
         assert [path for node in (a, b) for path in node.paths()] == ["/v1/revocations"] * 2
     finally:
         await right.close()
