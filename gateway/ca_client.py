@@ -303,15 +303,6 @@ class CaClient:
         ]
         return int(body.get("last_seq", after)), events
 
-    async def fetch(self, url: str, *, seconds: float, method: str = "GET",
-                    data: bytes | None = None, content_type: str | None = None) -> bytes:
-        """A public HTTP resource at one URL; CaUnavailable unless 200."""
-        try:
-            return await self._fetch_from(url, seconds=seconds, method=method, data=data,
-                                          content_type=content_type)
-        except _NodeFailed as exc:
-            raise CaUnavailable(f"{url}: {exc}") from None
-
     async def fetch_public(self, path: str, *, seconds: float, method: str = "GET",
                            data: bytes | None = None, content_type: str | None = None,
                            only: str | None = None) -> bytes:
