@@ -338,23 +338,25 @@ async def _session_end_wakeups(users: UserBackend) -> AsyncIterator[asyncio.Even
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Proxy pool, revocation feed follower, session sweeper, session-event follower; all
-    stopped at shutdown."""
+    """Proxy pool, revocation feed follower, CA node watcher, session sweeper, session-event
+    follower; all stopped at shutdown."""
     await app[PROXY].start()
     follower = asyncio.create_task(app[REVOCATION].follow(), name="revocation-feed")
     sweeper = asyncio.create_task(
         _sweep(app[SESSIONS], app[enrollment.PICKUPS], app[enrollment.THROTTLE]),
         name="session-sweeper")
     flusher = asyncio.create_task(_flush_last_seen(app[SESSIONS]), name="session-last-seen")
+    # Several CA nodes (issue 13): a failed node is probed until it is back.
+    watcher = asyncio.create_task(app[CA].watch_nodes(), name="ca-node-watcher")
     async with _session_end_wakeups(app[USERS]) as wake:
         helpdesk = asyncio.create_task(
             follow_session_events(app[USERS], app[SESSIONS],
                                   await app[USERS].last_session_event(), wake=wake),
             name="session-events")
         yield
-        for task in (follower, sweeper, helpdesk, flusher):
+        for task in (follower, watcher, sweeper, helpdesk, flusher):
             task.cancel()
-        for task in (follower, sweeper, helpdesk, flusher):
+        for task in (follower, watcher, sweeper, helpdesk, flusher):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     with contextlib.suppress(Exception):

@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import sqlite3
+import ssl
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -102,17 +103,20 @@ def read_api_token(path: Path) -> str:
 
 
 def ca_client_for(config: GatewayConfig) -> CaClient:
-    """A CA client with the token from config."""
-    internal_ssl = None
-    if config.ca_internal_url.startswith("https://"):
-        trust = config.ca_internal_trust
+    """A CA client for every configured CA node, with the token from config; each https://
+    node's listener is pinned to its own `gateway.ca_internal_trust` file (issue 13)."""
+    contexts: list[ssl.SSLContext | None] = []
+    for url, trust in zip(config.ca_internal_urls, config.ca_internal_trusts, strict=True):
+        if not url.startswith("https://"):
+            contexts.append(None)
+            continue
         if trust is not None and not trust.is_file():
             raise ConfigError(f"gateway.ca_internal_trust: {trust} does not exist; the CA makes "
                               "it on its first `serve` with ca.internal_tls (start the CA "
                               "first), or point it at the CA's internal certificate")
-        internal_ssl = tls_client_context(trust)
-    return CaClient(config.ca_internal_url, config.ca_public_url,
-                    read_api_token(config.ca_api_token_file), internal_ssl=internal_ssl)
+        contexts.append(tls_client_context(trust))
+    return CaClient(config.ca_internal_urls, config.ca_public_urls,
+                    read_api_token(config.ca_api_token_file), internal_ssl=contexts)
 
 
 def trust_anchor_for(config: GatewayConfig) -> TrustAnchor:

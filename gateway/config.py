@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from common.config import Address, ConfigError, RawConfig, Section, load_raw
+from common.config import Address, ConfigError, RawConfig, Section, load_raw, resolve_path
 from common.cutovers import load_cutovers
 from common.listener import ConnectionLimits
 from common.postgres import PostgresConfigError, PostgresSettings
@@ -43,9 +43,14 @@ class GatewayConfig:
     public_url: str
     database: Path
     backend_url: str
-    ca_public_url: str
-    ca_internal_url: str
-    ca_internal_trust: Path | None  # pinned certificate of the CA's internal listener (https)
+    # The CA nodes (issue 13): one URL per node, in the order the gateway tries them first
+    # (a string in config.toml is a list of one). Public: OCSP, CRL, issuer bundle.
+    ca_public_urls: tuple[str, ...]
+    # Internal API (bearer token): acquire, renew, acquisition passwords, revocation feed.
+    ca_internal_urls: tuple[str, ...]
+    # The pinned certificate of each internal URL's listener (https), aligned with
+    # ca_internal_urls; None: the system's CAs (or an http:// URL).
+    ca_internal_trusts: tuple[Path | None, ...]
     ca_api_token_file: Path
     tls_cert: Path
     tls_key: Path
@@ -86,6 +91,16 @@ class GatewayConfig:
     ready_revocation_max_age: timedelta = timedelta(seconds=60)
 
     @property
+    def ca_public_url(self) -> str:
+        """The first CA node's public URL (messages, the single-node case)."""
+        return self.ca_public_urls[0]
+
+    @property
+    def ca_internal_url(self) -> str:
+        """The first CA node's internal URL."""
+        return self.ca_internal_urls[0]
+
+    @property
     def store_name(self) -> str:
         """Where the store is, for messages: the file, or the DSN (it holds no password)."""
         return self.postgres.dsn if self.postgres is not None else str(self.database)
@@ -100,6 +115,41 @@ def _url(value: str, key: str, schemes: tuple[str, ...] = ("http://", "https://"
     if not value.startswith(schemes):
         raise ConfigError(f"gateway.{key} must start with {' or '.join(schemes)}, not {value!r}")
     return value.rstrip("/")
+
+
+def _urls(gw: Section, key: str, default: str) -> tuple[str, ...]:
+    """One URL (a string) or several (a TOML array: one per CA node, issue 13), each
+    validated like a single one; an error names the key and the item."""
+    value = gw.values.get(key, default)
+    if isinstance(value, str):
+        return (_url(value, key),)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"gateway.{key} must be a URL or a non-empty list of URLs, "
+                          f"not {value!r}")
+    urls = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError(f"gateway.{key}[{index}] must be a URL string, not {item!r}")
+        urls.append(_url(item, f"{key}[{index}]"))
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"gateway.{key} names the same node twice")
+    return tuple(urls)
+
+
+def _internal_trusts(gw: Section, count: int) -> tuple[Path | None, ...]:
+    """`gateway.ca_internal_trust`: one file for every node (it may hold several
+    certificates), or a list aligned with `ca_internal_url` (each node its own pin)."""
+    value = gw.values.get("ca_internal_trust")
+    if value is None:
+        return (None,) * count
+    if isinstance(value, str):
+        return (gw.path("ca_internal_trust"),) * count
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError("gateway.ca_internal_trust must be a file or a list of files")
+    if len(value) != count:
+        raise ConfigError(f"gateway.ca_internal_trust lists {len(value)} files for "
+                          f"{count} gateway.ca_internal_url entries (one per node, same order)")
+    return tuple(resolve_path(gw.base_dir, item) for item in value)
 
 
 def _postgres_settings(gw: Section, dsn: str) -> PostgresSettings:
@@ -185,6 +235,7 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
         raise ConfigError("gateway.database_password_file / _env need gateway.database to be a "
                           "postgresql:// DSN")
     temporary_length = gw.int("temporary_password_length", 12, minimum=password.min_length)
+    internal_urls = _urls(gw, "ca_internal_url", "http://127.0.0.1:8081")
     return GatewayConfig(
         listen=gw.address("listen", "127.0.0.1:8443"),
         public_url=public_url,
@@ -192,11 +243,9 @@ def gateway_config_from(raw: RawConfig) -> GatewayConfig:
                   else raw.base_dir / "var/gateway/gateway.sqlite3"),
         postgres=postgres,
         backend_url=_url(gw.str("backend_url", "http://127.0.0.1:8090"), "backend_url"),
-        ca_public_url=_url(gw.str("ca_public_url", "http://127.0.0.1:8080"), "ca_public_url"),
-        ca_internal_url=_url(gw.str("ca_internal_url", "http://127.0.0.1:8081"),
-                             "ca_internal_url"),
-        ca_internal_trust=(gw.path("ca_internal_trust") if "ca_internal_trust" in gw.values
-                           else None),
+        ca_public_urls=_urls(gw, "ca_public_url", "http://127.0.0.1:8080"),
+        ca_internal_urls=internal_urls,
+        ca_internal_trusts=_internal_trusts(gw, len(internal_urls)),
         ca_api_token_file=gw.path("ca_api_token_file", "var/secrets/ca-api-token"),
         tls_cert=gw.path("tls_cert", "var/gateway/tls/server.crt.pem"),
         tls_key=gw.path("tls_key", "var/gateway/tls/server.key.pem"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # The slot of this process (the supervisor sets it; "1" when the gateway runs alone).
@@ -33,6 +33,20 @@ _REQUESTS = Counter("sekisho_gateway_requests", "Requests answered on the TLS li
 _STARTS = Counter("sekisho_gateway_worker_starts",
                   "Starts of each worker slot (restarts = starts - 1)", ["worker"],
                   registry=_registry)
+
+# Several CA nodes (issue 13, gateway/ca_nodes.py): per worker, role ("internal" API or
+# "public" OCSP/CRL/bundle) and node URL. A gauge keeps each worker's last value.
+_CA_NODE_UP = Gauge("sekisho_gateway_ca_node_up",
+                    "1 while the CA node's last call succeeded, 0 after a failed one until it "
+                    "answers again", ["worker", "role", "node"], registry=_registry,
+                    multiprocess_mode="mostrecent")
+_CA_NODE_IN_USE = Gauge("sekisho_gateway_ca_node_in_use",
+                        "1 for the CA node this worker asks first (the last that answered)",
+                        ["worker", "role", "node"], registry=_registry,
+                        multiprocess_mode="mostrecent")
+_CA_FAILOVERS = Counter("sekisho_gateway_ca_failovers",
+                        "Moves of a worker from one CA node to another", ["worker", "role"],
+                        registry=_registry)
 
 
 def worker_id() -> str:
@@ -68,3 +82,15 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=folder)
     return generate_latest(registry)
+
+
+def ca_node_state(role: str, node: str, *, up: bool, in_use: bool) -> None:
+    """Show whether a CA node answers and whether it is the one in use (gateway/ca_nodes.py)."""
+    worker = worker_id()
+    _CA_NODE_UP.labels(worker=worker, role=role, node=node).set(1 if up else 0)
+    _CA_NODE_IN_USE.labels(worker=worker, role=role, node=node).set(1 if in_use else 0)
+
+
+def ca_failover(role: str) -> None:
+    """Count one move to another CA node."""
+    _CA_FAILOVERS.labels(worker=worker_id(), role=role).inc()

@@ -16,6 +16,10 @@ Three sources, one cache:
    certificate's distribution point), when OCSP fails: signature
    by the issuer, nextUpdate in the future. Cached per URL for the same lifetime.
 
+With several CA nodes (issue 13) the feed, OCSP and the CRL are asked of the node in use and,
+when it fails, of the next one (gateway/ca_nodes.py, gateway/ca_client.py): the feed's sequence
+numbers are the shared database's, so following resumes on another node where it stopped.
+
 Cache lifetimes: a "good" answer is re-asked after `cache_ttl` (default 5 min) while the
 feed is followed, after `unfollowed_ttl` (2 s) while it is not (CA restarting, network cut),
 and never later than its nextUpdate. "Revoked" answers are final and kept. When a re-ask
@@ -192,13 +196,13 @@ class RevocationChecker:
         # Only our CA's configured responder: never the AIA URL of the certificate being
         # judged (an attacker who writes that URL would choose who answers, and learn who
         # logs in when; cf. Keycloak fetching a certificate's URLs before trusting it).
-        url = self._ca.public_url + "/ocsp"
         request = (ocsp.OCSPRequestBuilder()
                    .add_certificate(certificate, issuer, hashes.SHA1())  # noqa: S303 - RFC 5019 CertID
                    .build().public_bytes(serialization.Encoding.DER))
-        der = await self._ca.fetch(url, seconds=self._settings.fetch_timeout.total_seconds(),
-                                   method="POST", data=request,
-                                   content_type="application/ocsp-request")
+        # Any CA node answers (issue 13): the first that answers, the node in use first.
+        der = await self._ca.fetch_public(
+            "/ocsp", seconds=self._settings.fetch_timeout.total_seconds(), method="POST",
+            data=request, content_type="application/ocsp-request")
         now = self._clock.now()
         return verify_ocsp_response(der, certificate, issuer, now)
 
@@ -210,13 +214,16 @@ class RevocationChecker:
         generation = generation_of(issuer)
         if not generation:
             raise _BadAnswer("the issuing CA is not one of our generations")
-        url = f"{self._ca.public_url}/crl/{generation}.crl"
+        # Cached per generation, whichever node served it: every node serves the same CRL
+        # (the cluster's one signer, issue 13), checked against the issuer's key anyway.
+        path = f"/crl/{generation}.crl"
         now = self._clock.now()
-        cached = self._crls.get(url)
+        cached = self._crls.get(path)
         if cached is None or not self._within(cached.fetched_at, cached.next_update, now):
-            der = await self._ca.fetch(url, seconds=self._settings.fetch_timeout.total_seconds())
+            der = await self._ca.fetch_public(
+                path, seconds=self._settings.fetch_timeout.total_seconds())
             cached = _verify_crl(der, issuer, now)
-            self._crls[url] = cached
+            self._crls[path] = cached
         entry = cached.crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
         if entry is not None:
             return Answer(Status.REVOKED, "crl", now, None)

@@ -283,7 +283,7 @@ class TestRevocationOnlyAtOurCa:
         gw.ca.sync()
         revocation = gw.app[REVOCATION]
         asked: list[str] = []
-        original = revocation._ca.fetch
+        original = revocation._ca._fetch_from  # each node's URL passes here (issue 13)
 
         async def fetch(url: str, **kwargs: Any) -> bytes:
             asked.append(url)
@@ -292,7 +292,7 @@ class TestRevocationOnlyAtOurCa:
                 raise CaUnavailable("OCSP down for this test")
             return await original(url, **kwargs)
 
-        revocation._ca.fetch = fetch
+        revocation._ca._fetch_from = fetch  # type: ignore[method-assign]
         revocation._revoked_live.clear()
         revocation._answers.clear()
         async with gw.browser(user) as browser:

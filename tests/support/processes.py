@@ -129,6 +129,15 @@ class Daemons:
                 return line.split('"')[1]
         raise KeyError(key)
 
+    @property
+    def internal_tls_cert(self) -> Path:
+        """The internal listener's certificate (`ca.internal_tls_cert`; each node of a
+        cluster may have its own)."""
+        try:
+            return self.config_path.parent / self._address("internal_tls_cert")
+        except KeyError:
+            return self.var / "ca" / "internal-tls.crt.pem"
+
     def internal_api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Call the CA's internal API over TLS, pinning its certificate, with the token."""
         token = (self.var / "secrets" / "ca-api-token").read_text().strip()
@@ -136,7 +145,7 @@ class Daemons:
             f"https://{self._address('internal_listen')}{path}", method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        context = tls_client_context(self.var / "ca" / "internal-tls.crt.pem")
+        context = tls_client_context(self.internal_tls_cert)
         try:
             with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310
                 return response.status, json.loads(response.read())
