@@ -543,6 +543,24 @@ def openssl_peer(workdir: Path, config: Path, cert: Acquired, body: Path, scale:
     return results
 
 
+# Where each background statement of an idle node comes from (read in ca/ and common/).
+BACKGROUND_SOURCES = (
+    ("SELECT pg_advisory_unlock_all()", "asyncpg's reset of a pooled connection at release"),
+    ("SELECT COALESCE(MAX(revocation_seq)", "the revocation feed's poll, every 0.25 s"),
+    ("SELECT 1", "the CRL leader lock's heartbeat, every 0.5 s"),
+    ("BEGIN", "the recovery sweep of dead intents and tries, every 2 s"),
+    ("COMMIT", "(the recovery sweep)"),
+    ("UPDATE certificates SET state = 'abandoned'", "(the recovery sweep)"),
+    ("SELECT value FROM ca_counters", "(the recovery sweep)"),
+    ("SELECT serial FROM certificates WHERE state = 'intended'", "(the recovery sweep)"),
+    ("UPDATE acquisition_secrets", "(the recovery sweep)"),
+)
+
+
+def _source(statement: str) -> str:
+    return next((why for prefix, why in BACKGROUND_SOURCES if statement.startswith(prefix)), "")
+
+
 def database_report(idle: list[Window], loaded: list[tuple[Window, float]]) -> None:
     """What the PostgreSQL node's database did idle (its background) and under OCSP load."""
     print("   the PostgreSQL node's database (pg_stat_database of its database, and every "
@@ -551,7 +569,7 @@ def database_report(idle: list[Window], loaded: list[tuple[Window, float]]) -> N
     background: Counter[str] = sum((w.statements for w in idle), Counter())
     print(f"     background of the idle node, per second ({seconds:.0f} s observed):")
     for text, count in background.most_common():
-        print(f"       {count / seconds:5.2f}/s  {text}")
+        print(f"       {count / seconds:5.2f}/s  {text:<60}  {_source(text)}")
     commits = sum(w.counters["xact_commit"] for w in idle) / seconds
     print(f"       = {commits:.1f} transactions/s, "
           f"{sum(w.counters['tup_returned'] for w in idle) / seconds:.0f} rows returned/s")
