@@ -18,8 +18,10 @@ acquisitions/s here (each node already runs a pool of 2 key workers).
    `openssl ocsp` on the same certificate (new connection per request).
 3. revocation: revoke on node 2 -> node 1's OCSP says `revoked`, LISTEN/NOTIFY (ours) vs the
    feed's 0.25 s poll alone (the peer: what a node behind a transaction-mode PgBouncer does).
-4. failover: two nodes; kill -9 the CRL leader, time until the other node's /metrics says it
-   leads (and until pg_locks shows it holding the lock), restart the killed node; 10 times.
+4. failover: two nodes; kill -9 the CRL leader (after a random 0-1 s pause, so at any phase
+   of the survivor's lock retries), time until the dead node's lock is gone from pg_locks,
+   until the survivor holds it, and until the survivor's /metrics says it leads; restart the
+   killed node; 10 times.
 
     python bench/ca_cluster.py [--quick] [--only acquisitions,ocsp,revocation,failover]
 """
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import random
 import re
 import signal
 import ssl
@@ -464,7 +467,9 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
     loaded: list[tuple[Window, float]] = []  # (window, OCSP answers in it)
     with statements_logged(cluster):
         for _round in range(scale.ocsp_rounds):
-            for store, config in configs.items():
+            # Alternate which store goes first: a drift of the machine's load hits both.
+            order = list(configs.items())[:: 1 if _round % 2 == 0 else -1]
+            for store, config in order:
                 base = f"http://127.0.0.1:{load_ca_config(config).public_listen.port}"
                 node = Daemon(config, cpus="0", stderr=workdir / f"{store}.log")
                 try:
@@ -694,6 +699,7 @@ def failover(cluster: LocalCluster, scale: Scale) -> None:
     first, second = pg_configs(cluster, "bench_failover")
     dsn = cluster.dsn("bench_failover")
     nodes = Nodes({"node1": first, "node2": second})
+    rng = random.Random(13)
     to_metrics: list[float] = []
     to_lock: list[float] = []
     to_release: list[float] = []  # the dead leader's lock gone from pg_locks
@@ -709,6 +715,9 @@ def failover(cluster: LocalCluster, scale: Scale) -> None:
                 time.sleep(0.05)
             survivor = "node2" if leader == "node1" else "node1"
             assert not metrics_leader(nodes.node(survivor))
+            # A restarted node starts contending at a fixed offset from when it answers: a
+            # random pause puts the kill at any phase of the survivor's 0.5 s lock retries.
+            time.sleep(rng.uniform(0, 1.0))
             killed = nodes.node(leader)
             started = time.monotonic()
             os.kill(killed.process.pid, signal.SIGKILL)
