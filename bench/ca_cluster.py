@@ -259,6 +259,7 @@ def acquisitions(cluster: LocalCluster, scale: Scale, stores: Stores
                  ) -> dict[str, list[Acquired]]:
     """Section 1; returns the certificates issued per store (for the OCSP section)."""
     first, second, single = stores.node1, stores.node2, stores.sqlite
+    print(f"\n(load average {os.getloadavg()[0]:.2f})")
     print(f"\n== 1. acquisitions/s: POST /v1/acquire (internal API, as the gateway calls it), "
           f"PBKDF2 {PRODUCTION_ROUNDS:,} rounds, c={scale.concurrency}, "
           f"{scale.acquisitions} per run, {scale.acquisition_rounds} round(s)")
@@ -451,6 +452,7 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
     for store, config in configs.items():
         if not issued.get(store):
             issued[store] = [one_certificate(config, "690000")]
+    print(f"\n(load average {os.getloadavg()[0]:.2f})")
     print(f"\n== 2. OCSP req/s of one node, cached nonce-less request, node on core 0, ab on "
           f"core 1, {scale.ocsp_requests} requests per run (15 s max), medians of "
           f"{scale.ocsp_rounds} round(s)")
@@ -463,6 +465,7 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
         bodies[store].write_bytes(ocsp_request(issued[store][0].serial, issuer))
     modes = (("new connection", False), ("keep-alive", True))
     runs: dict[tuple[str, bool], list[AbResult]] = {}
+    cpu_us: dict[tuple[str, bool], list[float]] = {}  # the node's CPU per response
     idle: list[Window] = []
     loaded: list[tuple[Window, float]] = []  # (window, OCSP answers in it)
     with statements_logged(cluster):
@@ -488,10 +491,12 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
                         idle.append(watch.window())
                         answers_before = ocsp_answers(base)
                     for _label, keepalive in modes:
-                        runs.setdefault((store, keepalive), []).append(run_ab(
-                            base + "/ocsp", requests=scale.ocsp_requests, concurrency=64,
-                            keepalive=keepalive, time_limit=15, socket_timeout=5,
-                            body_file=bodies[store], content_type=OCSP_TYPE))
+                        result, cpu = metered(node_pids(node), functools.partial(
+                            run_ab, base + "/ocsp", requests=scale.ocsp_requests,
+                            concurrency=64, keepalive=keepalive, time_limit=15,
+                            socket_timeout=5, body_file=bodies[store], content_type=OCSP_TYPE))
+                        runs.setdefault((store, keepalive), []).append(result)
+                        cpu_us.setdefault((store, keepalive), []).append(cpu)
                     if watch is not None:
                         time.sleep(2)  # backends report their counters within ~1 s
                         loaded.append((watch.window(), ocsp_answers(base) - answers_before))
@@ -503,43 +508,58 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
     def rps(results: list[AbResult]) -> float:
         return median([r.rps for r in results])
 
-    def cell(results: list[AbResult]) -> str:
+    def cell(results: list[AbResult], cpu: list[float]) -> str:
         errors = sum(r.errors for r in results)
         return (f"{rps(results):8.0f} {median([r.p50 for r in results]):6.1f} "
-                f"{median([r.p99 for r in results]):6.1f}" + (f" ERR{errors}" if errors else ""))
+                f"{median([r.p99 for r in results]):6.1f} {median(cpu):6.0f}"
+                + (f" ERR{errors}" if errors else ""))
 
-    print(f"   {'mode, c=64':<16} | {'PostgreSQL r/s':>14} {'p50':>6} {'p99':>6} | "
-          f"{'SQLite r/s':>10} {'p50':>6} {'p99':>6} | PG/SQLite")
+    print(f"   {'mode, c=64':<16} | {'PostgreSQL r/s':>14} {'p50':>6} {'p99':>6} {'CPU µs':>6} | "
+          f"{'SQLite r/s':>10} {'p50':>6} {'p99':>6} {'CPU µs':>6} | PG/SQLite r/s, CPU")
     for label, keepalive in modes:
-        pg, lite = runs[("postgresql", keepalive)], runs[("sqlite", keepalive)]
-        print(f"   {label:<16} | {cell(pg):>28} | {cell(lite):>24} | {rps(pg) / rps(lite):.2f}x")
+        key_pg, key_lite = ("postgresql", keepalive), ("sqlite", keepalive)
+        print(f"   {label:<16} | {cell(runs[key_pg], cpu_us[key_pg]):>35} | "
+              f"{cell(runs[key_lite], cpu_us[key_lite]):>31} | "
+              f"{rps(runs[key_pg]) / rps(runs[key_lite]):.2f}x, "
+              f"{median(cpu_us[key_pg]) / median(cpu_us[key_lite]):.2f}x")
     if peer_runs:
-        theirs = rps(peer_runs)
-        print(f"   peer `openssl ocsp`, new connection, c=64: {theirs:.0f} r/s; ours/peer: "
-              f"PostgreSQL {rps(runs[('postgresql', False)]) / theirs:.2f}x, SQLite "
+        theirs = rps([run for run, _ in peer_runs])
+        their_cpu = median([cpu for _, cpu in peer_runs])
+        print(f"   peer `openssl ocsp`, new connection, c=64: {theirs:.0f} r/s, {their_cpu:.0f} µs "
+              f"CPU per response; ours/peer r/s: PostgreSQL "
+              f"{rps(runs[('postgresql', False)]) / theirs:.2f}x, SQLite "
               f"{rps(runs[('sqlite', False)]) / theirs:.2f}x (keep-alive: "
               f"{rps(runs[('postgresql', True)]) / theirs:.2f}x, "
               f"{rps(runs[('sqlite', True)]) / theirs:.2f}x)")
+        print("   (CPU µs: the responder process's own user + system time per response, from "
+              "/proc; it holds when other work on the machine moves r/s)")
     else:
         print("   peer `openssl ocsp`: no run completed (it hung 3 times)")
     database_report(idle, loaded)
 
 
+def metered(pids: list[int], load: Callable[[], AbResult]) -> tuple[AbResult, float]:
+    """Run `load`; returns its result and the CPU µs per response of the processes `pids`."""
+    before = _cpu_seconds(pids)
+    result = load()
+    return result, (_cpu_seconds(pids) - before) * 1e6 / max(1, result.complete)
+
+
 def openssl_peer(workdir: Path, config: Path, cert: Acquired, body: Path, scale: Scale
-                 ) -> list[AbResult]:
+                 ) -> list[tuple[AbResult, float]]:
     """`openssl ocsp` on the same CA's keys, knowing the same certificate (one index.txt
     line), new connection per request (it answers one request per connection)."""
     (workdir / "index.txt").write_text(index_line(
         int(cert.serial, 16), int(cert.not_after.timestamp()), None, None, f"/CN={cert.user_id}"))
-    results: list[AbResult] = []
+    results: list[tuple[AbResult, float]] = []
     for _round in range(scale.ocsp_rounds):
         for _attempt in range(3):
             peer = OpensslResponder(workdir, load_ca_config(config))
             try:
                 peer.wait_ready(body.read_bytes())
-                results.append(run_ab(peer.url, requests=scale.ocsp_requests, concurrency=64,
-                                      time_limit=15, socket_timeout=5, body_file=body,
-                                      content_type=OCSP_TYPE))
+                results.append(metered([peer.process.pid], functools.partial(
+                    run_ab, peer.url, requests=scale.ocsp_requests, concurrency=64,
+                    time_limit=15, socket_timeout=5, body_file=body, content_type=OCSP_TYPE)))
                 break
             except RuntimeError:
                 continue  # it spins on a connection closed without a request (BENCHMARKS.md)
@@ -633,6 +653,7 @@ def revocation(cluster: LocalCluster, scale: Scale) -> None:
         return (f"   {name:34} p50 {percentile(samples, 0.5) * 1000:7.1f} ms  p99 "
                 f"{percentile(samples, 0.99) * 1000:7.1f} ms  max {max(samples) * 1000:7.1f} ms")
 
+    print(f"\n(load average {os.getloadavg()[0]:.2f})")
     print(f"\n== 3. revoke on node 2 -> 'revoked' from node 1's OCSP, {scale.revocations} "
           f"revocations each")
     print(line("ours: LISTEN/NOTIFY", ours))
@@ -744,6 +765,7 @@ def failover(cluster: LocalCluster, scale: Scale) -> None:
         return (f"   {name:46} min {min(samples) * 1000:6.0f} ms  median "
                 f"{statistics.median(samples) * 1000:6.0f} ms  max {max(samples) * 1000:6.0f} ms")
 
+    print(f"\n(load average {os.getloadavg()[0]:.2f})")
     print(f"\n== 4. CRL leader failover, 2 nodes, {scale.kills} kill -9 of the leader "
           f"(restarted after each)")
     print(line("kill -9 -> the dead node's lock is released", to_release))
