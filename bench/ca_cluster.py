@@ -35,6 +35,7 @@ import functools
 import os
 import random
 import re
+import shutil
 import signal
 import ssl
 import statistics
@@ -100,6 +101,16 @@ QUICK = Scale(acquisitions=12, acquisition_rounds=1, ocsp_requests=3000, ocsp_ro
 
 # -- configs and nodes -------------------------------------------------------------------------
 
+_SCRATCH: list[Path] = []  # folders of this run (throwaway CA keys among them): removed at exit
+
+
+def scratch(prefix: str) -> Path:
+    """A new 0700 temporary folder, removed when the run ends."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    _SCRATCH.append(folder)
+    return folder
+
+
 
 def with_rounds(config: Path, rounds: int) -> Path:
     """Set the PKCS#12 PBKDF2 rounds of a test config (cluster_configs writes 2,048)."""
@@ -112,7 +123,7 @@ def with_rounds(config: Path, rounds: int) -> Path:
 def pg_configs(cluster: LocalCluster, database: str, extra: str = "") -> tuple[Path, Path]:
     """node1 and node2 configs on a new database of `cluster` (same keys, own ports)."""
     cluster.psql(f"CREATE DATABASE {database}")
-    directory = Path(tempfile.mkdtemp(prefix=f"sekisho-bench-{database}-"))
+    directory = scratch(f"sekisho-bench-{database}-")
     return cluster_configs(directory, cluster.dsn(database), extra=extra)
 
 
@@ -120,7 +131,7 @@ def sqlite_config() -> Path:
     """One node on the embedded SQLite store (the shipped config, own ports), initialised."""
     import subprocess
 
-    directory = Path(tempfile.mkdtemp(prefix="sekisho-bench-sqlite-"))
+    directory = scratch("sekisho-bench-sqlite-")
     config = demo_config(directory)
     subprocess.run([sys.executable, "-m", "ca", "--config", str(config), "init",
                     "--generate-passphrase"], cwd=REPO, check=True, capture_output=True)
@@ -458,7 +469,7 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
     print(f"\n== 2. OCSP req/s of one node, cached nonce-less request, node on core 0, ab on "
           f"core 1, {scale.ocsp_requests} requests per run (15 s max), medians of "
           f"{scale.ocsp_rounds} round(s)")
-    workdir = Path(tempfile.mkdtemp(prefix="sekisho-bench-ca-ocsp-"))
+    workdir = scratch("sekisho-bench-ca-ocsp-")
     bodies: dict[str, Path] = {}
     for store, config in configs.items():
         keys = load_ca_config(config).keys.directory
@@ -813,7 +824,10 @@ def main() -> None:
     print(f"bench/ca_cluster.py: {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.2f} before the run (other work skews the figures)")
     started = time.monotonic()
-    with throwaway_postgres() as cluster:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(lambda: [shutil.rmtree(folder, ignore_errors=True)
+                                  for folder in _SCRATCH])
+        cluster = cleanup.enter_context(throwaway_postgres())
         if "acquisitions" in chosen or "ocsp" in chosen:
             stores = Stores.create(cluster)
             issued = acquisitions(cluster, scale, stores) if "acquisitions" in chosen else {}
