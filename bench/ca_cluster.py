@@ -471,16 +471,18 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
           f"{scale.ocsp_rounds} round(s)")
     workdir = scratch("sekisho-bench-ca-ocsp-")
     bodies: dict[str, Path] = {}
+    issuers: dict[str, x509.Certificate] = {}
     for store, config in configs.items():
         keys = load_ca_config(config).keys.directory
-        issuer = x509.load_pem_x509_certificate((keys / "g1.crt.pem").read_bytes())
+        issuers[store] = x509.load_pem_x509_certificate((keys / "g1.crt.pem").read_bytes())
         bodies[store] = workdir / f"{store}.der"
-        bodies[store].write_bytes(ocsp_request(issued[store][0].serial, issuer))
+        bodies[store].write_bytes(ocsp_request(issued[store][0].serial, issuers[store]))
     modes = (("new connection", False), ("keep-alive", True))
     runs: dict[tuple[str, bool], list[AbResult]] = {}
     cpu_us: dict[tuple[str, bool], list[float]] = {}  # the node's CPU per response
     idle: list[Window] = []
     loaded: list[tuple[Window, float]] = []  # (window, OCSP answers in it)
+    control: tuple[int, Window] | None = None
     with statements_logged(cluster):
         for _round in range(scale.ocsp_rounds):
             # Alternate which store goes first: a drift of the machine's load hits both.
@@ -513,6 +515,8 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
                     if watch is not None:
                         time.sleep(2)  # backends report their counters within ~1 s
                         loaded.append((watch.window(), ocsp_answers(base) - answers_before))
+                        if control is None:
+                            control = uncached_control(base, issuers[store], watch)
                 finally:
                     node.stop()
     peer_runs = openssl_peer(workdir, configs["sqlite"], issued["sqlite"][0],
@@ -548,7 +552,7 @@ def ocsp_per_node(cluster: LocalCluster, scale: Scale, stores: Stores,
               "/proc; it holds when other work on the machine moves r/s)")
     else:
         print("   peer `openssl ocsp`: no run completed (it hung 3 times)")
-    database_report(idle, loaded)
+    database_report(idle, loaded, control)
 
 
 def metered(pids: list[int], load: Callable[[], AbResult]) -> tuple[AbResult, float]:
@@ -556,6 +560,22 @@ def metered(pids: list[int], load: Callable[[], AbResult]) -> tuple[AbResult, fl
     before = _cpu_seconds(pids)
     result = load()
     return result, (_cpu_seconds(pids) - before) * 1e6 / max(1, result.complete)
+
+
+def uncached_control(base: str, issuer: x509.Certificate, watch: DatabaseWatch,
+                     count: int = 200) -> tuple[int, Window]:
+    """The detector's control: `count` requests for serials of our issuer that the node does
+    not know, each looked up in the store; their statements must show in the window."""
+    rng = random.Random(2026)
+    for _ in range(count):
+        serial = format(rng.getrandbits(120) | (1 << 120), "x")
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            base + "/ocsp", data=ocsp_request(serial, issuer),
+            headers={"Content-Type": OCSP_TYPE})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            assert status_of(response.read()) == "unknown"
+    time.sleep(2)
+    return count, watch.window()
 
 
 def openssl_peer(workdir: Path, config: Path, cert: Acquired, body: Path, scale: Scale
@@ -599,7 +619,8 @@ def _source(statement: str) -> str:
     return next((why for prefix, why in BACKGROUND_SOURCES if statement.startswith(prefix)), "")
 
 
-def database_report(idle: list[Window], loaded: list[tuple[Window, float]]) -> None:
+def database_report(idle: list[Window], loaded: list[tuple[Window, float]],
+                    control: tuple[int, Window] | None) -> None:
     """What the PostgreSQL node's database did idle (its background) and under OCSP load."""
     print("   the PostgreSQL node's database (pg_stat_database of its database, and every "
           "statement it logged with log_statement = all), idle vs under the OCSP load:")
@@ -621,6 +642,12 @@ def database_report(idle: list[Window], loaded: list[tuple[Window, float]]) -> N
               f"idle), {window.counters['xact_commit']} transactions (background alone: "
               f"~{expected:.0f}); statements the idle node does not make: "
               f"{sum(foreign.values())}{' ' + str(foreign) if foreign else ''}")
+    if control is not None:
+        requests, window = control
+        foreign = {text: n for text, n in window.statements.items() if text not in background}
+        print(f"     control: {requests} requests for serials the node does not know -> "
+              f"{sum(foreign.values())} statements the idle node does not make {foreign}: "
+              f"a per-request database query would show above")
     print("     (a cached answer is served from the node's memory: no statement per OCSP "
           "request; the background's own ticks slow down while the event loop is busy)")
 
