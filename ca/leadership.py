@@ -9,7 +9,9 @@ node is the price.
 Fencing. Being elected is not enough to write: a leader that froze, or lost the network,
 may still be running its job when the next one is elected. So:
 - a newly elected leader first claims its job's next *term* in `leader_terms` (the claim
-  waits for the old leader's open fenced transaction, which share-locks the row);
+  waits for the old leader's open fenced transaction, which share-locks the row; a dead
+  leader's is ended by the server after `idle_in_transaction_session_timeout`), and leads
+  (`is_leader`) only once it holds it;
 - every leader write runs in a transaction that first checks, in that transaction, that the
   term is still its own (row kept share-locked until commit) and that its lock connection
   still holds the advisory lock (`LeaderElection.holds_lock`). A deposed leader's write is
@@ -18,6 +20,8 @@ may still be running its job when the next one is elected. So:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -47,6 +51,7 @@ class LeaderJob:
         self._store = store
         self._clock = clock
         self._on_elected = on_elected
+        self._claim_task: asyncio.Task[None] | None = None
         self.election = LeaderElection(store.settings, job, node=node,
                                        on_elected=self._elected, on_lost=self._lost,
                                        **election_settings)
@@ -63,19 +68,41 @@ class LeaderJob:
     async def close(self) -> None:
         """Stop contending (a leader releases its lock)."""
         await self.election.close()
+        if self._claim_task is not None:
+            self._claim_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claim_task
 
-    async def _elected(self) -> None:
-        # Raising here makes the election step down and contend again: never lead without
-        # a term, since every write is fenced by it.
-        self.term = await self._store.claim_leader_term(self.job, self.node, self._clock.now())
-        log.info("leader %s: %s holds term %d", self.job, self.node, self.term)
-        if self._on_elected is not None:
-            result = self._on_elected()
-            if result is not None:
-                await result
+    def _elected(self) -> None:
+        # The claim runs beside the election, not in its callback: it may wait for a dead
+        # leader's open transaction (bounded by idle_in_transaction_session_timeout, see
+        # PgStore.fenced), and meanwhile the lock connection must keep its heartbeat.
+        self._claim_task = asyncio.create_task(self._claim(), name=f"leader-term:{self.job}")
+
+    async def _claim(self) -> None:
+        while self.election.is_leader:
+            try:
+                term = await self._store.claim_leader_term(self.job, self.node,
+                                                           self._clock.now())
+            except Exception as exc:  # never lead without a term: every write is fenced by it
+                log.warning("leader %s: %s cannot claim a term (%s); retrying", self.job,
+                            self.node, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not self.election.is_leader:
+                return  # lost meanwhile: the term stays unused, the next leader bumps it
+            self.term = term
+            log.info("leader %s: %s holds term %d", self.job, self.node, term)
+            if self._on_elected is not None:
+                result = self._on_elected()
+                if result is not None:
+                    await result
+            return
 
     def _lost(self) -> None:
         self.term = None
+        if self._claim_task is not None:
+            self._claim_task.cancel()
 
     async def fence(self, conn: asyncpg.Connection) -> bool:
         """Inside a leader write's transaction: still this job's leader (the term is ours,

@@ -464,7 +464,7 @@ class OcspService:
                     now=now, node=leader.node, term=leader.term or 0, actor="ca-leader")
                 return fresh
 
-            led, fresh = await store.fenced(leader.fence, work, idle_timeout_ms=30_000)
+            led, fresh = await store.fenced(leader.fence, work, idle_timeout_ms=10_000)
             if not led:
                 _log.warning("ocsp_responder_renewal_fenced", generation=name)
                 break

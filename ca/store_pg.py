@@ -592,8 +592,6 @@ class PgStore:
         (a deposed leader's CRL is never stored, whatever its number)."""
 
         async def work(conn: asyncpg.Connection) -> bool:
-            if fence is not None and not await fence(conn):
-                return False
             status = await conn.execute(
                 "INSERT INTO crl_state (generation, crl_number, this_update, next_update, der,"
                 " revocation_seq) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (generation)"
@@ -605,7 +603,10 @@ class PgStore:
                 revocation_seq)
             return bool(status == "INSERT 0 1")
 
-        return await self._tx(work)
+        if fence is None:
+            return await self._tx(work)
+        led, saved = await self.fenced(fence, work)
+        return led and bool(saved)
 
     async def crl_number(self, generation: str) -> int:
         """The number of the newest stored CRL of a generation (0 before the first)."""
