@@ -12,16 +12,30 @@ one of them reaching PostgreSQL through a socket proxy the test stops forwarding
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import stat
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 
-from ca.leadership import CRL_JOB, LeaderJob
+from ca.leadership import CRL_JOB, CUTOVER_JOB, RESPONDER_JOB, LeaderJob
 from ca.store_pg import PgStore
 from common.postgres import PostgresSettings
 from policy.clock import FakeClock
+from tests.conftest import CaHarness, init_ca, key_backend_config, start_ca, write_config
+from tests.support.servers import free_port
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -167,3 +181,196 @@ class TestFencing:
                 await second.close()
 
         asyncio.run(run())
+
+
+# -- two in-process CA nodes ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _two_cas(tmp_path: Path, clock: FakeClock, dsn: str, extra: str = "", keys_extra: str = "",
+             ) -> Iterator[tuple[CaHarness, CaHarness]]:
+    """Two CA nodes on one database, each with its own copy of the key folder, passphrase
+    and API token (two hosts: nothing shared but PostgreSQL, and the token when `keys_extra`
+    puts the keys in one), on one FakeClock."""
+    first = tmp_path / "node1"
+    first.mkdir()
+    config1 = init_ca(first, clock, database=dsn, node_name="node1", extra=extra,
+                      keys_extra=keys_extra)
+    second = tmp_path / "node2"
+    second.mkdir()
+    shutil.copytree(first / "var", second / "var")
+    config2 = write_config(second, public_port=free_port(), internal_port=free_port(),
+                           database=dsn, node_name="node2", extra=extra, keys_extra=keys_extra)
+    node1 = start_ca(config1, clock)
+    try:
+        node2 = start_ca(config2, clock)
+        try:
+            yield node1, node2
+        finally:
+            node2.stop()
+    finally:
+        node1.stop()
+
+
+def _leader_of(job: str, *nodes: CaHarness, seconds: float = 15) -> CaHarness:
+    """The node leading `job` (bounded wait); exactly one leads."""
+    deadline = time.monotonic() + seconds
+    while True:
+        leading = [node for node in nodes if node.runtime.leaders[job].is_leader]
+        if leading:
+            assert len(leading) == 1, f"{job}: two leaders"
+            return leading[0]
+        assert time.monotonic() < deadline, f"no {job} leader within {seconds} s"
+        time.sleep(0.02)
+
+
+def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not within {seconds} s"
+        time.sleep(0.02)
+
+
+def _ocsp_over_http(node: CaHarness, leaf: x509.Certificate) -> ocsp.OCSPResponse:
+    request = ocsp.OCSPRequestBuilder().add_certificate(
+        leaf, node.runtime.issuers.get("g1").certificate, hashes.SHA1(),  # noqa: S303 (CertID)
+    ).build().public_bytes(serialization.Encoding.DER)
+    http = urllib.request.Request(  # noqa: S310 - loopback
+        f"{node.public_url}/ocsp", data=request,
+        headers={"Content-Type": "application/ocsp-request"})
+    with urllib.request.urlopen(http, timeout=10) as response:  # noqa: S310 - loopback
+        return ocsp.load_der_ocsp_response(response.read())
+
+
+def _signed_by(answer: ocsp.OCSPResponse, responder: x509.Certificate) -> bool:
+    key = responder.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert answer.signature_hash_algorithm is not None
+    try:
+        key.verify(answer.signature, answer.tbs_response_bytes,
+                   ec.ECDSA(answer.signature_hash_algorithm))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _maintain_at_once(nodes: tuple[CaHarness, CaHarness]) -> list[list[str]]:
+    """Both nodes' responder maintenance at the same moment (their minute ticks)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda node: node.call(node.runtime.ocsp.maintain_responders()),
+                             nodes))
+
+
+@pytest.mark.key_backends
+def test_responder_renewed_once_by_the_leader_and_signed_with_everywhere(
+        tmp_path: Path, clock: FakeClock, postgres_dsn: str, key_backend: str,
+        request: pytest.FixtureRequest) -> None:
+    """Issue 13, "renewing responder certificates": only the leader renews; its certificate
+    (and, for file keys, its encrypted key file: into the other node's own key folder; a
+    token key is found in the shared token) reaches the other node through the store's
+    NOTIFY, and both nodes' OCSP answers are signed by it without a restart. Due on both
+    nodes' ticks at once, it is renewed once. The leader stopped, the next one renews the
+    next time (term 2). R-KEY-1: with the keys in files and in a SoftHSM2 token."""
+    keys_extra = key_backend_config(key_backend, tmp_path, request)
+    with _two_cas(tmp_path, clock, postgres_dsn, keys_extra=keys_extra) as nodes:
+        leader = _leader_of(RESPONDER_JOB, *nodes)
+        follower = nodes[1] if leader is nodes[0] else nodes[0]
+        _, leaf_path = follower.issue_csr("500101", tmp_path)
+        leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
+        first = follower.runtime.issuers.get("g1").ocsp_certificate
+        assert _maintain_at_once(nodes) == [[], []]  # not due yet
+        clock.advance(timedelta(days=61))
+        # Only the leader's tick: the follower must get the renewal from the NOTIFY alone.
+        assert leader.call(leader.runtime.ocsp.maintain_responders()) == ["g1"]
+        renewed = leader.runtime.issuers.get("g1").ocsp_certificate
+        assert renewed.serial_number != first.serial_number
+        rows = leader.sql("SELECT generation, node, term FROM ocsp_responders")
+        assert rows == [("g1", leader.config.node_name, 1)]
+        _wait(lambda: follower.runtime.issuers.get("g1").ocsp_certificate.serial_number
+              == renewed.serial_number, 10, "the follower's install")
+        key_files = [node.config.keys.directory / "g1-ocsp.key.pem" for node in nodes]
+        if key_backend == "file":
+            assert key_files[0].read_bytes() == key_files[1].read_bytes()
+            assert {stat.S_IMODE(path.stat().st_mode) for path in key_files} == {0o600}
+            [(key_pem,)] = leader.sql("SELECT key_pem FROM ocsp_responders")
+            assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        else:
+            assert leader.sql("SELECT key_pem FROM ocsp_responders") == [(None,)]
+        for node in nodes:
+            answer = _ocsp_over_http(node, leaf)
+            assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+            assert answer.certificates[0].serial_number == renewed.serial_number
+            assert _signed_by(answer, renewed)
+            assert not _signed_by(answer, first)  # twin: the old responder did not sign it
+
+        clock.advance(timedelta(days=61))  # due again, on both nodes' ticks at once
+        results = _maintain_at_once(nodes)
+        assert results[nodes.index(leader)] == ["g1"]
+        assert results[nodes.index(follower)] == []
+        [(count,)] = leader.sql("SELECT count(*) FROM audit_log"
+                                " WHERE action = 'ocsp_responder.renewed'")
+        assert count == 2
+        _wait(lambda: follower.runtime.issuers.get("g1").ocsp_certificate.serial_number
+              == leader.runtime.issuers.get("g1").ocsp_certificate.serial_number, 10,
+              "the follower's second install")
+
+        # The leader leaves (its elections end, as at its death; not leader.stop(): in one
+        # test process both nodes share the PKCS#11 library, which closing would finalise).
+        for job in leader.runtime.leaders.values():
+            leader.call(job.close())
+        assert _leader_of(RESPONDER_JOB, follower) is follower
+        clock.advance(timedelta(days=61))
+        assert follower.call(follower.runtime.ocsp.maintain_responders()) == ["g1"]
+        assert follower.sql("SELECT node, term FROM ocsp_responders ORDER BY issued_at") == [
+            (leader.config.node_name, 1), (leader.config.node_name, 1),
+            (follower.config.node_name, 2)]
+        answer = _ocsp_over_http(follower, leaf)
+        assert _signed_by(answer, follower.runtime.issuers.get("g1").ocsp_certificate)
+
+
+def test_cutover_recorded_once_and_by_the_next_leader(
+        tmp_path: Path, clock: FakeClock, postgres_dsn: str) -> None:
+    """Issue 13, "campaign cutovers" (R-CUT-1): when a cutover's date passes, it is recorded
+    once across the cluster (one `cutover.effective` audit entry with the affected count),
+    even when both nodes tick at once; a cutover whose date passes while its leader is gone
+    is recorded by the next leader as soon as it is elected."""
+    start = clock.now()
+    extra = f"""
+        [[cutover]]
+        name = "first"
+        issued_before = {(start + timedelta(days=1)).isoformat()}
+        effective_at = {(start + timedelta(days=10)).isoformat()}
+        [[cutover]]
+        name = "second"
+        issued_before = {(start + timedelta(days=1)).isoformat()}
+        effective_at = {(start + timedelta(days=20)).isoformat()}
+    """
+    with _two_cas(tmp_path, clock, postgres_dsn, extra=extra) as nodes:
+        for user_id in ("600001", "600002", "600003"):
+            status, _ = nodes[0].acquire(user_id, nodes[0].acquisition_password(user_id))
+            assert status == 201
+        leader = _leader_of(CUTOVER_JOB, *nodes)
+        assert [node.call(node.runtime.cutovers.tick()) for node in nodes] == [[], []]
+        clock.set(start + timedelta(days=10, seconds=1))
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda node: node.call(node.runtime.cutovers.tick()),
+                                    nodes))
+        assert results[nodes.index(leader)] == ["first"]
+        assert sorted(results) == [[], ["first"]]
+        assert leader.sql("SELECT cutover, affected, node, term FROM cutover_effects") == [
+            ("first", 3, leader.config.node_name, 1)]
+
+        follower = nodes[1] if leader is nodes[0] else nodes[0]
+        leader.stop()  # gone before the second cutover's date passes
+        clock.set(start + timedelta(days=20, seconds=1))
+        _wait(lambda: len(follower.sql("SELECT 1 FROM cutover_effects")) == 2, 15,
+              "the next leader's record")
+        assert follower.sql(
+            "SELECT cutover, affected, node, term FROM cutover_effects ORDER BY cutover") == [
+            ("first", 3, leader.config.node_name, 1), ("second", 3, follower.config.node_name, 2)]
+        rows = follower.sql("SELECT subject, details FROM audit_log"
+                            " WHERE action = 'cutover.effective' ORDER BY id")
+        assert [subject for subject, _ in rows] == ["first", "second"]
+        assert all('"affected": 3' in str(details) for _, details in rows)
+        assert follower.call(follower.runtime.cutovers.tick()) == []  # never twice
+        assert follower.cli("audit", "verify") == 0
