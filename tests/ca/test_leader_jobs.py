@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import stat
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -31,11 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ca.cutover_job import CutoverRecorder
-from ca.leadership import CRL_JOB, CUTOVER_JOB, RESPONDER_JOB, LeaderJob
+from ca.leadership import CRL_JOB, CUTOVER_JOB, JOBS, RESPONDER_JOB, LeaderJob
 from ca.store_pg import PgStore
-from common.postgres import PostgresSettings
+from common.pgdev import LocalCluster
+from common.postgres import PostgresSettings, current_leader
 from policy.clock import FakeClock
 from tests.conftest import CaHarness, init_ca, key_backend_config, start_ca, write_config
+from tests.support.ca_cluster import cluster_configs, public_url
+from tests.support.pg_proxy import SocketProxy
+from tests.support.processes import Daemons, launched
 from tests.support.servers import free_port
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -381,3 +388,109 @@ def test_cutover_recorded_once_and_by_the_next_leader(
         assert all('"affected": 3' in str(details) for _, details in rows)
         assert follower.call(_recorder(follower).tick()) == []  # never twice
         assert follower.cli("audit", "verify") == 0
+
+
+# -- network drop to the database, real daemons ----------------------------------------------
+
+
+def _leaders(dsn: str) -> dict[str, str | None]:
+    """job -> the node holding its leader lock now (as `cluster status` finds it)."""
+
+    async def ask() -> dict[str, str | None]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            holders = {job: await current_leader(conn, job) for job in JOBS}
+        finally:
+            await conn.close()
+        return {job: None if holder is None else holder[1].rsplit(":", 1)[-1]
+                for job, holder in holders.items()}
+
+    return asyncio.run(ask())
+
+
+def _gauges(node: Daemons) -> dict[str, str]:
+    with urllib.request.urlopen(public_url(node) + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return dict(re.findall(r'^sekisho_ca_leader\{job="([^"]+)",node="[^"]+"\} (\S+)$', text,
+                           re.MULTILINE))
+
+
+def _served_crl(node: Daemons) -> tuple[int, bytes]:
+    with urllib.request.urlopen(public_url(node) + "/crl/g1.crl", timeout=10) as response:  # noqa: S310 - loopback
+        der = response.read()
+    crl = x509.load_der_x509_crl(der)
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number, der
+
+
+def test_network_drop_to_the_database_moves_every_leader_job(
+        tmp_path: Path, postgres_cluster: LocalCluster, postgres_dsn: str) -> None:
+    """Issue 13, "leader loss (... network drop to the database) -> a new leader within ~5 s":
+    node 1 leads every job and reaches PostgreSQL through a proxy; the proxy stops forwarding
+    (no FIN: a pulled cable). Node 2 leads every job within a bounded wait (the server ends
+    node 1's lock sessions after their idle_session_timeout, 4 s), with a new term; node 1
+    steps down on its own (its /metrics says 0 for every job, its heartbeat failed). When the
+    network is back, node 1 stays a follower (no new term), and both serve node 2's CRL."""
+    config1, config2 = cluster_configs(tmp_path, postgres_dsn)
+    proxy = SocketProxy(postgres_cluster.socket,
+                        Path(tempfile.mkdtemp(prefix="sekisho-proxy-"))).start()
+    try:
+        proxied = postgres_dsn.replace(quote(str(postgres_cluster.folder), safe="/"),
+                                       quote(str(proxy.folder), safe="/"))
+        assert proxied != postgres_dsn
+        config1.write_text(config1.read_text().replace(postgres_dsn, proxied))
+        with launched(config1, "ca", "--config", str(config1), "serve") as node1:
+            node1.wait_internal_api()
+            _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node1"}, 15,
+                  "node 1 leading every job")
+            with launched(config2, "ca", "--config", str(config2), "serve") as node2:
+                node2.wait_internal_api()
+                assert _gauges(node1) == dict.fromkeys(JOBS, "1.0")
+                assert _gauges(node2) == dict.fromkeys(JOBS, "0.0")
+                user = "800001"
+                status, body = node2.internal_api(
+                    "POST", f"/v1/users/{user}/acquisition-password", {})
+                assert status == 201, body
+                status, body = node2.internal_api("POST", "/v1/acquire", {
+                    "user_id": user, "acquisition_password": body["acquisition_password"]})
+                assert status == 201, body
+                serial = body["serial"]
+
+                proxy.drop()
+                dropped = time.monotonic()
+                _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node2"}, 20,
+                      "node 2 leading every job")
+                failover = time.monotonic() - dropped
+                _wait(lambda: _gauges(node2) == dict.fromkeys(JOBS, "1.0"), 10,
+                      "node 2's terms")
+                _wait(lambda: _gauges(node1) == dict.fromkeys(JOBS, "0.0"), 10,
+                      "node 1 stepping down")
+                print(f"network drop -> every job led by node 2 after {failover:.1f} s")
+                terms = _terms(postgres_dsn)
+                assert terms == dict.fromkeys(JOBS, (2, "node2"))
+
+                status, body = node2.internal_api("POST", "/v1/revoke",
+                                                  {"serial": serial, "reason": "superseded"})
+                assert status == 200, body
+                proxy.restore()
+                _wait(lambda: int(serial, 16) in {
+                    entry.serial_number for entry in x509.load_der_x509_crl(
+                        _served_crl(node1)[1])}, 30, "node 1 serving the new CRL")
+                assert _served_crl(node1) == _served_crl(node2)  # one number, one CRL
+                assert _gauges(node1) == dict.fromkeys(JOBS, "0.0")
+                assert _terms(postgres_dsn) == terms  # node 1 never claimed again
+                assert set(_leaders(postgres_dsn).values()) == {"node2"}
+    finally:
+        proxy.close()
+        shutil.rmtree(proxy.folder, ignore_errors=True)
+
+
+def _terms(dsn: str) -> dict[str, tuple[int, str]]:
+    async def ask() -> dict[str, tuple[int, str]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT job, term, node FROM leader_terms")
+        finally:
+            await conn.close()
+        return {str(row[0]): (int(row[1]), str(row[2])) for row in rows}
+
+    return asyncio.run(ask())
