@@ -16,6 +16,8 @@ import contextlib
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -42,7 +44,7 @@ from policy.clock import FakeClock
 from tests.conftest import CaHarness, init_ca, key_backend_config, start_ca, write_config
 from tests.support.ca_cluster import cluster_configs, public_url
 from tests.support.pg_proxy import SocketProxy
-from tests.support.processes import Daemons, launched
+from tests.support.processes import REPO, Daemons, launched
 from tests.support.servers import free_port
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -429,7 +431,8 @@ def test_network_drop_to_the_database_moves_every_leader_job(
     (no FIN: a pulled cable). Node 2 leads every job within a bounded wait (the server ends
     node 1's lock sessions after their idle_session_timeout, 4 s), with a new term; node 1
     steps down on its own (its /metrics says 0 for every job, its heartbeat failed). When the
-    network is back, node 1 stays a follower (no new term), and both serve node 2's CRL."""
+    network is back, node 1 stays a follower (no new term), both serve node 2's CRL, and
+    `cluster status` names node 2 as every job's leader with its term."""
     config1, config2 = cluster_configs(tmp_path, postgres_dsn)
     proxy = SocketProxy(postgres_cluster.socket,
                         Path(tempfile.mkdtemp(prefix="sekisho-proxy-"))).start()
@@ -479,6 +482,15 @@ def test_network_drop_to_the_database_moves_every_leader_job(
                 assert _gauges(node1) == dict.fromkeys(JOBS, "0.0")
                 assert _terms(postgres_dsn) == terms  # node 1 never claimed again
                 assert set(_leaders(postgres_dsn).values()) == {"node2"}
+                status_out = subprocess.run(
+                    [sys.executable, "-m", "ca", "--config", str(config1), "cluster", "status"],
+                    cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+                assert status_out.returncode == 0, status_out.stdout + status_out.stderr
+                assert "nodes:       node1, node2" in status_out.stdout
+                assert "CRL leader:  node2" in status_out.stdout
+                for job in JOBS:
+                    assert re.search(rf"^  {job} +node2 \(term 2\)$", status_out.stdout,
+                                     re.MULTILINE), status_out.stdout
     finally:
         proxy.close()
         shutil.rmtree(proxy.folder, ignore_errors=True)
