@@ -65,7 +65,8 @@ class CutoverRecorder:
                                affected: int = affected) -> bool:
                     return await PgStore.record_cutover(
                         conn, name=name, effective_at=effective_at, affected=affected,
-                        now=now, node=self.leader.node, term=self.leader.term or 0,
+                        now=now, node=self.leader.node,
+                        term=await PgStore.fenced_term(conn, self.leader.job),
                         actor="ca-leader")
 
                 led, recorded = await self._store.fenced(self.leader.fence, work)

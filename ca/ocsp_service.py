@@ -419,10 +419,11 @@ class OcspService:
         assert self._hierarchy is not None
         published = await self._store.newest_responders()
         changed = []
-        for name, (serial, certificate, key_pem) in published.items():
+        for name, (serial, certificate, key_pem, not_after) in published.items():
             generation = self._issuers.generations.get(name)
-            if generation is None or _serial(generation.ocsp_certificate) == serial:
-                continue
+            if (generation is None or _serial(generation.ocsp_certificate) == serial
+                    or not_after <= generation.ocsp_certificate.not_valid_after_utc):
+                continue  # the same, or older than ours (an unpublished renewal's, above)
             try:
                 fresh = await asyncio.to_thread(self._hierarchy.install_ocsp_responder, name,
                                                 certificate, key_pem)
@@ -445,26 +446,41 @@ class OcspService:
         renewed = []
         for name in [n for n, g in self._issuers.generations.items() if self._due(g, now)]:
 
-            async def work(conn: Any, name: str = name) -> Any:
+            issued: list[Any] = []  # what the token or the key folder holds now
+
+            async def work(conn: Any, name: str = name, issued: list[Any] = issued) -> Any:
                 # The decision and the publication in one fenced transaction: no earlier
                 # leader's renewal can commit after this check (its term is superseded).
-                newest = await conn.fetchval(
-                    "SELECT serial FROM ocsp_responders WHERE generation = $1"
+                newest = await conn.fetchrow(
+                    "SELECT serial, not_after FROM ocsp_responders WHERE generation = $1"
                     " ORDER BY not_after DESC, issued_at DESC LIMIT 1", name)
                 current = self._issuers.generations[name].ocsp_certificate
-                if newest is not None and newest != _serial(current):
-                    return None  # published meanwhile: installed at the next round
+                if newest is not None and newest[0] != _serial(current) \
+                        and from_epoch(newest[1]) > current.not_valid_after_utc:
+                    return None  # a newer one was published meanwhile: installed next round
+                term = await PgStore.fenced_term(conn, leader.job)
                 fresh = await asyncio.to_thread(hierarchy.issue_ocsp_responder, name, now,
                                                 self._config.ocsp_responder_validity)
+                issued.append(fresh)
                 key_pem = await asyncio.to_thread(hierarchy.responder_key_file, name)
                 await PgStore.insert_responder(
                     conn, generation=name, serial=_serial(fresh.ocsp_certificate),
                     certificate=fresh.ocsp_certificate.public_bytes(serialization.Encoding.DER),
                     key_pem=key_pem, not_after=fresh.ocsp_certificate.not_valid_after_utc,
-                    now=now, node=leader.node, term=leader.term or 0, actor="ca-leader")
+                    now=now, node=leader.node, term=term, actor="ca-leader")
                 return fresh
 
-            led, fresh = await store.fenced(leader.fence, work, idle_timeout_ms=10_000)
+            try:
+                led, fresh = await store.fenced(leader.fence, work, idle_timeout_ms=10_000)
+            except Exception:
+                if issued:
+                    # Issued but not published (the commit failed): the key folder or the
+                    # token holds the new key now, so sign with its certificate; the next
+                    # leader's renewal, newer, reaches every node.
+                    self._issuers.refresh_responder(name, issued[0])
+                    self._load_responders()
+                    _log.error("ocsp_responder_unpublished", generation=name)
+                raise
             if not led:
                 _log.warning("ocsp_responder_renewal_fenced", generation=name)
                 break

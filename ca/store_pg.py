@@ -652,6 +652,12 @@ class PgStore:
             "SELECT term FROM leader_terms WHERE job = $1 FOR SHARE", job)
         return stored is not None and int(stored) == term
 
+    @staticmethod
+    async def fenced_term(conn: asyncpg.Connection, job: str) -> int:
+        """Inside a fenced transaction: the term the fence checked (share-locked, so it
+        cannot have changed), to record with the leader's write."""
+        return int(await conn.fetchval("SELECT term FROM leader_terms WHERE job = $1", job))
+
     async def leader_terms(self) -> dict[str, tuple[int, str]]:
         """job -> (its last term, the node that claimed it)."""
         async with self._read() as conn:
@@ -674,15 +680,19 @@ class PgStore:
 
         return await self._tx(guarded)
 
-    async def newest_responders(self) -> dict[str, tuple[str, bytes, bytes | None]]:
-        """generation -> (serial, certificate DER, encrypted key PEM or None) of the newest
-        responder certificate a leader published."""
+    async def newest_responders(
+        self,
+    ) -> dict[str, tuple[str, bytes, bytes | None, datetime]]:
+        """generation -> (serial, certificate DER, encrypted key PEM or None, notAfter) of
+        the newest responder certificate a leader published."""
         async with self._read() as conn:
             rows = await conn.fetch(
-                "SELECT DISTINCT ON (generation) generation, serial, certificate, key_pem"
-                " FROM ocsp_responders ORDER BY generation, not_after DESC, issued_at DESC")
+                "SELECT DISTINCT ON (generation) generation, serial, certificate, key_pem,"
+                " not_after FROM ocsp_responders"
+                " ORDER BY generation, not_after DESC, issued_at DESC")
         return {str(row[0]): (str(row[1]), bytes(row[2]),
-                              None if row[3] is None else bytes(row[3])) for row in rows}
+                              None if row[3] is None else bytes(row[3]), from_epoch(row[4]))
+                for row in rows}
 
     @staticmethod
     async def insert_responder(conn: asyncpg.Connection, *, generation: str, serial: str,

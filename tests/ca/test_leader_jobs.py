@@ -38,6 +38,7 @@ from cryptography.x509 import ocsp
 from ca.cutover_job import CutoverRecorder
 from ca.leadership import CRL_JOB, CUTOVER_JOB, JOBS, RESPONDER_JOB, LeaderJob
 from ca.store_pg import PgStore
+from common.errors import Unavailable
 from common.pgdev import LocalCluster
 from common.postgres import PostgresSettings, current_leader
 from policy.clock import FakeClock
@@ -342,6 +343,47 @@ def test_responder_renewed_once_by_the_leader_and_signed_with_everywhere(
             (follower.config.node_name, 2)]
         answer = _ocsp_over_http(follower, leaf)
         assert _signed_by(answer, follower.runtime.issuers.get("g1").ocsp_certificate)
+
+
+@pytest.mark.key_backends
+def test_responder_issued_but_not_published_is_signed_with_then_published(
+        tmp_path: Path, clock: FakeClock, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch,
+        key_backend: str, request: pytest.FixtureRequest) -> None:
+    """A crash in the middle: the leader issued the new responder (its key file replaced)
+    but the publishing transaction failed. It signs with the responder it issued (the key
+    it now holds, never the old certificate with the new key), and its next round publishes
+    a renewal that the other node installs. R-KEY-1: files and a token (whose key labels
+    the renewal swapped)."""
+    keys_extra = key_backend_config(key_backend, tmp_path, request)
+    with _two_cas(tmp_path, clock, postgres_dsn, keys_extra=keys_extra) as nodes:
+        leader = _leader_of(RESPONDER_JOB, *nodes)
+        follower = nodes[1] if leader is nodes[0] else nodes[0]
+        first = leader.runtime.issuers.get("g1").ocsp_certificate
+        _, leaf_path = leader.issue_csr("500201", tmp_path)
+        leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
+        clock.advance(timedelta(days=61))
+        real = PgStore.insert_responder
+
+        async def lost_connection(*_args: object, **_kwargs: object) -> None:
+            raise ConnectionResetError("the database went away")
+
+        monkeypatch.setattr(PgStore, "insert_responder", lost_connection)
+        with pytest.raises(Unavailable):  # the store names it: 503 store_unavailable
+            leader.call(leader.runtime.ocsp.maintain_responders())
+        assert leader.sql("SELECT count(*) FROM ocsp_responders") == [(0,)]
+        unpublished = leader.runtime.issuers.get("g1").ocsp_certificate
+        assert unpublished != first
+        assert _signed_by(_ocsp_over_http(leader, leaf), unpublished)
+        assert follower.runtime.issuers.get("g1").ocsp_certificate != unpublished
+
+        monkeypatch.setattr(PgStore, "insert_responder", real)
+        clock.advance(timedelta(days=61))
+        assert leader.call(leader.runtime.ocsp.maintain_responders()) == ["g1"]
+        published = leader.runtime.issuers.get("g1").ocsp_certificate
+        _wait(lambda: follower.runtime.issuers.get("g1").ocsp_certificate == published, 10,
+              "the follower's install")
+        for node in nodes:
+            assert _signed_by(_ocsp_over_http(node, leaf), published)
 
 
 def test_cutover_recorded_once_and_by_the_next_leader(
