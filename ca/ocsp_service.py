@@ -504,11 +504,12 @@ class OcspService:
         """Now and every `tick`: re-sign cached responses (off the loop) and renew
         responder certificates."""
         while True:
-            try:
-                await self.refresh_cache_off_loop()
-                await self.maintain_responders()
-            except Exception:
-                _log.exception("ocsp_maintenance_failed")
+            # Separately: a token that cannot sign now must not hold up the renewal.
+            for step in (self.refresh_cache_off_loop, self.maintain_responders):
+                try:
+                    await step()
+                except Exception:
+                    _log.exception("ocsp_maintenance_failed", step=step.__name__)
             await asyncio.sleep(tick.total_seconds())
 
 

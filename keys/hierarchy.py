@@ -243,7 +243,8 @@ class Hierarchy:
         """Install the OCSP responder another node issued for generation `name` (issue 13):
         its certificate and, for file keys, its encrypted key file (the same passphrase on
         every node); a token key is found in the shared token. Refuses a certificate our
-        issuer did not sign, or a key that is not the certificate's."""
+        issuer did not sign or without the OCSP signing usage, or a key that is not the
+        certificate's."""
         label = f"{name}-ocsp"
         certificate = x509.load_der_x509_certificate(certificate_der)
         issuer = self.load_certificate(name)
@@ -252,6 +253,13 @@ class Hierarchy:
         except (ValueError, TypeError, InvalidSignature):
             raise KeyCustodyError(f"the published responder of {name} is not signed by "
                                   f"{name}'s certificate") from None
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        except x509.ExtensionNotFound:
+            usages = None
+        if usages is None or ExtendedKeyUsageOID.OCSP_SIGNING not in usages.value:
+            raise KeyCustodyError(f"the published responder of {name} is not an OCSP "
+                                  "signing certificate")
         if key_pem is not None:
             self._keystore.install_key_file(label, key_pem)
         else:

@@ -386,6 +386,43 @@ def test_responder_issued_but_not_published_is_signed_with_then_published(
             assert _signed_by(_ocsp_over_http(node, leaf), published)
 
 
+def test_forged_responder_publication_is_refused(tmp_path: Path, clock: FakeClock,
+                                                 postgres_dsn: str) -> None:
+    """Whoever can write the database cannot make a node sign with a responder of their own:
+    a published certificate must be an OCSP signing certificate issued by the generation's
+    issuer whose key this node can open. A customer certificate of ours, and a self-made
+    OCSP certificate, each published as the newest responder, are refused; the node keeps
+    signing with its responder."""
+    with _two_cas(tmp_path, clock, postgres_dsn) as nodes:
+        node = nodes[0]
+        before = node.runtime.issuers.get("g1").ocsp_certificate
+        _, leaf_path = node.issue_csr("500301", tmp_path)
+        leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
+        forger_key = ec.generate_private_key(ec.SECP256R1())
+        self_made = (
+            x509.CertificateBuilder().subject_name(before.subject).issuer_name(before.issuer)
+            .public_key(forger_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(clock.now()).not_valid_after(clock.now() + timedelta(days=365))
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING]),
+                           critical=False)
+            .sign(forger_key, hashes.SHA256()))
+        forged_pem = forger_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"the forger's passphrase"))
+        for number, (certificate, key_pem) in enumerate(
+                ((leaf, None), (self_made, forged_pem), (self_made, None)), start=1):
+            node.sql("INSERT INTO ocsp_responders (generation, serial, certificate, key_pem,"
+                     " not_after, issued_at, node, term) VALUES ('g1', ?, ?, ?, ?, ?, 'x', 9)",
+                     f"f{number}", certificate.public_bytes(serialization.Encoding.DER),
+                     key_pem, int((clock.now() + timedelta(days=400 + number)).timestamp()),
+                     int(clock.now().timestamp()))
+            assert node.call(node.runtime.ocsp.install_published()) == []
+            assert node.runtime.issuers.get("g1").ocsp_certificate == before
+            assert _signed_by(_ocsp_over_http(node, leaf), before)
+        key_file = node.config.keys.directory / "g1-ocsp.key.pem"
+        assert key_file.read_bytes() != forged_pem
+
+
 def test_cutover_recorded_once_and_by_the_next_leader(
         tmp_path: Path, clock: FakeClock, postgres_dsn: str) -> None:
     """Issue 13, "campaign cutovers" (R-CUT-1): when a cutover's date passes, it is recorded
