@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -585,3 +587,26 @@ def _terms(dsn: str) -> dict[str, tuple[int, str]]:
         return {str(row[0]): (int(row[1]), str(row[2])) for row in rows}
 
     return asyncio.run(ask())
+
+
+def test_kill_9_of_the_leader_moves_every_leader_job(tmp_path: Path, postgres_dsn: str,
+                                                     ) -> None:
+    """Issue 13, "leader loss (kill -9 ...) -> a new leader within ~5 s": node 1 leads every
+    job; kill -9 of its process -> node 2 leads every job (the server ends the dead
+    sessions at once), each with term 2, visible in its /metrics."""
+    config1, config2 = cluster_configs(tmp_path, postgres_dsn)
+    with launched(config1, "ca", "--config", str(config1), "serve") as node1:
+        node1.wait_internal_api()
+        _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node1"}, 15,
+              "node 1 leading every job")
+        with launched(config2, "ca", "--config", str(config2), "serve") as node2:
+            node2.wait_internal_api()
+            assert _gauges(node2) == dict.fromkeys(JOBS, "0.0")
+            os.kill(node1.process.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            node1.process.wait(10)
+            _wait(lambda: _gauges(node2) == dict.fromkeys(JOBS, "1.0"), 20,
+                  "node 2 leading every job")
+            print(f"kill -9 -> every job led by node 2 after {time.monotonic() - killed:.2f} s")
+            assert set(_leaders(postgres_dsn).values()) == {"node2"}
+            assert _terms(postgres_dsn) == dict.fromkeys(JOBS, (2, "node2"))
