@@ -52,6 +52,7 @@ class LeaderJob:
         self._clock = clock
         self._on_elected = on_elected
         self._claim_task: asyncio.Task[None] | None = None
+        self.leading = asyncio.Event()  # set while `is_leader`
         self.election = LeaderElection(store.settings, job, node=node,
                                        on_elected=self._elected, on_lost=self._lost,
                                        **election_settings)
@@ -92,6 +93,7 @@ class LeaderJob:
             if not self.election.is_leader:
                 return  # lost meanwhile: the term stays unused, the next leader bumps it
             self.term = term
+            self.leading.set()
             log.info("leader %s: %s holds term %d", self.job, self.node, term)
             if self._on_elected is not None:
                 result = self._on_elected()
@@ -101,6 +103,7 @@ class LeaderJob:
 
     def _lost(self) -> None:
         self.term = None
+        self.leading.clear()
         if self._claim_task is not None:
             self._claim_task.cancel()
 

@@ -140,7 +140,7 @@ class CaRuntime:
                     functools.partial(_leading, leader))
                 await leader.start()
             with contextlib.suppress(TimeoutError):  # the first node: sign the first CRLs
-                await asyncio.wait_for(leaders[CRL_JOB].election.elected.wait(), 1.0)
+                await asyncio.wait_for(leaders[CRL_JOB].leading.wait(), 1.0)
         crls.on_publish.append(metrics.crl_published)
         if publishing:
             # OCSP first: it must say "revoked" before anything slower happens.
