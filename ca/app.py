@@ -67,6 +67,8 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(runtime.crls.run(), name="crl-schedule"),
         asyncio.create_task(runtime.ocsp.run(), name="ocsp-maintenance"),
     ]
+    if runtime.cutovers is not None:  # a cluster's cutover records (ca.cutover_job)
+        tasks.append(asyncio.create_task(runtime.cutovers.run(), name="cutover-records"))
     yield
     for task in tasks:
         task.cancel()

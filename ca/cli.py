@@ -597,21 +597,29 @@ async def cmd_db_copy(config: CaConfig, clock: Clock, args: argparse.Namespace) 
 
 
 async def cmd_cluster_status(config: CaConfig, clock: Clock, args: argparse.Namespace) -> int:
-    """The CA nodes connected to the shared PostgreSQL and which one leads CRL signing
-    (issue 13); exit 1 when no node leads (no CRL is being signed)."""
+    """The CA nodes connected to the shared PostgreSQL and which one leads each leader job
+    with its fencing term (issue 13); exit 1 when a job has no leader (e.g. no CRL is being
+    signed)."""
+    from ca.leadership import CRL_JOB, JOBS
+
     settings = postgres_settings(config)
     if settings is None:
         print(f"one node: {_describe_database(config)} (no cluster)")
         return 0
     store = await PgStore.open(settings, migrate_schema=False)
     try:
-        leader, nodes = await store.cluster_status()
+        leaders, nodes = await store.cluster_status(JOBS)
+        terms = await store.leader_terms()
     finally:
         await store.close()
     print(f"database:    {_describe_database(config)}")
     print(f"nodes:       {', '.join(nodes) or '-'}")
-    print(f"CRL leader:  {leader or 'none (no node signs CRLs now)'}")
-    return 0 if leader else 1
+    print(f"CRL leader:  {leaders[CRL_JOB] or 'none (no node signs CRLs now)'}")
+    print("leader jobs:")
+    for job in JOBS:
+        term = f" (term {terms[job][0]})" if job in terms else ""
+        print(f"  {job:16} {leaders[job] or 'none'}{term}")
+    return 0 if all(leaders.values()) else 1
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -723,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster = commands.add_parser("cluster", help="the CA nodes on a shared PostgreSQL")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
-    cluster_sub.add_parser("status", help="connected nodes and the CRL leader").set_defaults(
+    cluster_sub.add_parser(
+        "status", help="connected nodes and each leader job's leader").set_defaults(
         handler=cmd_cluster_status)
     add_common_options(parser)
     return parser

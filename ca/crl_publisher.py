@@ -14,11 +14,12 @@
   bytes kept between builds: a re-sign at 100k entries costs ~15 ms, the first build ~0.25 s,
   and no single call holds the GIL long enough to stall the loop.
 - On a cluster (PostgreSQL, issue 13) only the elected leader (`leader`, a
-  common.postgres.LeaderElection) signs; the other nodes serve the CRL the leader stored,
-  reloaded on every tick and while a request waits for a CRL covering a revocation. A CRL
-  whose save is refused (a deposed leader racing the new one: the store keeps a number only
-  when it is above the stored one) is discarded and the stored one served, so the CRL numbers
-  served anywhere strictly increase and one number always means one CRL.
+  ca.leadership.LeaderJob) signs; the other nodes serve the CRL the leader stored,
+  reloaded on every tick and while a request waits for a CRL covering a revocation. The save
+  is fenced inside its transaction (the leader's term and lock, ca.leadership), and the store
+  keeps a number only when it is above the stored one: a refused CRL (a deposed leader, or
+  one racing the new one) is discarded and the stored one served, so the CRL numbers served
+  anywhere strictly increase and one number always means one CRL.
 - Entries of certificates past their notAfter are dropped when `crl.drop_expired` is set
   (RFC 5280 §3.3 allows it; a retired generation's CRL shrinks to empty as its certificates
   expire, and keeps being signed until the last one has).
@@ -41,9 +42,9 @@ from cryptography.hazmat.primitives import hashes
 from ca.config import CaConfig
 from ca.crl import EntryEncoder, build_crl_from_rows, crl_cache_headers, crl_etag
 from ca.issuers import Issuers
+from ca.leadership import LeaderJob
 from ca.storage import CaStore
 from ca.store import CertRecord
-from common.postgres import LeaderElection
 from common.sqlite import store_error
 from policy.clock import Clock
 
@@ -78,7 +79,7 @@ class CrlPublisher:
 
     def __init__(self, config: CaConfig, clock: Clock, store: CaStore, issuers: Issuers,
                  tick_seconds: float = 5.0, resign_min_gap: float = 1.0,
-                 leader: LeaderElection | None = None) -> None:
+                 leader: LeaderJob | None = None) -> None:
         self._config = config
         self.leader = leader
         self._clock = clock
@@ -252,9 +253,12 @@ class CrlPublisher:
                 _build, issuer.certificate, issuer.signer, rows, number, now, next_update
             )
             # Persisted before it is served, so a restart never reuses its number.
-            if not await self._store.save_crl(generation, number, now, next_update, der, seq):
-                # Another node stored this number first (a leader handover): serve its CRL,
-                # never a second CRL with the same number.
+            fence = None if self.leader is None else self.leader.fence
+            if not await self._store.save_crl(generation, number, now, next_update, der, seq,
+                                              fence=fence):
+                # Another node stored this number first (a leader handover), or this node
+                # was deposed meanwhile (fenced): serve the stored CRL, never a second CRL
+                # with the same number.
                 stored = await self.load(generation)
                 _log.warning("crl_superseded", generation=generation, number=number)
                 if stored is None:

@@ -12,6 +12,13 @@ pre-signed responses for nonce-less requests.
   response is signed fresh and echoes the nonce.
 - Responder certificates carry ocsp-nocheck, so they are short-lived; `renew_responders`
   re-issues one `ocsp.responder_renew_before_days` before it expires.
+- On a cluster (PostgreSQL, issue 13) renewing is a leader job (`responder_leader`): the
+  leader issues the new responder and publishes it (certificate, and the encrypted key file
+  for file keys) in `ocsp_responders`, fenced by its term, in the transaction that also
+  decides that it is due; every node installs the newest published responder at the NOTIFY
+  (and on every maintenance tick) and signs with it from then on, without a restart.
+- The cache stays per node and every node re-signs its own cached answers, off the event loop
+  (README, "CA cluster": why this is not a leader job).
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 
 from ca.config import CaConfig
 from ca.issuers import Issuers
+from ca.leadership import LeaderJob
 from ca.metrics import CaMetrics
 from ca.ocsp import (
     UNKNOWN,
@@ -46,6 +55,7 @@ from ca.ocsp import (
 )
 from ca.storage import CaStore
 from ca.store import CertRecord
+from ca.store_pg import PgStore
 from common.sqlite import from_epoch
 from keys.errors import KeyCustodyError
 from keys.hierarchy import Hierarchy
@@ -105,6 +115,9 @@ class OcspService:
         self._keys_of: dict[int, set[bytes]] = {}
         self._counters: dict[str, Any] = {}
         self._revision = 0  # bumped by every issuance and revocation
+        self.responder_leader: LeaderJob | None = None  # set on a cluster (issue 13)
+        self._responder_lock = asyncio.Lock()
+        self._elected_tasks: set[asyncio.Task[None]] = set()
         self._load_responders()
 
     def _load_responders(self) -> None:
@@ -302,19 +315,48 @@ class OcspService:
     def refresh_cache(self) -> int:
         """Re-sign cached responses that are close to their half-life; returns how many.
 
-        Runs between requests (no await inside), so statuses cannot change meanwhile.
+        Runs between requests (no await inside), so statuses cannot change meanwhile. The
+        daemon uses `refresh_cache_off_loop`, which signs in a worker thread.
         """
+        due, now, next_update = self._due_for_refresh()
+        signed = [build_response([(c.cert_id, c.issuer, status)], self._responders, now,
+                                 next_update) for _, c, status in due]
+        return self._install_refreshed(due, signed, now, next_update)
+
+    async def refresh_cache_off_loop(self) -> int:
+        """`refresh_cache` with the signatures made in a worker thread, so a large cache
+        never stalls the loop. The statuses are read on the loop; an answer is put back only
+        when its entry is still the one read (a revocation or issuance meanwhile dropped it,
+        and the stale answer is discarded: never a "good" after a "revoked")."""
+        due, now, next_update = self._due_for_refresh()
+        if not due:
+            return 0
+        responders = self._responders
+        items = [(c.cert_id, c.issuer, status) for _, c, status in due]
+        signed = await asyncio.to_thread(
+            lambda: [build_response([item], responders, now, next_update) for item in items])
+        if responders is not self._responders:  # a responder was renewed meanwhile
+            return 0
+        return self._install_refreshed(due, signed, now, next_update)
+
+    def _due_for_refresh(self) -> tuple[list[tuple[bytes, _Cached, CertStatus]], datetime,
+                                         datetime]:
         now = self._clock.now().replace(microsecond=0)
         soon = now + timedelta(minutes=2)
-        refreshed = 0
-        for key, cached in list(self._cache.items()):
+        due = []
+        for key, cached in self._cache.items():
             this_update = cached.answer.this_update
             if this_update is not None and soon < this_update + self._half_life():
                 continue
-            status = self._status(cached.cert_id.serial_number, cached.issuer)
-            next_update = now + self._config.ocsp_response_validity
-            der = build_response([(cached.cert_id, cached.issuer, status)], self._responders,
-                                 now, next_update)
+            due.append((key, cached, self._status(cached.cert_id.serial_number, cached.issuer)))
+        return due, now, now + self._config.ocsp_response_validity
+
+    def _install_refreshed(self, due: list[tuple[bytes, _Cached, CertStatus]],
+                           signed: list[bytes], now: datetime, next_update: datetime) -> int:
+        refreshed = 0
+        for (key, cached, status), der in zip(due, signed, strict=True):
+            if self._cache.get(key) is not cached:
+                continue  # dropped (revoked, issued) or replaced since it was read
             self._cache[key] = _Cached(OcspAnswer(der, now, next_update), cached.cert_id,
                                        cached.issuer, status)  # same key: index unchanged
             refreshed += 1
@@ -327,10 +369,7 @@ class OcspService:
         now = self._clock.now()
         renewed = []
         for name, generation in list(self._issuers.generations.items()):
-            expires = generation.ocsp_certificate.not_valid_after_utc
-            issuer_expires = generation.certificate.not_valid_after_utc
-            margin = self._config.ocsp_responder_renew_before
-            if expires - now > margin or expires >= issuer_expires:
+            if not self._due(generation, now):
                 continue
             fresh = self._hierarchy.issue_ocsp_responder(
                 name, now, self._config.ocsp_responder_validity
@@ -343,12 +382,136 @@ class OcspService:
             self._load_responders()
         return renewed
 
-    async def run(self, tick: timedelta = timedelta(minutes=1)) -> None:
-        """Now and every `tick`: re-sign cached responses and renew responder certificates."""
-        while True:
+    # -- responders on a cluster (issue 13) -------------------------------------------------
+
+    async def maintain_responders(self) -> list[str]:
+        """Renew the responder certificates that are due: on one node directly
+        (`renew_responders`, in a worker thread); on a cluster, install what the leader
+        published, then, on the leader only, renew and publish (fenced)."""
+        if self.responder_leader is None or not isinstance(self._store, PgStore):
+            return await asyncio.to_thread(self.renew_responders)
+        async with self._responder_lock:
+            await self._install_published()
+            if not self.responder_leader.is_leader:
+                return []
+            return await self._renew_and_publish()
+
+    def leadership_changed(self) -> None:
+        """On election: renew what a dead leader left due, at once (not at the next tick)."""
+        task = asyncio.create_task(self._maintain_logged(), name="ocsp-responders-elected")
+        self._elected_tasks.add(task)
+        task.add_done_callback(self._elected_tasks.discard)
+
+    async def _maintain_logged(self) -> None:
+        try:
+            await self.maintain_responders()
+        except Exception:  # the minute tick retries
+            _log.exception("ocsp_maintenance_failed")
+
+    async def install_published(self) -> list[str]:
+        """Install the newest responders the leader published (the NOTIFY, a tick, the
+        start): the generations whose responder changed on this node."""
+        async with self._responder_lock:
+            return await self._install_published()
+
+    async def _install_published(self) -> list[str]:
+        assert isinstance(self._store, PgStore)
+        assert self._hierarchy is not None
+        published = await self._store.newest_responders()
+        changed = []
+        for name, (serial, certificate, key_pem, not_after) in published.items():
+            generation = self._issuers.generations.get(name)
+            if (generation is None or _serial(generation.ocsp_certificate) == serial
+                    or not_after <= generation.ocsp_certificate.not_valid_after_utc):
+                continue  # the same, or older than ours (an unpublished renewal's, above)
             try:
-                self.refresh_cache()
-                await asyncio.to_thread(self.renew_responders)
+                fresh = await asyncio.to_thread(self._hierarchy.install_ocsp_responder, name,
+                                                certificate, key_pem)
+            except KeyCustodyError as exc:  # keep signing with the one we have; logged
+                _log.error("ocsp_responder_install_failed", generation=name, error=str(exc))
+                continue
+            self._issuers.refresh_responder(name, fresh)
+            changed.append(name)
+            _log.info("ocsp_responder_installed", generation=name, serial=serial)
+        if changed:
+            self._load_responders()
+        return changed
+
+    async def _renew_and_publish(self) -> list[str]:
+        leader, hierarchy, store = self.responder_leader, self._hierarchy, self._store
+        assert leader is not None
+        assert hierarchy is not None
+        assert isinstance(store, PgStore)
+        now = self._clock.now()
+        renewed = []
+        for name in [n for n, g in self._issuers.generations.items() if self._due(g, now)]:
+
+            issued: list[Any] = []  # what the token or the key folder holds now
+
+            async def work(conn: Any, name: str = name, issued: list[Any] = issued) -> Any:
+                # The decision and the publication in one fenced transaction: no earlier
+                # leader's renewal can commit after this check (its term is superseded).
+                newest = await conn.fetchrow(
+                    "SELECT serial, not_after FROM ocsp_responders WHERE generation = $1"
+                    " ORDER BY not_after DESC, issued_at DESC LIMIT 1", name)
+                current = self._issuers.generations[name].ocsp_certificate
+                if newest is not None and newest[0] != _serial(current) \
+                        and from_epoch(newest[1]) > current.not_valid_after_utc:
+                    return None  # a newer one was published meanwhile: installed next round
+                term = await PgStore.fenced_term(conn, leader.job)
+                fresh = await asyncio.to_thread(hierarchy.issue_ocsp_responder, name, now,
+                                                self._config.ocsp_responder_validity)
+                issued.append(fresh)
+                key_pem = await asyncio.to_thread(hierarchy.responder_key_file, name)
+                await PgStore.insert_responder(
+                    conn, generation=name, serial=_serial(fresh.ocsp_certificate),
+                    certificate=fresh.ocsp_certificate.public_bytes(serialization.Encoding.DER),
+                    key_pem=key_pem, not_after=fresh.ocsp_certificate.not_valid_after_utc,
+                    now=now, node=leader.node, term=term, actor="ca-leader")
+                return fresh
+
+            try:
+                led, fresh = await store.fenced(leader.fence, work, idle_timeout_ms=10_000)
             except Exception:
-                _log.exception("ocsp_maintenance_failed")
+                if issued:
+                    # Issued but not published (the commit failed): the key folder or the
+                    # token holds the new key now, so sign with its certificate; the next
+                    # leader's renewal, newer, reaches every node.
+                    self._issuers.refresh_responder(name, issued[0])
+                    self._load_responders()
+                    _log.error("ocsp_responder_unpublished", generation=name)
+                raise
+            if not led:
+                _log.warning("ocsp_responder_renewal_fenced", generation=name)
+                break
+            if fresh is None:
+                continue
+            self._issuers.refresh_responder(name, fresh)
+            renewed.append(name)
+            _log.info("ocsp_responder_renewed", generation=name, published=True,
+                      not_after=fresh.ocsp_certificate.not_valid_after_utc.isoformat())
+        if renewed:
+            self._load_responders()
+        return renewed
+
+    def _due(self, generation: Any, now: datetime) -> bool:
+        expires = generation.ocsp_certificate.not_valid_after_utc
+        issuer_expires = generation.certificate.not_valid_after_utc
+        return not (expires - now > self._config.ocsp_responder_renew_before
+                    or expires >= issuer_expires)
+
+    async def run(self, tick: timedelta = timedelta(minutes=1)) -> None:
+        """Now and every `tick`: re-sign cached responses (off the loop) and renew
+        responder certificates."""
+        while True:
+            # Separately: a token that cannot sign now must not hold up the renewal.
+            for step in (self.refresh_cache_off_loop, self.maintain_responders):
+                try:
+                    await step()
+                except Exception:
+                    _log.exception("ocsp_maintenance_failed", step=step.__name__)
             await asyncio.sleep(tick.total_seconds())
+
+
+def _serial(certificate: Any) -> str:
+    return format(certificate.serial_number, "x")

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ca.config import CaConfig
 from ca.crl_publisher import CrlPublisher
+from ca.cutover_job import CutoverRecorder
 from ca.feed import RevocationFeed
 from ca.issuance import CertificateAuthority
 from ca.issuers import Issuers
+from ca.leadership import CRL_JOB, CUTOVER_JOB, RESPONDER_JOB, LeaderJob
 from ca.metrics import CaMetrics
 from ca.ocsp_service import OcspService
 from ca.pkcs12 import KeyWorkers
 from ca.storage import CaStore, daemon_instance, open_store
 from ca.store import CertRecord, Owner
-from ca.store_pg import REVOCATION_CHANNEL, PgStore
+from ca.store_pg import RESPONDER_CHANNEL, REVOCATION_CHANNEL, PgStore
 from common.passwords import PasswordHasher
-from common.postgres import ChannelListener, LeaderElection
+from common.postgres import ChannelListener
 from keys.custody import Pkcs11Settings, close_keystore, open_keystore
 from keys.file_signer import ensure_owner_only, write_owner_only
 from keys.hierarchy import Hierarchy
@@ -59,6 +62,11 @@ def read_api_token(path: Path) -> str:
     return token
 
 
+def _leading(leader: LeaderJob) -> float:
+    """The `sekisho_ca_leader{job,node}` gauge: 1 while this node leads the job."""
+    return 1.0 if leader.is_leader else 0.0
+
+
 @dataclass
 class CaRuntime:
     """The opened store, issuers, workers and service of one CA."""
@@ -76,7 +84,9 @@ class CaRuntime:
     metrics: CaMetrics
     ocsp: OcspService
     revocation_listener: ChannelListener | None = None
-    crl_election: LeaderElection | None = None
+    leaders: dict[str, LeaderJob] = field(default_factory=dict)
+    responder_listener: ChannelListener | None = None
+    cutovers: CutoverRecorder | None = None
 
     @classmethod
     async def open(
@@ -106,20 +116,32 @@ class CaRuntime:
         authority.revocation_listeners.append(feed.catch_up)
         metrics = CaMetrics()
         crls = CrlPublisher(config, clock, store, issuers)
-        election = None
-        if publishing and isinstance(store, PgStore):
-            # One CRL signer per cluster (issue 13): the node holding the advisory lock; it
-            # signs what is due as soon as it is elected (a handover included).
-            election = LeaderElection(store.settings, "crl", node=config.node_name,
-                                      on_elected=crls.leadership_changed)
-            crls.leader = election
-            metrics.leader.labels(job="crl", node=config.node_name).set_function(
-                lambda: 1.0 if election is not None and election.is_leader else 0.0)
-            await election.start()
-            with contextlib.suppress(TimeoutError):  # the first node: sign the first CRLs
-                await asyncio.wait_for(election.elected.wait(), 1.0)
-        crls.on_publish.append(metrics.crl_published)
         ocsp = OcspService(config, clock, store, issuers, metrics, hierarchy)
+        leaders: dict[str, LeaderJob] = {}
+        cutovers = None
+        if publishing and isinstance(store, PgStore):
+            # The leader jobs of a cluster (issue 13, ca.leadership): one election each,
+            # every write fenced by the job's term. CRL first: on the first node it signs
+            # the first CRLs as soon as it is elected.
+            cutovers_holder: list[CutoverRecorder] = []
+            leaders[CRL_JOB] = LeaderJob(store, CRL_JOB, config.node_name, clock,
+                                         on_elected=crls.leadership_changed)
+            leaders[RESPONDER_JOB] = LeaderJob(store, RESPONDER_JOB, config.node_name, clock,
+                                               on_elected=ocsp.leadership_changed)
+            leaders[CUTOVER_JOB] = LeaderJob(
+                store, CUTOVER_JOB, config.node_name, clock,
+                on_elected=lambda: cutovers_holder[0].leadership_changed())
+            cutovers = CutoverRecorder(config, clock, store, leaders[CUTOVER_JOB])
+            cutovers_holder.append(cutovers)
+            crls.leader = leaders[CRL_JOB]
+            ocsp.responder_leader = leaders[RESPONDER_JOB]
+            for job, leader in leaders.items():
+                metrics.leader.labels(job=job, node=config.node_name).set_function(
+                    functools.partial(_leading, leader))
+                await leader.start()
+            with contextlib.suppress(TimeoutError):  # the first node: sign the first CRLs
+                await asyncio.wait_for(leaders[CRL_JOB].leading.wait(), 1.0)
+        crls.on_publish.append(metrics.crl_published)
         if publishing:
             # OCSP first: it must say "revoked" before anything slower happens.
             feed.listeners.append(ocsp.on_revoked)
@@ -144,15 +166,28 @@ class CaRuntime:
                                        lambda _payload: feed.catch_up(),
                                        on_listening=feed.catch_up)
             await listener.start()
+        responders = None
+        if publishing and isinstance(store, PgStore):
+            # A responder the leader renewed is installed by every node at the commit; after
+            # each (re)connection, what was published meanwhile (install_published).
+            async def install(_payload: str = "") -> None:
+                await ocsp.install_published()
+
+            await install()
+            responders = ChannelListener(store.settings, RESPONDER_CHANNEL, install,
+                                         on_listening=install)
+            await responders.start()
         return cls(config, clock, store, issuers, key_workers, hasher, authority, feed,
-                   hierarchy, crls, metrics, ocsp, listener, election)
+                   hierarchy, crls, metrics, ocsp, listener, leaders, responders, cutovers)
 
     async def close(self) -> None:
         """Release the store, the worker processes and the token's sessions."""
         if self.revocation_listener is not None:
             await self.revocation_listener.close()
-        if self.crl_election is not None:
-            await self.crl_election.close()
+        if self.responder_listener is not None:
+            await self.responder_listener.close()
+        for leader in self.leaders.values():
+            await leader.close()
         self.workers.close()
         await self.store.close()
         close_keystore(self.hierarchy.keystore)

@@ -555,11 +555,12 @@ class Store(SqliteStore):
 
     async def save_crl(
         self, generation: str, crl_number: int, this_update: datetime, next_update: datetime,
-        der: bytes, revocation_seq: int = 0,
+        der: bytes, revocation_seq: int = 0, *, fence: object = None,
     ) -> bool:
         """Persist the newest CRL of a generation (its number must only grow) with the
         revocation sequence it covers (R-FAULT-1); False when a CRL with this number or a
-        higher one is already stored (nothing changed)."""
+        higher one is already stored (nothing changed). `fence` is for PostgreSQL (a
+        cluster's leader); one node on SQLite has no other signer to be fenced from."""
         async with self.transaction() as db:
             cursor = await db.execute(
                 "INSERT INTO crl_state (generation, crl_number, this_update, next_update, der,"

@@ -105,9 +105,51 @@ _SCHEMA_1 = """
     );
     INSERT INTO ca_counters VALUES ('revocation_seq', 0);
 """
+# 2: the leader jobs (issue 13). `leader_terms` is each job's fencing token: a newly elected
+# leader bumps its job's term before doing anything, and every leader write checks, in its own
+# transaction, that the term is still its own (FOR SHARE: the next leader's bump waits for
+# that transaction) and that its lock connection still holds the advisory lock. Responder
+# certificates a leader renewed reach every node from `ocsp_responders`; `cutover_effects`
+# records once per cluster that a cutover took effect (its primary key: never twice).
+_SCHEMA_2 = """
+    CREATE TABLE leader_terms (
+        job text PRIMARY KEY,
+        term bigint NOT NULL,
+        node text NOT NULL,
+        since bigint NOT NULL
+    );
+    CREATE TABLE ocsp_responders (
+        generation text NOT NULL,
+        serial text NOT NULL,
+        certificate bytea NOT NULL,
+        key_pem bytea,
+        not_after bigint NOT NULL,
+        issued_at bigint NOT NULL,
+        node text NOT NULL,
+        term bigint NOT NULL,
+        PRIMARY KEY (generation, serial)
+    );
+    CREATE TABLE cutover_effects (
+        cutover text PRIMARY KEY,
+        effective_at bigint NOT NULL,
+        affected integer NOT NULL,
+        recorded_at bigint NOT NULL,
+        node text NOT NULL,
+        term bigint NOT NULL
+    );
+"""
 MIGRATIONS: tuple[str, ...] = (
     _SCHEMA_1 + audit_pg.SCHEMA,
+    _SCHEMA_2,
 )
+
+# NOTIFY channel of a renewed OCSP responder (payload: the generation): every node installs
+# the leader's certificate (and encrypted key file) from `ocsp_responders` at once.
+RESPONDER_CHANNEL = "sekisho_ca_responders"
+
+# A leader job's fence (ca.leadership.LeaderJob.fence): called inside the writing
+# transaction, True while the caller is still the job's leader.
+Fence = Callable[[asyncpg.Connection], Awaitable[bool]]
 
 # Errors that mean "the database is not reachable now" (as opposed to a bug or a constraint).
 _UNREACHABLE = (OSError, asyncpg.exceptions.PostgresConnectionError,
@@ -558,11 +600,13 @@ class PgStore:
 
     async def save_crl(
         self, generation: str, crl_number: int, this_update: datetime, next_update: datetime,
-        der: bytes, revocation_seq: int = 0,
+        der: bytes, revocation_seq: int = 0, *, fence: Fence | None = None,
     ) -> bool:
         """Persist the newest CRL of a generation (its number only grows: a conditional
         upsert) with the revocation sequence it covers (R-FAULT-1); False when this number
-        or a higher one is already stored (another node signed it: issue 13)."""
+        or a higher one is already stored (another node signed it: issue 13), or when
+        `fence` says, inside this transaction, that the caller no longer leads CRL signing
+        (a deposed leader's CRL is never stored, whatever its number)."""
 
         async def work(conn: asyncpg.Connection) -> bool:
             status = await conn.execute(
@@ -576,7 +620,10 @@ class PgStore:
                 revocation_seq)
             return bool(status == "INSERT 0 1")
 
-        return await self._tx(work)
+        if fence is None:
+            return await self._tx(work)
+        led, saved = await self.fenced(fence, work)
+        return led and bool(saved)
 
     async def crl_number(self, generation: str) -> int:
         """The number of the newest stored CRL of a generation (0 before the first)."""
@@ -597,6 +644,113 @@ class PgStore:
         if row is None:
             return None
         return int(row[0]), from_epoch(row[1]), from_epoch(row[2]), bytes(row[3]), int(row[4])
+
+    # -- leader jobs (issue 13) -----------------------------------------------------------
+
+    async def claim_leader_term(self, job: str, node: str, now: datetime) -> int:
+        """A newly elected leader's fencing term for `job`: one more than the last leader's.
+        Waits for a deposed leader's fenced transaction still holding the term row (FOR
+        SHARE), so the new term starts after the old leader's last write."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval(
+                "INSERT INTO leader_terms (job, term, node, since) VALUES ($1, 1, $2, $3)"
+                " ON CONFLICT (job) DO UPDATE SET term = leader_terms.term + 1,"
+                " node = excluded.node, since = excluded.since RETURNING term",
+                job, node, to_epoch(now)))
+
+        return await self._tx(work)
+
+    @staticmethod
+    async def term_is(conn: asyncpg.Connection, job: str, term: int) -> bool:
+        """Inside a leader's transaction: whether `term` is still `job`'s term; the row stays
+        share-locked until the transaction ends, so no new term starts meanwhile."""
+        stored = await conn.fetchval(
+            "SELECT term FROM leader_terms WHERE job = $1 FOR SHARE", job)
+        return stored is not None and int(stored) == term
+
+    @staticmethod
+    async def fenced_term(conn: asyncpg.Connection, job: str) -> int:
+        """Inside a fenced transaction: the term the fence checked (share-locked, so it
+        cannot have changed), to record with the leader's write."""
+        return int(await conn.fetchval("SELECT term FROM leader_terms WHERE job = $1", job))
+
+    async def leader_terms(self) -> dict[str, tuple[int, str]]:
+        """job -> (its last term, the node that claimed it)."""
+        async with self._read() as conn:
+            rows = await conn.fetch("SELECT job, term, node FROM leader_terms")
+        return {str(row[0]): (int(row[1]), str(row[2])) for row in rows}
+
+    async def fenced(self, fence: Fence, work: Callable[[asyncpg.Connection], Awaitable[T]],
+                     *, idle_timeout_ms: int = 5000) -> tuple[bool, T | None]:
+        """Run a leader's `work(conn)` in one transaction behind `fence`: (False, None)
+        without running it when the caller no longer leads. A leader that loses the network
+        mid-transaction holds the term row until the server ends its session:
+        `idle_in_transaction_session_timeout` bounds that."""
+
+        async def guarded(conn: asyncpg.Connection) -> tuple[bool, T | None]:
+            await conn.execute(
+                f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_timeout_ms)}")
+            if not await fence(conn):
+                return False, None
+            return True, await work(conn)
+
+        return await self._tx(guarded)
+
+    async def newest_responders(
+        self,
+    ) -> dict[str, tuple[str, bytes, bytes | None, datetime]]:
+        """generation -> (serial, certificate DER, encrypted key PEM or None, notAfter) of
+        the newest responder certificate a leader published."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT ON (generation) generation, serial, certificate, key_pem,"
+                " not_after FROM ocsp_responders"
+                " ORDER BY generation, not_after DESC, issued_at DESC")
+        return {str(row[0]): (str(row[1]), bytes(row[2]),
+                              None if row[3] is None else bytes(row[3]), from_epoch(row[4]))
+                for row in rows}
+
+    @staticmethod
+    async def insert_responder(conn: asyncpg.Connection, *, generation: str, serial: str,
+                               certificate: bytes, key_pem: bytes | None, not_after: datetime,
+                               now: datetime, node: str, term: int, actor: str) -> None:
+        """Publish a renewed responder (inside the leader's fenced transaction), audited,
+        and wake every node (NOTIFY at commit)."""
+        await conn.execute(
+            "INSERT INTO ocsp_responders (generation, serial, certificate, key_pem, not_after,"
+            " issued_at, node, term) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            generation, serial, certificate, key_pem, to_epoch(not_after), to_epoch(now),
+            node, term)
+        await audit_pg.append(conn, at=now, actor=actor, action="ocsp_responder.renewed",
+                              subject=generation,
+                              details={"serial": serial, "not_after": to_epoch(not_after),
+                                       "node": node, "term": term})
+        await notify(conn, RESPONDER_CHANNEL, generation)
+
+    async def recorded_cutovers(self) -> dict[str, int]:
+        """cutover name -> affected count, for the cutovers recorded as effective."""
+        async with self._read() as conn:
+            rows = await conn.fetch("SELECT cutover, affected FROM cutover_effects")
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    @staticmethod
+    async def record_cutover(conn: asyncpg.Connection, *, name: str, effective_at: datetime,
+                             affected: int, now: datetime, node: str, term: int,
+                             actor: str) -> bool:
+        """Inside the leader's fenced transaction: record that cutover `name` took effect,
+        with its audit entry; False (and no audit entry) when it is recorded already."""
+        status = await conn.execute(
+            "INSERT INTO cutover_effects (cutover, effective_at, affected, recorded_at, node,"
+            " term) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cutover) DO NOTHING",
+            name, to_epoch(effective_at), affected, to_epoch(now), node, term)
+        if status != "INSERT 0 1":
+            return False
+        await audit_pg.append(conn, at=now, actor=actor, action="cutover.effective",
+                              subject=name, details={"affected": affected, "node": node,
+                                                     "term": term,
+                                                     "effective_at": to_epoch(effective_at)})
+        return True
 
     # -- copy ----------------------------------------------------------------------------
 
@@ -633,18 +787,20 @@ class PgStore:
 
     # -- cluster -------------------------------------------------------------------------
 
-    async def cluster_status(self) -> tuple[str | None, list[str]]:
-        """(the CRL leader's node name or None, the nodes connected now): from the leader
+    async def cluster_status(self, jobs: Sequence[str] = ("crl",),
+                             ) -> tuple[dict[str, str | None], list[str]]:
+        """(each job's leader node name or None, the nodes connected now): from each leader
         lock's holder and the sessions' application names (`sekisho-ca:<node>`)."""
         async with self._read() as conn:
-            holder = await current_leader(conn, "crl")
+            holders = {job: await current_leader(conn, job) for job in jobs}
             names = await conn.fetch(
                 "SELECT DISTINCT application_name FROM pg_stat_activity"
                 " WHERE datname = current_database() AND application_name LIKE 'sekisho-ca:%'"
                 " ORDER BY 1")
         nodes = sorted({str(row[0]).split(":")[1] for row in names})  # ...:<node>[:listen]
-        leader = None if holder is None else holder[1].rsplit(":", 1)[-1]
-        return leader, nodes
+        leaders = {job: None if holder is None else holder[1].rsplit(":", 1)[-1]
+                   for job, holder in holders.items()}
+        return leaders, nodes
 
     # -- audit ---------------------------------------------------------------------------
 

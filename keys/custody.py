@@ -38,6 +38,14 @@ class KeyStore(Protocol):
         """Create a fresh key under an existing label, keeping the previous one as `.old`."""
         ...
 
+    def key_file(self, label: str) -> bytes | None:
+        """The encrypted key file of `label`, or None when the key lives in a token."""
+        ...
+
+    def install_key_file(self, label: str, pem: bytes) -> bool:
+        """Install another node's encrypted key file for `label`; False when identical."""
+        ...
+
 
 @dataclass(frozen=True)
 class Pkcs11Settings:
@@ -96,6 +104,14 @@ class SplitKeyStore:
     def replace(self, label: str, algorithm: str) -> ForwardingEcSigner:
         """Re-key where the kind lives."""
         return self._for(label).replace(label, algorithm)
+
+    def key_file(self, label: str) -> bytes | None:
+        """The key file of a responder key; None for a key in the token."""
+        return self._for(label).key_file(label)
+
+    def install_key_file(self, label: str, pem: bytes) -> bool:
+        """Install a responder's key file (the token's keys have no file)."""
+        return self._for(label).install_key_file(label, pem)
 
 
 def open_keystore(backend: str, directory: Path, passphrase_file: Path, passphrase_env: str,

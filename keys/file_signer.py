@@ -92,6 +92,31 @@ class FileKeyStore:
             path.replace(path.with_suffix(".pem.old"))
         return self.create(label, algorithm)
 
+    def key_file(self, label: str) -> bytes | None:
+        """The encrypted key file of `label` (what another node installs with
+        `install_key_file`: the passphrase is the same on every node of a cluster)."""
+        return self.key_path(label).read_bytes()
+
+    def install_key_file(self, label: str, pem: bytes) -> bool:
+        """Install the encrypted key file another node created for `label` (a renewed OCSP
+        responder, issue 13): checked to open with this node's passphrase first, written
+        0600 then renamed over the old one (kept as `.old`); False when already identical."""
+        path = self.key_path(label)
+        if path.exists() and path.read_bytes() == pem:
+            return False
+        try:
+            serialization.load_pem_private_key(pem, self._passphrase)
+        except (ValueError, TypeError):
+            raise WrongPassphrase(f"the published key {label!r} does not open with this "
+                                  "node's key passphrase (every node needs the same)") from None
+        fresh = path.with_suffix(".pem.new")
+        fresh.unlink(missing_ok=True)  # a crash's leftover
+        write_owner_only(fresh, pem)
+        if path.exists():
+            path.replace(path.with_suffix(".pem.old"))
+        fresh.replace(path)
+        return True
+
     def load(self, label: str) -> ForwardingEcSigner:
         """Open an existing key after checking its file mode."""
         path = self.key_path(label)

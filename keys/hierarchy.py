@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -229,6 +230,50 @@ class Hierarchy:
             .sign(issuer_signer, signature_hash_for(issuer_signer))
         )
         self._write_certificate(label, certificate, overwrite=True)
+        return self.load_generation(name)
+
+    def responder_key_file(self, name: str) -> bytes | None:
+        """The encrypted key file of generation `name`'s OCSP responder, or None when the
+        key is in a token (issue 13: what a cluster's leader publishes with a renewal)."""
+        return self._keystore.key_file(f"{name}-ocsp")
+
+    def install_ocsp_responder(
+        self, name: str, certificate_der: bytes, key_pem: bytes | None
+    ) -> IssuerGeneration:
+        """Install the OCSP responder another node issued for generation `name` (issue 13):
+        its certificate and, for file keys, its encrypted key file (the same passphrase on
+        every node); a token key is found in the shared token. Refuses a certificate our
+        issuer did not sign or without the OCSP signing usage, or a key that is not the
+        certificate's."""
+        label = f"{name}-ocsp"
+        certificate = x509.load_der_x509_certificate(certificate_der)
+        issuer = self.load_certificate(name)
+        try:
+            certificate.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            raise KeyCustodyError(f"the published responder of {name} is not signed by "
+                                  f"{name}'s certificate") from None
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        except x509.ExtensionNotFound:
+            usages = None
+        if usages is None or ExtendedKeyUsageOID.OCSP_SIGNING not in usages.value:
+            raise KeyCustodyError(f"the published responder of {name} is not an OCSP "
+                                  "signing certificate")
+        if key_pem is not None:
+            self._keystore.install_key_file(label, key_pem)
+        else:
+            token = getattr(self._keystore, "keys_changed_elsewhere", None)
+            if token is not None:
+                token()
+        signer = self._keystore.load(label)
+        if signer.public_key() != certificate.public_key():
+            raise KeyCustodyError(f"the responder key {label!r} is not the published "
+                                  "certificate's key")
+        current = self.cert_path(label)
+        if not current.exists() or current.read_bytes() != certificate.public_bytes(
+                serialization.Encoding.PEM):
+            self._write_certificate(label, certificate, overwrite=True)
         return self.load_generation(name)
 
     def _write_certificate(

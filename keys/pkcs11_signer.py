@@ -507,6 +507,21 @@ class Pkcs11KeyStore:
         self.token.keys_changed()
         return self.load(label)
 
+    def key_file(self, label: str) -> bytes | None:
+        """None: a token key has no file; another node finds it in the same token."""
+        return None
+
+    def install_key_file(self, label: str, pem: bytes) -> bool:
+        """Refused: a node keeping responder keys in the token cannot take a key file
+        (the nodes' `keys.ocsp_keys` settings differ)."""
+        raise KeyCustodyError(f"a key file for {label!r} was published, but this node keeps "
+                              "responder keys in the token: set the same keys.ocsp_keys on "
+                              "every node")
+
+    def keys_changed_elsewhere(self) -> None:
+        """Another node replaced a key of the shared token: forget the objects found."""
+        self.token.keys_changed()
+
     def import_key(self, label: str, private_key: ec.EllipticCurvePrivateKey) -> None:
         """Write an existing EC key into the token as a sensitive, non-extractable object
         (the migration path of a file-key CA); the token reports it as not always-sensitive
