@@ -116,7 +116,7 @@ class CertificateAuthority:
         self.owner = owner or Owner("ca-process", secrets.token_hex(8))
         self.revocation_listeners: list[RevocationListener] = []
         self.issuance_listeners: list[IssuanceListener] = []
-        self.tickets = AcquisitionTickets(clock)
+        self.tickets = AcquisitionTickets(clock, store)
 
     # -- acquisition passwords (R-CERT-5) ----------------------------------------------
 
@@ -181,7 +181,7 @@ class CertificateAuthority:
         for `acquire` (ca.tickets: the gateway checks the login password in between)."""
         user_id = self._user_id(user_id)
         await self._check_acquisition_password(user_id, acquisition_password, actor)
-        return self.tickets.issue(user_id, acquisition_password)
+        return await self.tickets.issue(user_id, acquisition_password)
 
     async def acquire(self, user_id: str, acquisition_password: str, *, actor: str,
                       ticket: str | None = None) -> Delivery:
@@ -190,7 +190,7 @@ class CertificateAuthority:
         user_id = self._user_id(user_id)
         if ticket is None:
             await self._check_acquisition_password(user_id, acquisition_password, actor)
-        elif not self.tickets.redeem(ticket, user_id, acquisition_password):
+        elif not await self.tickets.redeem(ticket, user_id, acquisition_password):
             raise Unauthorized("the acquisition ticket is not valid", code="bad_credentials")
         now = self._clock.now()
         try:

@@ -81,6 +81,17 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE pending_attempts > 0;
     ALTER TABLE crl_state ADD COLUMN revocation_seq INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: acquisition tickets in the store (ca.tickets), so any node of a cluster redeems a
+    # ticket another node issued (issue 13).
+    """
+    CREATE TABLE acquisition_tickets (
+        ticket_hash BLOB PRIMARY KEY,        -- SHA-256 of the ticket
+        user_id TEXT NOT NULL,
+        password_mac BLOB NOT NULL,          -- HMAC-SHA256 keyed by the ticket
+        expires_at REAL NOT NULL             -- Unix seconds, UTC
+    );
+    CREATE INDEX acquisition_tickets_by_expiry ON acquisition_tickets (expires_at);
+    """,
 )
 
 # An intent still counts (blocks another acquisition, may still become issued) only while
@@ -593,6 +604,31 @@ class Store(SqliteStore):
         if row is None:
             return None
         return int(row[0]), from_epoch(row[1]), from_epoch(row[2]), bytes(row[3]), int(row[4])
+
+    # -- acquisition tickets (ca.tickets) ------------------------------------------------
+
+    async def put_ticket(self, ticket_hash: bytes, user_id: str, password_mac: bytes,
+                         expires_at: float, now: float, limit: int) -> None:
+        """Keep a ticket; expired ones go, and the oldest beyond `limit`."""
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM acquisition_tickets WHERE expires_at <= ?", (now,))
+            await db.execute(
+                "INSERT INTO acquisition_tickets (ticket_hash, user_id, password_mac,"
+                " expires_at) VALUES (?, ?, ?, ?)", (ticket_hash, user_id, password_mac,
+                                                     expires_at))
+            await db.execute(
+                "DELETE FROM acquisition_tickets WHERE ticket_hash IN (SELECT ticket_hash"
+                " FROM acquisition_tickets ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
+                (limit,))
+
+    async def take_ticket(self, ticket_hash: bytes) -> tuple[str, bytes, float] | None:
+        """A ticket's (user, password MAC, expiry), deleted in the same statement: it serves
+        once, whoever asks first."""
+        async with self.transaction() as db, db.execute(
+                "DELETE FROM acquisition_tickets WHERE ticket_hash = ?"
+                " RETURNING user_id, password_mac, expires_at", (ticket_hash,)) as cursor:
+            row = await cursor.fetchone()
+        return (str(row[0]), bytes(row[1]), float(row[2])) if row else None
 
     # -- copy ----------------------------------------------------------------------------
 

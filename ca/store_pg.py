@@ -138,9 +138,21 @@ _SCHEMA_2 = """
         term bigint NOT NULL
     );
 """
+# 3: acquisition tickets (ca.tickets) shared by the nodes: a ticket one node issued is
+# redeemed by whichever node the gateway asks next.
+_SCHEMA_3 = """
+    CREATE TABLE acquisition_tickets (
+        ticket_hash bytea PRIMARY KEY,
+        user_id text NOT NULL,
+        password_mac bytea NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX acquisition_tickets_by_expiry ON acquisition_tickets (expires_at);
+"""
 MIGRATIONS: tuple[str, ...] = (
     _SCHEMA_1 + audit_pg.SCHEMA,
     _SCHEMA_2,
+    _SCHEMA_3,
 )
 
 # NOTIFY channel of a renewed OCSP responder (payload: the generation): every node installs
@@ -631,6 +643,34 @@ class PgStore:
             value = await conn.fetchval(
                 "SELECT crl_number FROM crl_state WHERE generation = $1", generation)
         return int(value) if value is not None else 0
+
+    async def put_ticket(self, ticket_hash: bytes, user_id: str, password_mac: bytes,
+                         expires_at: float, now: float, limit: int) -> None:
+        """Keep a ticket; expired ones go, and the oldest beyond `limit`."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM acquisition_tickets WHERE expires_at <= $1", now)
+            await conn.execute(
+                "INSERT INTO acquisition_tickets (ticket_hash, user_id, password_mac,"
+                " expires_at) VALUES ($1, $2, $3, $4)", ticket_hash, user_id, password_mac,
+                expires_at)
+            await conn.execute(
+                "DELETE FROM acquisition_tickets WHERE ticket_hash IN (SELECT ticket_hash"
+                " FROM acquisition_tickets ORDER BY expires_at DESC OFFSET $1)", limit)
+
+        await self._tx(work)
+
+    async def take_ticket(self, ticket_hash: bytes) -> tuple[str, bytes, float] | None:
+        """A ticket's (user, password MAC, expiry), deleted in the same statement: it serves
+        once, whichever node asks first."""
+
+        async def work(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(
+                "DELETE FROM acquisition_tickets WHERE ticket_hash = $1"
+                " RETURNING user_id, password_mac, expires_at", ticket_hash)
+
+        row = await self._tx(work)
+        return (str(row[0]), bytes(row[1]), float(row[2])) if row else None
 
     async def load_crl(
         self, generation: str

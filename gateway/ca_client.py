@@ -69,8 +69,8 @@ class RevocationEvent:
 
 @dataclass(frozen=True)
 class AcquisitionTicket:
-    """A single-use acquisition ticket and the internal URL of the node that issued it: a
-    node keeps its tickets in its own memory (ca/tickets.py), so only it can redeem one."""
+    """A single-use acquisition ticket and the internal URL of the node that issued it (for
+    the log): tickets live in the CA's store (ca/tickets.py), so any node redeems one."""
 
     value: str
     node: str
@@ -221,10 +221,13 @@ class CaClient:
         Replayable on another node: the CA refuses an acquisition while the user holds a
         usable certificate or an issuance is under way for them (R-CERT-5, checked under the
         user's lock in the shared database), so if the failed node did issue, the next node
-        refuses instead of issuing a second certificate. A ticket is redeemable only on its
-        node; when that node fails, the next node is asked without it and checks the
-        acquisition password itself (counted and locking like the ticket's check; it is the
-        password that node just accepted).
+        refuses instead of issuing a second certificate.
+
+        A ticket is in the CA's shared store, so the node in use redeems it whichever node
+        issued it, and a refused connection moves it to the next node. It is not replayed
+        once sent: the failed node may have spent it (single use). Then the next node is
+        asked without it and checks the acquisition password itself (counted and locking
+        like the ticket's check; it is the password the CA just accepted).
         """
         request: dict[str, Any] = {"user_id": user_id,
                                    "acquisition_password": acquisition_password,
@@ -233,7 +236,7 @@ class CaClient:
             try:
                 _, body = await self._api("POST", "/v1/acquire",
                                           json={**request, "ticket": ticket.value},
-                                          replayable=True, only=ticket.node)
+                                          replayable=False)
                 return _delivered(body)
             except CaUnavailable as exc:
                 if len(self.internal.nodes) == 1:

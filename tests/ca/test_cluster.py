@@ -255,6 +255,29 @@ def test_two_daemons_one_certificate_per_race(two_nodes: tuple[Daemons, Daemons]
     assert "hash chain verified" in verify.stdout
 
 
+def test_a_ticket_from_node1_is_redeemed_once_on_node2(
+        two_nodes: tuple[Daemons, Daemons]) -> None:
+    """Acquisition tickets are in the shared store: node 1 checks the acquisition password
+    and issues the ticket, node 2 redeems it without a second password check, and the spent
+    ticket is refused on either node. Before, a ticket lived in node 1's memory and node 2
+    refused it (401)."""
+    node1, node2 = two_nodes
+    status, body = node1.internal_api("POST", "/v1/users/300003/acquisition-password", {})
+    assert status == 201, body
+    password = body["acquisition_password"]
+    status, body = node1.internal_api("POST", "/v1/acquisition-tickets", {
+        "user_id": "300003", "acquisition_password": password})
+    assert status == 201, body
+    ticket = body["ticket"]
+    request = {"user_id": "300003", "acquisition_password": password, "ticket": ticket}
+    status, body = node2.internal_api("POST", "/v1/acquire", request)
+    assert status == 201, body
+    assert _serials(node1, "300003") == [body["serial"]]
+    for node in (node2, node1):
+        status, body = node.internal_api("POST", "/v1/acquire", request)
+        assert status == 401 and body["error"] == "bad_credentials", body
+
+
 def test_revocation_on_node2_is_answered_revoked_by_node1(
         two_nodes: tuple[Daemons, Daemons]) -> None:
     """A revocation committed through node 2 is answered "revoked" by node 1's OCSP (its

@@ -397,25 +397,35 @@ class TestClientFailover:
                 for filler in fillers:
                     filler.close()
 
-    async def test_a_ticket_is_redeemed_on_its_node_or_the_next_node_checks_the_password(
+    async def test_a_ticket_goes_to_any_node_and_is_never_replayed_once_sent(
             self, fake_nodes: tuple[FakeNode, FakeNode]) -> None:
-        """The ticket goes back to the node that issued it, even when another is in use;
-        when that node is dead the next one is asked without the ticket (it checks the
-        acquisition password itself)."""
+        """Tickets are in the CA's shared store: the node in use redeems one another node
+        issued, and a refused connection moves it on with the ticket. A node that failed
+        after the ticket was sent may have spent it, so the next node is asked without it
+        (it checks the acquisition password itself)."""
         a, b = fake_nodes
         client = _client(a, b)
         try:
             ticket = await client.open_acquisition("u1", "acq")
             assert ticket.node == a.url
             client.internal.succeeded(client.internal.nodes[1])  # B in use now
-            assert (await client.acquire("u1", "acq", ticket=ticket)).serial == "A"
-            assert a.seen[-1][2]["ticket"] == "ticket-A" and b.seen == []
+            assert (await client.acquire("u1", "acq", ticket=ticket)).serial == "B"
+            assert b.seen[-1][2]["ticket"] == "ticket-A"
             ticket = await client.open_acquisition("u1", "acq")
             assert ticket.node == b.url
-            await b.stop()
+            await b.stop()  # refused: nothing sent, the ticket moves on
             assert (await client.acquire("u1", "acq", ticket=ticket)).serial == "A"
-            assert "ticket" not in a.seen[-1][2]
-            assert a.seen[-1][2]["acquisition_password"] == "acq"
+            assert a.seen[-1][2]["ticket"] == "ticket-B"
+            await b.start()
+            a.behaviour = {"/v1/acquire": "503"}  # sent, answered 503: maybe spent
+            ticket = await client.open_acquisition("u1", "acq")
+            seen_a, seen_b = len(a.seen), len(b.seen)
+            assert (await client.acquire("u1", "acq", ticket=ticket)).serial == "B"
+            sent = [body for _, path, body in a.seen[seen_a:] + b.seen[seen_b:]
+                    if path == "/v1/acquire"]
+            assert [body.get("ticket") for body in sent].count(ticket.value) == 1
+            assert "ticket" not in b.seen[-1][2]
+            assert b.seen[-1][2]["acquisition_password"] == "acq"
         finally:
             await client.close()
 
