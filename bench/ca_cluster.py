@@ -55,7 +55,6 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -77,9 +76,14 @@ from bench.issuance import floor
 from bench.ocsp import OCSP_TYPE, OpensslResponder
 from ca.config import load_ca_config
 from common.pgdev import LocalCluster
-from common.postgres import current_leader
 from common.tlsfiles import tls_client_context
-from tests.support.ca_cluster import cluster_configs, ocsp_status, public_url, two_nodes
+from tests.support.ca_cluster import (
+    cluster_configs,
+    crl_leader,
+    ocsp_status,
+    public_url,
+    two_nodes,
+)
 from tests.support.processes import REPO, Daemons, demo_config, launched
 
 PRODUCTION_ROUNDS = 600_000
@@ -748,15 +752,6 @@ class Nodes:
             self.stop(name)
 
 
-async def _holder(dsn: str) -> str | None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        holder = await current_leader(conn, "crl")
-    finally:
-        await conn.close()
-    return None if holder is None else holder[1].rsplit(":", 1)[-1]
-
-
 def failover(cluster: LocalCluster, scale: Scale) -> None:
     """Section 4: kill -9 the CRL leader, time until the other node leads; restart; repeat."""
     first, second = pg_configs(cluster, "bench_failover")
@@ -771,7 +766,7 @@ def failover(cluster: LocalCluster, scale: Scale) -> None:
             nodes.start(name)
         for _kill in range(scale.kills):
             deadline = time.monotonic() + 30
-            while (leader := asyncio.run(_holder(dsn))) is None or not metrics_leader(
+            while (leader := crl_leader(dsn)) is None or not metrics_leader(
                     nodes.node(leader)):
                 if time.monotonic() > deadline:
                     raise SystemExit("no CRL leader within 30 s")
@@ -787,7 +782,7 @@ def failover(cluster: LocalCluster, scale: Scale) -> None:
             released = lock_seen = None
             while not metrics_leader(nodes.node(survivor)):
                 if lock_seen is None:
-                    holder = asyncio.run(_holder(dsn))
+                    holder = crl_leader(dsn)
                     if released is None and holder != leader:
                         released = time.monotonic() - started
                     if holder == survivor:

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from cryptography import x509
 
@@ -27,11 +26,11 @@ from ca.store_pg import MIGRATIONS, PgStore
 from common.config import ConfigError
 from common.errors import Conflict
 from common.pgdev import LocalCluster
-from common.postgres import PostgresSettings, current_leader
+from common.postgres import PostgresSettings
 from common.sqlite import Owner
 from policy.clock import FakeClock
 from tests.conftest import CaHarness, openssl, start_ca, write_config
-from tests.support.ca_cluster import cluster_configs, ocsp_status, public_url
+from tests.support.ca_cluster import cluster_configs, crl_leader, ocsp_status, public_url
 from tests.support.ca_cluster import two_nodes as cluster_nodes
 from tests.support.processes import REPO, Daemons
 from tests.support.servers import free_port
@@ -382,18 +381,6 @@ def _served_crl(node: Daemons) -> tuple[int, set[int]]:
     return number, {entry.serial_number for entry in crl}
 
 
-def _leader(dsn: str) -> str | None:
-    async def ask() -> str | None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            holder = await current_leader(conn, "crl")
-        finally:
-            await conn.close()
-        return None if holder is None else holder[1].rsplit(":", 1)[-1]
-
-    return asyncio.run(ask())
-
-
 def test_crl_signed_by_the_leader_and_after_its_kill_by_the_next(
         two_nodes: tuple[Daemons, Daemons], postgres_dsn: str) -> None:
     """One node leads CRL signing (an advisory lock); both serve the same CRL, with the
@@ -404,7 +391,7 @@ def test_crl_signed_by_the_leader_and_after_its_kill_by_the_next(
     node1, node2 = two_nodes
     nodes = {"node1": node1, "node2": node2}
     deadline = time.monotonic() + 10
-    while (leader_name := _leader(postgres_dsn)) is None:
+    while (leader_name := crl_leader(postgres_dsn)) is None:
         assert time.monotonic() < deadline, "no CRL leader elected"
         time.sleep(0.05)
     leader, follower = nodes[leader_name], nodes["node2" if leader_name == "node1" else "node1"]
@@ -446,7 +433,7 @@ def test_crl_signed_by_the_leader_and_after_its_kill_by_the_next(
           f" {time.monotonic() - revoked_at:.2f} s after its commit")
     assert after[0] == first[0] + 1, (first[0], after[0])
     assert after[1] == first[1] | {int(second_serial, 16)}
-    assert _leader(postgres_dsn) == ("node2" if leader is node1 else "node1")
+    assert crl_leader(postgres_dsn) == ("node2" if leader is node1 else "node1")
 
 
 @pytest.mark.parametrize(("database", "extra", "message"), [

@@ -5,6 +5,7 @@ for the tests that kill -9 it and start it again."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -14,11 +15,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from ca.config import load_ca_config
+from common.postgres import current_leader
 from common.tlsfiles import tls_client_context
 from tests.support.faults import CaProcess
 from tests.support.processes import REPO, Daemons, demo_config, launched
@@ -103,3 +106,17 @@ def _sha1(data: bytes) -> bytes:
     digest = hashes.Hash(hashes.SHA1())  # noqa: S303 - the CertID hash of RFC 6960
     digest.update(data)
     return digest.finalize()
+
+
+def crl_leader(dsn: str) -> str | None:
+    """The node name of the CRL leader (its lock session's name), or None while none leads."""
+
+    async def ask() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            holder = await current_leader(conn, "crl")
+        finally:
+            await conn.close()
+        return None if holder is None else holder[1].rsplit(":", 1)[-1]
+
+    return asyncio.run(ask())
