@@ -611,7 +611,7 @@ def openssl_peer(workdir: Path, config: Path, cert: Acquired, body: Path, scale:
 BACKGROUND_SOURCES = (
     ("SELECT pg_advisory_unlock_all()", "asyncpg's reset of a pooled connection at release"),
     ("SELECT COALESCE(MAX(revocation_seq)", "the revocation feed's poll, every 0.25 s"),
-    ("SELECT 1", "the CRL leader lock's heartbeat, every 0.5 s"),
+    ("SELECT 1", "the leader locks' heartbeats (3 jobs), each every 0.5 s"),
     ("BEGIN", "the recovery sweep of dead intents and tries, every 2 s"),
     ("COMMIT", "(the recovery sweep)"),
     ("UPDATE certificates SET state = 'abandoned'", "(the recovery sweep)"),
