@@ -281,10 +281,11 @@ async def test_acquisition_throttle_is_one_budget_over_a_and_b(
     exactly the configured 20 reach the CA (401), the other 20 get 429 (issue 10 item 3
     across processes; before, each process kept its own count and all 40 went through)."""
     a, b = pair
-    jar = aiohttp.CookieJar(unsafe=True)
 
     async def tries(url: str, first: int) -> list[int]:
-        async with _browser(gw, url, None, jar) as browser:
+        # Each browser its own jar: one client's form token and cookie pair (a shared jar
+        # would let one page's cookie overwrite the other's, and the forms fail CSRF).
+        async with _browser(gw, url, None, aiohttp.CookieJar(unsafe=True)) as browser:
             csrf = csrf_of((await browser.get("/auth/acquire")).text)
 
             async def one(n: int) -> int:
