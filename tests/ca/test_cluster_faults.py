@@ -86,6 +86,7 @@ class Burst:
     retried: Counter[int | str] = field(default_factory=Counter)  # why tries were repeated
     enrolled: dict[str, Enrolled] = field(default_factory=dict)  # through the gateway
     node1_down: bool = False
+    node1_killed: bool = False  # set at the kill, stays set after the restart
     node2_left: int = 0  # users node 2's clients had not started when node 1 was killed
     node2_while_down: int = 0
     downtime: float = 0.0
@@ -154,7 +155,14 @@ async def _api_client(node: CaProcess, users: list[str], burst: Burst,
                                 ssl=node.internal_tls) as response:
             return response.status, await response.json()
 
+    deadline = time.monotonic() + BURST_SECONDS
     while users:
+        if node.name == "node2" and not burst.node1_killed and len(users) <= WHILE_DOWN:
+            # Node 2 keeps WHILE_DOWN users for after node 1's death, however fast it ran
+            # ahead: the proof is that it keeps issuing while node 1 is down.
+            assert time.monotonic() < deadline, "node 1 was never killed"
+            await asyncio.sleep(0.02)
+            continue
         user = users.pop()
         request["user_id"] = user
         while True:
@@ -260,7 +268,7 @@ async def _killer(node1: CaProcess, node2_queue: list[str], burst: Burst) -> Non
     await asyncio.to_thread(node1.wait_fault, BURST_SECONDS)
     killed = time.monotonic()
     await asyncio.to_thread(node1.kill9)  # SIGKILL, then its orphaned key workers
-    burst.node1_down = True
+    burst.node1_down = burst.node1_killed = True
     burst.node2_left = len(node2_queue)  # not yet taken by a client: at least these remain
     while burst.node2_while_down < min(WHILE_DOWN, burst.node2_left):
         assert time.monotonic() < deadline, "node 2 stopped issuing while node 1 was down"
