@@ -143,10 +143,15 @@ class CrlPublisher:
         self._elected_task = asyncio.create_task(self._tick_logged(), name="crl-elected")
 
     async def _tick_logged(self) -> None:
+        """One tick; a failure is logged and the next tick retries."""
         try:
             await self.tick()
-        except Exception:  # the schedule retries every tick
-            _log.exception("crl_schedule_failed")
+        except Exception as exc:
+            named = store_error(exc, "CA database")
+            if named is None:
+                _log.exception("crl_schedule_failed")
+            else:  # e.g. a full disk: one line naming it; the old CRL is still served
+                _log.error("crl_schedule_failed", error=named.code, message=str(named))
 
     async def tick(self) -> None:
         """Re-sign every CRL that is due (by schedule), dirty (after revocations) or behind
@@ -281,14 +286,7 @@ class CrlPublisher:
         """The schedule: check every `tick_seconds` whether a CRL is due, until cancelled."""
         while True:
             await asyncio.sleep(self._tick_seconds)
-            try:
-                await self.tick()
-            except Exception as exc:
-                named = store_error(exc, "CA database")
-                if named is None:
-                    _log.exception("crl_schedule_failed")
-                else:  # e.g. a full disk: one line naming it; the old CRL is still served
-                    _log.error("crl_schedule_failed", error=named.code, message=str(named))
+            await self._tick_logged()
 
 
 # One EntryEncoder per issuer certificate, kept between builds: a re-sign then only encodes

@@ -485,6 +485,18 @@ def _leaders(dsn: str) -> dict[str, str | None]:
     return asyncio.run(ask())
 
 
+@contextlib.contextmanager
+def _node1_leading_then_node2(config1: Path, config2: Path, dsn: str,
+                              ) -> Iterator[tuple[Daemons, Daemons]]:
+    """Node 1 started and leading every job, then node 2 started beside it."""
+    with launched(config1, "ca", "--config", str(config1), "serve") as node1:
+        node1.wait_internal_api()
+        _wait(lambda: set(_leaders(dsn).values()) == {"node1"}, 15, "node 1 leading every job")
+        with launched(config2, "ca", "--config", str(config2), "serve") as node2:
+            node2.wait_internal_api()
+            yield node1, node2
+
+
 def _gauges(node: Daemons) -> dict[str, str]:
     with urllib.request.urlopen(public_url(node) + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
         text = response.read().decode()
@@ -516,56 +528,51 @@ def test_network_drop_to_the_database_moves_every_leader_job(
                                        quote(str(proxy.folder), safe="/"))
         assert proxied != postgres_dsn
         config1.write_text(config1.read_text().replace(postgres_dsn, proxied))
-        with launched(config1, "ca", "--config", str(config1), "serve") as node1:
-            node1.wait_internal_api()
-            _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node1"}, 15,
-                  "node 1 leading every job")
-            with launched(config2, "ca", "--config", str(config2), "serve") as node2:
-                node2.wait_internal_api()
-                assert _gauges(node1) == dict.fromkeys(JOBS, "1.0")
-                assert _gauges(node2) == dict.fromkeys(JOBS, "0.0")
-                user = "800001"
-                status, body = node2.internal_api(
-                    "POST", f"/v1/users/{user}/acquisition-password", {})
-                assert status == 201, body
-                status, body = node2.internal_api("POST", "/v1/acquire", {
-                    "user_id": user, "acquisition_password": body["acquisition_password"]})
-                assert status == 201, body
-                serial = body["serial"]
+        with _node1_leading_then_node2(config1, config2, postgres_dsn) as (node1, node2):
+            assert _gauges(node1) == dict.fromkeys(JOBS, "1.0")
+            assert _gauges(node2) == dict.fromkeys(JOBS, "0.0")
+            user = "800001"
+            status, body = node2.internal_api(
+                "POST", f"/v1/users/{user}/acquisition-password", {})
+            assert status == 201, body
+            status, body = node2.internal_api("POST", "/v1/acquire", {
+                "user_id": user, "acquisition_password": body["acquisition_password"]})
+            assert status == 201, body
+            serial = body["serial"]
 
-                proxy.drop()
-                dropped = time.monotonic()
-                _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node2"}, 20,
-                      "node 2 leading every job")
-                failover = time.monotonic() - dropped
-                _wait(lambda: _gauges(node2) == dict.fromkeys(JOBS, "1.0"), 10,
-                      "node 2's terms")
-                _wait(lambda: _gauges(node1) == dict.fromkeys(JOBS, "0.0"), 10,
-                      "node 1 stepping down")
-                print(f"network drop -> every job led by node 2 after {failover:.1f} s")
-                terms = _terms(postgres_dsn)
-                assert terms == dict.fromkeys(JOBS, (2, "node2"))
+            proxy.drop()
+            dropped = time.monotonic()
+            _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node2"}, 20,
+                  "node 2 leading every job")
+            failover = time.monotonic() - dropped
+            _wait(lambda: _gauges(node2) == dict.fromkeys(JOBS, "1.0"), 10,
+                  "node 2's terms")
+            _wait(lambda: _gauges(node1) == dict.fromkeys(JOBS, "0.0"), 10,
+                  "node 1 stepping down")
+            print(f"network drop -> every job led by node 2 after {failover:.1f} s")
+            terms = _terms(postgres_dsn)
+            assert terms == dict.fromkeys(JOBS, (2, "node2"))
 
-                status, body = node2.internal_api("POST", "/v1/revoke",
-                                                  {"serial": serial, "reason": "superseded"})
-                assert status == 200, body
-                proxy.restore()
-                _wait(lambda: int(serial, 16) in {
-                    entry.serial_number for entry in x509.load_der_x509_crl(
-                        _served_crl(node1)[1])}, 30, "node 1 serving the new CRL")
-                assert _served_crl(node1) == _served_crl(node2)  # one number, one CRL
-                assert _gauges(node1) == dict.fromkeys(JOBS, "0.0")
-                assert _terms(postgres_dsn) == terms  # node 1 never claimed again
-                assert set(_leaders(postgres_dsn).values()) == {"node2"}
-                status_out = subprocess.run(
-                    [sys.executable, "-m", "ca", "--config", str(config1), "cluster", "status"],
-                    cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
-                assert status_out.returncode == 0, status_out.stdout + status_out.stderr
-                assert "nodes:       node1, node2" in status_out.stdout
-                assert "CRL leader:  node2" in status_out.stdout
-                for job in JOBS:
-                    assert re.search(rf"^  {job} +node2 \(term 2\)$", status_out.stdout,
-                                     re.MULTILINE), status_out.stdout
+            status, body = node2.internal_api("POST", "/v1/revoke",
+                                              {"serial": serial, "reason": "superseded"})
+            assert status == 200, body
+            proxy.restore()
+            _wait(lambda: int(serial, 16) in {
+                entry.serial_number for entry in x509.load_der_x509_crl(
+                    _served_crl(node1)[1])}, 30, "node 1 serving the new CRL")
+            assert _served_crl(node1) == _served_crl(node2)  # one number, one CRL
+            assert _gauges(node1) == dict.fromkeys(JOBS, "0.0")
+            assert _terms(postgres_dsn) == terms  # node 1 never claimed again
+            assert set(_leaders(postgres_dsn).values()) == {"node2"}
+            status_out = subprocess.run(
+                [sys.executable, "-m", "ca", "--config", str(config1), "cluster", "status"],
+                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+            assert status_out.returncode == 0, status_out.stdout + status_out.stderr
+            assert "nodes:       node1, node2" in status_out.stdout
+            assert "CRL leader:  node2" in status_out.stdout
+            for job in JOBS:
+                assert re.search(rf"^  {job} +node2 \(term 2\)$", status_out.stdout,
+                                 re.MULTILINE), status_out.stdout
     finally:
         proxy.close()
         shutil.rmtree(proxy.folder, ignore_errors=True)
@@ -589,18 +596,13 @@ def test_kill_9_of_the_leader_moves_every_leader_job(tmp_path: Path, postgres_ds
     job; kill -9 of its process -> node 2 leads every job (the server ends the dead
     sessions at once), each with term 2, visible in its /metrics."""
     config1, config2 = cluster_configs(tmp_path, postgres_dsn)
-    with launched(config1, "ca", "--config", str(config1), "serve") as node1:
-        node1.wait_internal_api()
-        _wait(lambda: set(_leaders(postgres_dsn).values()) == {"node1"}, 15,
-              "node 1 leading every job")
-        with launched(config2, "ca", "--config", str(config2), "serve") as node2:
-            node2.wait_internal_api()
-            assert _gauges(node2) == dict.fromkeys(JOBS, "0.0")
-            os.kill(node1.process.pid, signal.SIGKILL)
-            killed = time.monotonic()
-            node1.process.wait(10)
-            _wait(lambda: _gauges(node2) == dict.fromkeys(JOBS, "1.0"), 20,
-                  "node 2 leading every job")
-            print(f"kill -9 -> every job led by node 2 after {time.monotonic() - killed:.2f} s")
-            assert set(_leaders(postgres_dsn).values()) == {"node2"}
-            assert _terms(postgres_dsn) == dict.fromkeys(JOBS, (2, "node2"))
+    with _node1_leading_then_node2(config1, config2, postgres_dsn) as (node1, node2):
+        assert _gauges(node2) == dict.fromkeys(JOBS, "0.0")
+        os.kill(node1.process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        node1.process.wait(10)
+        _wait(lambda: _gauges(node2) == dict.fromkeys(JOBS, "1.0"), 20,
+              "node 2 leading every job")
+        print(f"kill -9 -> every job led by node 2 after {time.monotonic() - killed:.2f} s")
+        assert set(_leaders(postgres_dsn).values()) == {"node2"}
+        assert _terms(postgres_dsn) == dict.fromkeys(JOBS, (2, "node2"))
